@@ -1,0 +1,18 @@
+"""qgfd-pyg: Query-Graph-Flow Diffusion for PyTorch Geometric."""
+from .conv import QGFDConv
+from .diffusion import DiffusionInfo, diffuse, kernel_coefficients
+from .transition import from_networkx, from_scipy, graph_transition, knn_transition
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QGFDConv",
+    "DiffusionInfo",
+    "diffuse",
+    "kernel_coefficients",
+    "graph_transition",
+    "knn_transition",
+    "from_networkx",
+    "from_scipy",
+    "__version__",
+]

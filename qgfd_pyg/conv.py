@@ -1,0 +1,209 @@
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Parameter
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.nn.inits import zeros
+from torch_geometric.typing import Adj, OptTensor
+from torch_geometric.utils import add_self_loops as add_loops
+from torch_geometric.utils import coalesce, is_torch_sparse_tensor, remove_self_loops, softmax
+from torch_sparse import SparseTensor
+
+from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
+                      check_positive_float, check_positive_int, check_steps)
+from .diffusion import diffuse
+from .transition import graph_transition, knn_transition
+
+
+class QGFDConv(MessagePassing):
+    r"""Query-Graph-Flow Diffusion: graph attention whose seed distribution is diffused over a
+    row-stochastic transition :math:`\mathbf{P}` before it reads the values.
+
+    Every node :math:`i` is a query. Its seed distribution is the edge softmax over its
+    neighbours (and itself),
+
+    .. math::
+        p^{(0)}_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i) \cup \{i\}}
+        \left(\frac{(\mathbf{W}_Q \mathbf{x}_i)^\top (\mathbf{W}_K \mathbf{x}_j)}{\sqrt{d}}\right),
+
+    which diffuses as :math:`p^{(t+1)} = (1-\alpha)\, p^{(0)} + \alpha\, p^{(t)} \mathbf{P}` for
+    :math:`T` steps; the output is :math:`\mathbf{x}'_i = \sum_j p^{(T)}_{ij} \mathbf{W}_V
+    \mathbf{x}_j`. It is computed without ever forming :math:`p^{(t)}`, by diffusing the values
+    instead (:func:`qgfd_pyg.diffuse`):
+
+    .. math::
+        \mathbf{Z}^{(0)} = \mathbf{V}, \quad
+        \mathbf{Z}^{(t+1)} = (1-\alpha)\mathbf{V} + \alpha \mathbf{P}\mathbf{Z}^{(t)}, \quad
+        \mathbf{x}'_i = \sum_{j \in \mathcal{N}(i) \cup \{i\}} p^{(0)}_{ij}\, \mathbf{Z}^{(T)}_j,
+
+    at the cost of :math:`T` sparse products plus one attention. ``alpha=0`` is plain
+    neighbour attention; the receptive field is :math:`T + 1` hops. With
+    ``transition="graph"``, :math:`\mathbf{P}` is the random walk that follows messages
+    backwards (row :math:`j` spreads over the sources of the edges into :math:`j`, weighted by
+    ``edge_weight``; see :func:`qgfd_pyg.graph_transition`); with ``"knn"`` it joins each key to
+    its ``k`` most similar keys (:func:`qgfd_pyg.knn_transition`, per head).
+
+    Args:
+        in_channels (int): size of each input sample, or ``-1`` to infer it on first use.
+        out_channels (int): size of each output sample (per head).
+        heads (int): number of attention heads.
+        concat (bool): concatenate the heads (else average them).
+        alpha (float): diffusion weight :math:`\alpha \in [0, 1]`.
+        steps (int): diffusion steps :math:`T \ge 0`.
+        transition (str): ``"graph"`` or ``"knn"``.
+        k (int): neighbours per key for ``transition="knn"``.
+        dropout (float): dropout probability of the seed attention coefficients.
+        add_self_loops (bool): add self-loops to the attention and to the graph transition.
+        bias (bool): learn an additive bias.
+        tol (float, optional): stop diffusing once :math:`\max|Z^{(t+1)} - Z^{(t)}| <` ``tol``.
+        cached (bool): cache the self-loop edges and graph transition of the first call
+            (transductive use on one fixed graph only).
+        **kwargs: arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    Shapes:
+        - **input:** node features :math:`(|\mathcal{V}|, F_{in})`, edge indices
+          :math:`(2, |\mathcal{E}|)` or a SparseTensor ``adj_t`` :math:`(|\mathcal{V}|,
+          |\mathcal{V}|)`, edge weights :math:`(|\mathcal{E}|)` *(optional)*
+        - **output:** node features :math:`(|\mathcal{V}|, H \cdot F_{out})` or
+          :math:`(|\mathcal{V}|, F_{out})` if ``concat=False``; with
+          ``return_attention_weights=True`` also ``(edge_index, p0)`` with :math:`p^{(0)}` of
+          shape :math:`(|\mathcal{E}'|, H)` (a SparseTensor for SparseTensor input)
+    """
+    _cached: Optional[Tuple[Tensor, Optional[SparseTensor]]]
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
+                 alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
+                 dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
+                 tol: Optional[float] = None, cached: bool = False, **kwargs):
+        kwargs.setdefault("aggr", "add")
+        super().__init__(node_dim=0, **kwargs)
+        if not isinstance(in_channels, int) or (in_channels < 1 and in_channels != -1):
+            raise ValueError(f"in_channels must be a positive integer or -1 (got {in_channels})")
+        self.in_channels = in_channels
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.heads = check_positive_int("heads", heads)
+        self.concat = concat
+        self.alpha = check_alpha(alpha)
+        self.steps = check_steps(steps)
+        self.transition = check_choice("transition", transition, ("graph", "knn"))
+        self.k = check_positive_int("k", k)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1) (got {dropout})")
+        self.dropout = dropout
+        self.add_self_loops = add_self_loops
+        self.tol = check_positive_float("tol", tol, allow_none=True)
+        self.cached = cached
+        self._cached = None
+
+        width = heads * out_channels
+        self.lin_query = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+        self.lin_key = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+        self.lin_value = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+        if bias:
+            self.bias = Parameter(torch.empty(width if concat else out_channels))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        self.lin_query.reset_parameters()
+        self.lin_key.reset_parameters()
+        self.lin_value.reset_parameters()
+        zeros(self.bias)
+        self._cached = None
+
+    def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
+                return_attention_weights: Optional[bool] = None
+                ) -> Union[Tensor, Tuple[Tensor, Tuple[Adj, Tensor]]]:
+        r"""Runs the layer.
+
+        Args:
+            x (torch.Tensor): node features ``[N, F_in]``.
+            edge_index (torch.Tensor or SparseTensor): edges ``[2, E]`` (source, target), or
+                ``adj_t`` as a SparseTensor / torch sparse tensor (its values weight ``P``).
+            edge_weight (torch.Tensor, optional): non-negative weights ``[E]`` of the graph
+                transition (the seed attention does not use them).
+            return_attention_weights (bool, optional): also return the seed attention
+                :math:`p^{(0)}` per edge (self-loops included).
+        """
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError(f"x must be a node feature matrix [N, F] "
+                             f"(got {getattr(x, 'shape', type(x).__name__)})")
+        if self.in_channels > 0 and x.size(1) != self.in_channels:
+            raise ValueError(f"x has {x.size(1)} features but the layer expects "
+                             f"in_channels={self.in_channels}")
+        N, H, C = x.size(0), self.heads, self.out_channels
+        attn_index, transition = self._structure(edge_index, edge_weight, N)
+
+        query = self.lin_query(x).view(N, H, C)
+        key = self.lin_key(x).view(N, H, C)
+        value = self.lin_value(x).view(N, H, C)
+
+        if self.transition == "knn":  # one kNN transition per head, block-diagonal
+            P = knn_transition(key.transpose(0, 1), self.k)
+            z = diffuse(value.transpose(0, 1).reshape(H * N, C), P, self.alpha, self.steps,
+                        self.tol)
+            z = z.view(H, N, C).transpose(0, 1)
+        else:
+            z = diffuse(value, transition, self.alpha, self.steps, self.tol)
+
+        src, dst = attn_index
+        score = (query[dst] * key[src]).sum(dim=-1) / math.sqrt(C)
+        p0 = softmax(score, dst, num_nodes=N)
+        p0_used = F.dropout(p0, p=self.dropout, training=self.training)
+        out = self.propagate(attn_index, z=z, weight=p0_used, size=(N, N))
+
+        out = out.reshape(N, H * C) if self.concat else out.mean(dim=1)
+        if self.bias is not None:
+            out = out + self.bias
+
+        if return_attention_weights:
+            if isinstance(edge_index, Tensor) and not is_torch_sparse_tensor(edge_index):
+                return out, (attn_index, p0)
+            return out, (SparseTensor(row=dst, col=src, value=p0, sparse_sizes=(N, N)), p0)
+        return out
+
+    def _structure(self, edge_index: Adj, edge_weight: OptTensor,
+                   num_nodes: int) -> Tuple[Tensor, Optional[SparseTensor]]:
+        """Attention edges (with self-loops) and, for ``transition="graph"``, ``P``."""
+        if self._cached is not None:
+            return self._cached
+        if is_torch_sparse_tensor(edge_index):
+            edge_index = SparseTensor.from_torch_sparse_coo_tensor(
+                edge_index.to_sparse_coo().coalesce())
+        if isinstance(edge_index, SparseTensor):  # adj_t: row = target, col = source
+            if edge_index.sparse_sizes() != (num_nodes, num_nodes):
+                raise ValueError(f"adj_t has size {edge_index.sparse_sizes()} but x has "
+                                 f"{num_nodes} nodes")
+            if edge_weight is not None:
+                raise ValueError("pass edge weights as the values of adj_t, not as edge_weight")
+            dst, src, _ = edge_index.coo()
+            attn_index, flow = torch.stack([src, dst]), edge_index
+        else:
+            check_edge_index(edge_index, num_nodes)
+            check_edge_weight(edge_weight, edge_index.size(1))
+            attn_index, flow = edge_index, edge_index.flip(0)
+
+        P = None
+        if self.transition == "graph":
+            P = graph_transition(flow, num_nodes, edge_weight, self.add_self_loops)
+        if self.add_self_loops:
+            attn_index, _ = remove_self_loops(attn_index)
+            attn_index, _ = add_loops(attn_index, num_nodes=num_nodes)
+        attn_index = coalesce(attn_index, num_nodes=num_nodes)  # p0 is over the neighbour set
+        if self.cached:
+            self._cached = (attn_index, P)
+        return attn_index, P
+
+    def message(self, z_j: Tensor, weight: Tensor) -> Tensor:
+        return weight.unsqueeze(-1) * z_j
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+                f"heads={self.heads}, alpha={self.alpha}, steps={self.steps}, "
+                f"transition={self.transition!r})")

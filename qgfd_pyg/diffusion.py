@@ -1,0 +1,138 @@
+r"""The one diffusion loop shared by the graph and dense paths.
+
+QGFD never materialises the diffused distribution :math:`p_T = p_0 M`; it diffuses the values
+instead, :math:`Z_T = M V`, and the caller finishes with one attention :math:`p_0 Z_T`. For a
+kernel with coefficients :math:`\theta_k`, truncated after ``T`` steps with the remaining mass
+put on the last power so that :math:`M` stays row-stochastic,
+
+.. math::
+    Z_T = \sum_{k<T} \theta_k P^k V + \Big(1 - \sum_{k<T} \theta_k\Big) P^T V.
+
+For personalised PageRank (``"ppr"``), :math:`\theta_k = (1-\alpha)\alpha^k`, this is exactly
+:math:`Z_{t+1} = (1-\alpha) V + \alpha P Z_t` from :math:`Z_0 = V` (APPNP's propagation with
+teleport :math:`1-\alpha`); for the heat kernel (``"heat"``), :math:`\theta_k = e^{-s} s^k / k!`.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_sparse import SparseTensor
+from torch_sparse import matmul as sparse_matmul
+
+from ._checks import check_alpha, check_choice, check_positive_float, check_steps
+
+Transition = Union[SparseTensor, Tensor]
+KERNELS = ("ppr", "heat")
+
+
+@dataclass
+class DiffusionInfo:
+    """What one call of :func:`diffuse` did: for convergence plots and early-stop reports.
+
+    Attributes:
+        steps: sparse products performed (``<= steps`` asked for).
+        residuals: :math:`\\max |Z_{t+1} - Z_t|` after each step.
+        converged: whether ``tol`` was reached before the step budget ran out.
+    """
+    steps: int = 0
+    residuals: List[float] = field(default_factory=list)
+    converged: bool = False
+
+
+def kernel_coefficients(kernel: str, steps: int, alpha: float = 0.85,
+                        heat_time: float = 1.0) -> Tuple[List[float], List[float]]:
+    r"""Coefficients :math:`\theta_0..\theta_{T-1}` and tails :math:`r_k = 1-\sum_{j<k}\theta_j`
+    (``r_0..r_T``) of a diffusion kernel."""
+    check_choice("kernel", kernel, KERNELS)
+    if kernel == "ppr":
+        theta = [(1.0 - alpha) * alpha**k for k in range(steps)]
+        tail = [alpha**k for k in range(steps + 1)]
+    else:
+        theta = [math.exp(-heat_time + k * math.log(heat_time) - math.lgamma(k + 1))
+                 for k in range(steps)]
+        tail = [max(0.0, 1.0 - math.fsum(theta[:k])) for k in range(steps + 1)]
+    return theta, tail
+
+
+def spmm(transition: Transition, x: Tensor) -> Tensor:
+    """``transition @ x`` for a SparseTensor, torch sparse or dense ``[N, N]`` transition."""
+    if isinstance(transition, SparseTensor):
+        return sparse_matmul(transition, x)
+    if transition.layout != torch.strided:
+        return torch.sparse.mm(transition, x)
+    return transition @ x
+
+
+def _num_nodes(transition: Transition) -> int:
+    if isinstance(transition, SparseTensor):
+        rows, cols = transition.sparse_sizes()
+    elif isinstance(transition, Tensor) and transition.dim() == 2:
+        rows, cols = transition.shape
+    else:
+        raise ValueError(f"transition must be a SparseTensor or an [N, N] tensor "
+                         f"(got {getattr(transition, 'shape', type(transition).__name__)})")
+    if rows != cols:
+        raise ValueError(f"transition must be square (got {rows} x {cols})")
+    return rows
+
+
+def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: int = 6,
+            tol: Optional[float] = None, kernel: str = "ppr", heat_time: float = 1.0,
+            return_info: bool = False) -> Union[Tensor, Tuple[Tensor, DiffusionInfo]]:
+    r"""Diffuses ``values`` over a row-stochastic ``transition`` (the Z-form of QGFD).
+
+    .. math::
+        Z_0 = V, \qquad Z_{t+1} = (1 - \alpha) V + \alpha P Z_t \quad (t < T)
+
+    for ``kernel="ppr"``; ``kernel="heat"`` uses :math:`\theta_k = e^{-s} s^k / k!` with
+    :math:`s` = ``heat_time`` (see the module docstring). With ``tol`` set, the loop stops as
+    soon as :math:`\max |Z_{t+1} - Z_t| <` ``tol``; the residual shrinks at least geometrically
+    at rate :math:`\alpha` for PPR. Any ``out = p_0 Z_T`` then equals :math:`p_T V`.
+
+    Args:
+        values (torch.Tensor): values :math:`V` with the nodes first, ``[N, *]``.
+        transition (SparseTensor or torch.Tensor): row-stochastic :math:`P` ``[N, N]``.
+        alpha (float): diffusion weight in ``[0, 1]``; ``0`` returns ``values`` unchanged.
+        steps (int): number of steps :math:`T \ge 0`.
+        tol (float, optional): early-stopping threshold on :math:`\max |Z_{t+1} - Z_t|`.
+        kernel (str): ``"ppr"`` or ``"heat"``.
+        heat_time (float): diffusion time :math:`s > 0` of the heat kernel.
+        return_info (bool): also return a :class:`DiffusionInfo` (steps taken, residuals).
+
+    Shapes:
+        - **input:** values :math:`(N, *)`, transition :math:`(N, N)`
+        - **output:** :math:`(N, *)`, and a :class:`DiffusionInfo` if ``return_info``
+    """
+    alpha = check_alpha(alpha)
+    steps = check_steps(steps)
+    tol = check_positive_float("tol", tol, allow_none=True)
+    heat_time = check_positive_float("heat_time", heat_time)
+    if not isinstance(values, Tensor) or values.dim() < 1:
+        raise ValueError("values must be a tensor with the nodes along its first dimension")
+    n = _num_nodes(transition)
+    if values.size(0) != n:
+        raise ValueError(f"values have {values.size(0)} rows but the transition is {n} x {n}")
+    theta, tail = kernel_coefficients(kernel, steps, alpha, heat_time)
+
+    shape = values.shape
+    x = values.reshape(n, -1)
+    track = return_info or tol is not None
+    info = DiffusionInfo()
+    acc: Optional[Tensor] = None  # sum_{j<t} theta_j P^j V
+    if kernel == "ppr" and alpha == 0.0:
+        steps = 0  # plain attention: Z = V exactly, no products needed
+    for t in range(steps):
+        x_next = spmm(transition, x)
+        acc = theta[t] * x if acc is None else acc + theta[t] * x
+        info.steps = t + 1
+        if track:  # Z_{t+1} - Z_t = r_{t+1} (P^{t+1} V - P^t V)
+            info.residuals.append(tail[t + 1] * float((x_next - x).abs().max()) if x.numel() else 0.0)
+        x = x_next
+        if tol is not None and info.residuals[-1] < tol:
+            info.converged = True
+            break
+    out = x if acc is None else acc + tail[info.steps] * x
+    out = out.reshape(shape)
+    return (out, info) if return_info else out

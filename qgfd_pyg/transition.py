@@ -1,0 +1,257 @@
+"""Row-stochastic transitions P over the keys, the operator that QGFD diffuses over.
+
+Every builder returns a :class:`torch_sparse.SparseTensor` of shape [N, N] whose row ``i`` says
+where probability mass sitting at node ``i`` flows in one step (each row sums to one).
+"""
+import math
+from typing import Any, Hashable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import coalesce, scatter
+from torch_sparse import SparseTensor
+
+from ._checks import (check_choice, check_edge_index, check_edge_weight, check_positive_float,
+                      check_positive_int)
+
+GraphLike = Union[Tensor, SparseTensor]
+
+
+def _to_coo(graph: GraphLike, num_nodes: Optional[int],
+            edge_weight: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], int]:
+    """Brings edge_index / SparseTensor / torch sparse input to (edge_index, weight, N)."""
+    if isinstance(graph, Tensor) and graph.layout != torch.strided:  # torch COO / CSR / CSC
+        graph = SparseTensor.from_torch_sparse_coo_tensor(graph.to_sparse_coo().coalesce())
+    if isinstance(graph, SparseTensor):
+        n_rows, n_cols = graph.sparse_sizes()
+        if n_rows != n_cols:
+            raise ValueError(f"a transition needs a square adjacency (got {n_rows} x {n_cols})")
+        if num_nodes is not None and num_nodes != n_rows:
+            raise ValueError(f"num_nodes={num_nodes} does not match the adjacency's size {n_rows}")
+        row, col, value = graph.coo()
+        if value is not None and edge_weight is not None:
+            raise ValueError("the adjacency already carries values; do not pass edge_weight too")
+        if value is not None and value.dim() != 1:
+            raise ValueError(f"adjacency values must be scalars per edge "
+                             f"(got shape {list(value.shape)})")
+        return torch.stack([row, col]), edge_weight if value is None else value, n_rows
+    if num_nodes is None:
+        check_edge_index(edge_index=graph, num_nodes=2**62)
+        num_nodes = int(graph.max()) + 1 if graph.numel() > 0 else 0
+    if int(num_nodes) < 0:
+        raise ValueError(f"num_nodes must be >= 0 (got {num_nodes})")
+    check_edge_index(graph, int(num_nodes))
+    return graph.long(), edge_weight, int(num_nodes)
+
+
+def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
+                     edge_weight: Optional[Tensor] = None,
+                     add_self_loops: bool = True) -> SparseTensor:
+    r"""Random-walk transition :math:`P = D^{-1} A` of a graph.
+
+    Edge ``(i, j)`` (``edge_index[:, e] = [i, j]``, or entry ``[i, j]`` of a sparse adjacency)
+    sends mass from ``i`` to ``j`` in proportion to its weight. Duplicate edges are summed.
+    With ``add_self_loops=True`` every node without a self-loop gets one of weight 1 (existing
+    self-loops keep their weight). A *dangling* node, one whose out-weights sum to zero (no
+    out-edges, or only zero-weight ones), always gets a self-loop of weight 1, so every row of
+    ``P`` is stochastic and diffusion never loses mass.
+
+    Args:
+        edge_index (torch.Tensor or SparseTensor): ``[2, E]`` edge indices, a
+            :class:`torch_sparse.SparseTensor` or a torch sparse tensor ``[N, N]`` (its values
+            are the edge weights).
+        num_nodes (int, optional): number of nodes ``N`` (default: ``max(edge_index) + 1``).
+        edge_weight (torch.Tensor, optional): non-negative finite weights ``[E]``.
+        add_self_loops (bool): add a unit self-loop to every node without one.
+
+    Shapes:
+        - **input:** edge indices :math:`(2, |\mathcal{E}|)`, weights :math:`(|\mathcal{E}|)`
+        - **output:** row-stochastic SparseTensor :math:`(N, N)`
+    """
+    edge_index, edge_weight, n = _to_coo(edge_index, num_nodes, edge_weight)
+    check_edge_weight(edge_weight, edge_index.size(1))
+    device = edge_index.device
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.size(1), device=device)
+    if add_self_loops:
+        has_loop = torch.zeros(n, dtype=torch.bool, device=device)
+        has_loop[edge_index[0, edge_index[0] == edge_index[1]]] = True
+        nodes = (~has_loop).nonzero().view(-1)
+        edge_index = torch.cat([edge_index, nodes.repeat(2, 1)], dim=1)
+        edge_weight = torch.cat([edge_weight, edge_weight.new_ones(nodes.numel())])
+    out_weight = scatter(edge_weight, edge_index[0], 0, dim_size=n, reduce="sum")
+    dangling = (out_weight == 0).nonzero().view(-1)
+    if dangling.numel() > 0:
+        edge_index = torch.cat([edge_index, dangling.repeat(2, 1)], dim=1)
+        edge_weight = torch.cat([edge_weight, edge_weight.new_ones(dangling.numel())])
+        out_weight = out_weight.index_fill(0, dangling, 1.0)
+    edge_index, edge_weight = coalesce(edge_index, edge_weight, n, reduce="sum")
+    value = edge_weight / out_weight[edge_index[0]]
+    return SparseTensor(row=edge_index[0], col=edge_index[1], value=value,
+                        sparse_sizes=(n, n), is_sorted=True, trust_data=True)
+
+
+def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float = 1.0,
+                   causal: bool = False, mask: Optional[Tensor] = None,
+                   chunk_size: Optional[int] = None) -> SparseTensor:
+    r"""Sparse transition from the ``k`` nearest keys of every key.
+
+    Row ``i`` keeps the ``k`` largest similarities :math:`s_{ij}` (exact top-k) and applies a
+    softmax over them, :math:`P_{ij} = \exp(s_{ij}/\tau) / \sum_{j' \in \mathrm{top}_k(i)}
+    \exp(s_{ij'}/\tau)`, with :math:`s_{ij} = k_i^\top k_j / \sqrt{d}` (``"dot"``) or the cosine
+    similarity (``"cosine"``). Similarities are computed in row chunks, so memory stays
+    :math:`O(\text{chunk} \cdot N)`; the kept entries are recomputed with autograd, so ``P`` is
+    differentiable w.r.t. ``keys`` (call with ``keys.detach()`` to stop that).
+
+    A batch of key sets ``[B, N, d]`` gives one block-diagonal ``[B * N, B * N]`` transition,
+    block ``b`` built from ``keys[b]`` alone (heads or sequences never mix).
+
+    Args:
+        keys (torch.Tensor): keys ``[N, d]`` or ``[B, N, d]``.
+        k (int): neighbours per row (``min(k, N)`` when fewer keys exist).
+        metric (str): ``"dot"`` or ``"cosine"``.
+        temperature (float): softmax temperature :math:`\tau > 0`.
+        causal (bool): row ``i`` only selects keys ``j <= i``.
+        mask (torch.Tensor, optional): boolean ``[N]`` or ``[B, N]``; ``True`` marks keys that are
+            never selected (e.g. padding, as in ``key_padding_mask``). A row left with no
+            selectable key gets a self-loop.
+        chunk_size (int, optional): rows per chunk (default: about :math:`2^{24}/N`).
+
+    Shapes:
+        - **input:** keys :math:`(N, d)` or :math:`(B, N, d)`
+        - **output:** row-stochastic SparseTensor :math:`(B N, B N)` with at most ``k``
+          entries per row
+    """
+    if not isinstance(keys, Tensor) or keys.dim() not in (2, 3):
+        raise ValueError(f"keys must be a tensor [N, d] or [B, N, d] "
+                         f"(got {getattr(keys, 'shape', type(keys).__name__)})")
+    k = check_positive_int("k", k)
+    check_choice("metric", metric, ("dot", "cosine"))
+    temperature = check_positive_float("temperature", temperature)
+    if not keys.dtype.is_floating_point:
+        raise ValueError(f"keys must be floating point (got dtype {keys.dtype})")
+    if not bool(torch.isfinite(keys).all()):
+        raise ValueError("keys contain NaN or infinite values")
+    batched = keys.dim() == 3
+    keys = keys if batched else keys.unsqueeze(0)
+    B, N, d = keys.shape
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a boolean tensor (got dtype {mask.dtype})")
+        mask = mask if mask.dim() == 2 else mask.unsqueeze(0)
+        if mask.shape != (B, N) and not (mask.shape == (1, N) and not batched):
+            raise ValueError(f"mask must have shape {[B, N] if batched else [N]} to match the "
+                             f"keys (got {list(mask.shape)})")
+    chunk_size = (max(1, 2**24 // max(B * N, 1)) if chunk_size is None
+                  else check_positive_int("chunk_size", chunk_size))
+    kk = min(k, N)
+
+    feats = keys / math.sqrt(d) if metric == "dot" else torch.nn.functional.normalize(keys, dim=-1)
+    other = keys if metric == "dot" else feats
+    index = keys.new_empty((B, N, kk), dtype=torch.long)
+    valid = keys.new_empty((B, N, kk), dtype=torch.bool)
+    with torch.no_grad():
+        for start in range(0, N, chunk_size):
+            stop = min(start + chunk_size, N)
+            sim = feats[:, start:stop] @ other.transpose(1, 2)  # [B, c, N]
+            if mask is not None:
+                sim.masked_fill_(mask[:, None, :], float("-inf"))
+            if causal:
+                rows = torch.arange(start, stop, device=keys.device)
+                future = torch.arange(N, device=keys.device)[None, :] > rows[:, None]
+                sim.masked_fill_(future[None], float("-inf"))
+            top, idx = sim.topk(kk, dim=-1)
+            index[:, start:stop] = idx
+            valid[:, start:stop] = top > float("-inf")
+        # Rows without any selectable key keep their mass (self-loop).
+        empty = ~valid[..., 0]
+        if bool(empty.any()):
+            self_index = torch.arange(N, device=keys.device).expand(B, N)
+            index[..., 0] = torch.where(empty, self_index, index[..., 0])
+            valid[..., 0] |= empty
+
+    # Recompute the kept similarities with autograd: O(B * N * k * d), never O(N^2).
+    neigh = torch.gather(other, 1, index.view(B, N * kk, 1).expand(-1, -1, d)).view(B, N, kk, d)
+    logits = (feats.unsqueeze(2) * neigh).sum(-1) / temperature
+    logits = logits.masked_fill(~valid, float("-inf"))
+    value = torch.softmax(logits, dim=-1)
+
+    offset = (torch.arange(B, device=keys.device) * N).view(B, 1, 1)
+    row = (torch.arange(N, device=keys.device).view(1, N, 1) + offset).expand(B, N, kk)
+    col = index + offset
+    keep = valid.view(-1)
+    return SparseTensor(row=row.reshape(-1)[keep], col=col.reshape(-1)[keep],
+                        value=value.reshape(-1)[keep], sparse_sizes=(B * N, B * N),
+                        is_sorted=False)
+
+
+def from_scipy(matrix: Any, add_self_loops: bool = False) -> SparseTensor:
+    r"""Row-stochastic transition from a square scipy sparse (or dense numpy) matrix.
+
+    ``matrix[i, j]`` is the weight of the flow from ``i`` to ``j``; weights must be finite and
+    non-negative. Rows are normalised as in :func:`graph_transition` (dangling rows get a
+    self-loop).
+
+    Shapes:
+        - **input:** :math:`(N, N)`
+        - **output:** row-stochastic SparseTensor :math:`(N, N)`
+    """
+    import scipy.sparse as sp
+
+    if not sp.issparse(matrix):
+        try:
+            matrix = sp.coo_array(matrix)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"expected a scipy sparse matrix (got {type(matrix).__name__})") \
+                from error
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"a transition needs a square matrix (got shape {matrix.shape})")
+    coo = sp.coo_array(matrix)
+    if not (coo.dtype.kind in "fiub"):
+        raise ValueError(f"matrix must hold numbers (got dtype {coo.dtype})")
+    edge_index = torch.stack([torch.as_tensor(coo.row, dtype=torch.long),
+                              torch.as_tensor(coo.col, dtype=torch.long)])
+    weight = torch.as_tensor(coo.data.astype("float64")).to(torch.get_default_dtype())
+    return graph_transition(edge_index, num_nodes=coo.shape[0], edge_weight=weight,
+                            add_self_loops=add_self_loops)
+
+
+def from_networkx(G: Any, weight: Optional[str] = "weight",
+                  nodelist: Optional[Sequence[Hashable]] = None,
+                  add_self_loops: bool = False) -> Tuple[SparseTensor, List[Hashable]]:
+    r"""Row-stochastic transition of a NetworkX graph.
+
+    Directed graphs walk along their edges; undirected ones both ways. Edge attribute ``weight``
+    is the flow weight (1 where an edge lacks it; ``weight=None`` ignores weights); parallel
+    edges of multigraphs add up. Isolated and dangling nodes get a self-loop so every row is
+    stochastic.
+
+    Args:
+        G (networkx.Graph): any NetworkX graph (``Graph``, ``DiGraph``, ``Multi*``).
+        weight (str, optional): edge attribute holding the weight.
+        nodelist (list, optional): node order of ``P`` (default: ``list(G.nodes)``).
+        add_self_loops (bool): add a unit self-loop to every node without one.
+
+    Returns:
+        ``(P, nodelist)``: the SparseTensor :math:`(N, N)` and the node order of its rows.
+    """
+    import networkx as nx
+
+    if not isinstance(G, nx.Graph):
+        raise ValueError(f"expected a networkx graph (got {type(G).__name__})")
+    nodelist = list(G.nodes) if nodelist is None else list(nodelist)
+    if len(nodelist) == 0:
+        raise ValueError("the graph has no nodes")
+    if len(set(nodelist)) != len(nodelist):
+        raise ValueError("nodelist contains duplicate nodes")
+    missing = [node for node in nodelist if node not in G]
+    if missing:
+        raise ValueError(f"nodelist names nodes that are not in the graph: {missing[:5]}")
+    if len(nodelist) != G.number_of_nodes():
+        raise ValueError(f"nodelist has {len(nodelist)} nodes but the graph has "
+                         f"{G.number_of_nodes()}; list every node once")
+    try:
+        matrix = nx.to_scipy_sparse_array(G, nodelist=nodelist, weight=weight, format="coo")
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"could not read edge weights {weight!r} as numbers: {error}") from error
+    return from_scipy(matrix, add_self_loops=add_self_loops), nodelist

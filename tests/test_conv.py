@@ -1,0 +1,189 @@
+import copy
+
+import pytest
+import torch
+from reference import dense_transition, pform_conv
+from torch_geometric.utils import add_self_loops, remove_self_loops, to_undirected
+from torch_sparse import SparseTensor
+
+from qgfd_pyg import QGFDConv, knn_transition
+
+
+def attention_index(edge_index, n):
+    edge_index, _ = remove_self_loops(edge_index)
+    return add_self_loops(edge_index, num_nodes=n)[0]
+
+
+def random_graph(n=12, e=30):
+    return torch.randint(0, n, (2, e))
+
+
+@pytest.mark.parametrize("alpha, steps", [(0.0, 3), (0.5, 1), (0.85, 6), (1.0, 4)])
+@pytest.mark.parametrize("concat", [True, False])
+def test_graph_conv_equals_p_form(alpha, steps, concat):
+    n = 12
+    edge_index = random_graph(n)  # directed, with duplicates and self-loops at random
+    weight = torch.rand(edge_index.size(1)) + 0.1
+    x = torch.randn(n, 5)
+    conv = QGFDConv(5, 4, heads=3, concat=concat, alpha=alpha, steps=steps)
+    with torch.no_grad():
+        conv.bias.normal_()
+    out = conv(x, edge_index, weight)
+    # P follows messages backwards: row j spreads over the sources of the edges into j.
+    P = dense_transition(edge_index.flip(0), n, weight, add_self_loops=True)
+    expected = pform_conv(conv, x, attention_index(edge_index, n), [P] * 3)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("alpha, steps", [(0.5, 2), (0.9, 5)])
+def test_knn_conv_equals_p_form(alpha, steps):
+    n = 15
+    edge_index = random_graph(n, 40)
+    x = torch.randn(n, 6)
+    conv = QGFDConv(6, 4, heads=2, alpha=alpha, steps=steps, transition="knn", k=3)
+    out = conv(x, edge_index)
+    keys = conv.lin_key(x).view(n, 2, 4)
+    P = [knn_transition(keys[:, h], 3).to_dense() for h in range(2)]
+    expected = pform_conv(conv, x, attention_index(edge_index, n), P)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_alpha_zero_is_plain_neighbour_attention():
+    n = 10
+    edge_index = random_graph(n)
+    x = torch.randn(n, 4)
+    conv = QGFDConv(4, 3, heads=2, alpha=0.0, steps=5)
+    out, (attn_index, p0) = conv(x, edge_index, return_attention_weights=True)
+    value = conv.lin_value(x).view(n, 2, 3)
+    expected = torch.zeros(n, 2, 3).index_add_(0, attn_index[1],
+                                               p0.unsqueeze(-1) * value[attn_index[0]])
+    torch.testing.assert_close(out, expected.reshape(n, 6) + conv.bias)
+    # The seed attention sums to one over each node's incoming edges (self-loop included).
+    sums = torch.zeros(n, 2).index_add_(0, attn_index[1], p0)
+    torch.testing.assert_close(sums, torch.ones(n, 2))
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_receptive_field_is_steps_plus_one_hops(steps):
+    n = 10
+    line = torch.arange(n - 1)
+    edge_index = to_undirected(torch.stack([line, line + 1]))  # path 0 - 1 - ... - 9
+    conv = QGFDConv(3, 4, alpha=0.7, steps=steps)
+    x = torch.randn(n, 3)
+    base = conv(x, edge_index)[0]
+    for distance in range(1, n):
+        x2 = x.clone()
+        x2[distance] += 1.0
+        changed = not torch.allclose(conv(x2, edge_index)[0], base, atol=1e-7)
+        assert changed == (distance <= steps + 1), (distance, steps)
+
+
+def test_permutation_equivariance():
+    n = 14
+    edge_index = random_graph(n, 40)
+    weight = torch.rand(edge_index.size(1))
+    x = torch.randn(n, 5)
+    for transition in ("graph", "knn"):
+        conv = QGFDConv(5, 3, heads=2, transition=transition, k=4)
+        perm = torch.randperm(n)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(n)
+        out = conv(x, edge_index, weight)
+        out_perm = conv(x[perm], inverse[edge_index], weight)
+        torch.testing.assert_close(out_perm, out[perm], atol=1e-5, rtol=0)
+
+
+def test_sparse_inputs_agree_with_edge_index():
+    n = 12
+    edge_index = torch.unique(random_graph(n), dim=1)  # SparseTensor coalesces duplicates
+    weight = torch.rand(edge_index.size(1)) + 0.1
+    x = torch.randn(n, 5)
+    conv = QGFDConv(5, 4, heads=2)
+    out, (_, p0) = conv(x, edge_index, weight, return_attention_weights=True)
+    adj_t = SparseTensor(row=edge_index[1], col=edge_index[0], value=weight, sparse_sizes=(n, n))
+    out_adj, (adj_attn, _) = conv(x, adj_t, return_attention_weights=True)
+    torch.testing.assert_close(out_adj, out, atol=1e-6, rtol=0)
+    assert isinstance(adj_attn, SparseTensor)
+    torch.testing.assert_close(adj_attn.sum(1), torch.ones(n, 2))
+    torch_sparse_adj = adj_t.to_torch_sparse_coo_tensor()
+    torch.testing.assert_close(conv(x, torch_sparse_adj), out, atol=1e-6, rtol=0)
+
+
+def test_gradients_reach_every_parameter():
+    n = 12
+    for transition in ("graph", "knn"):
+        conv = QGFDConv(5, 4, heads=2, transition=transition, k=3, dropout=0.2)
+        conv(torch.randn(n, 5), random_graph(n)).pow(2).sum().backward()
+        for name, param in conv.named_parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, (transition, name)
+
+
+def test_edgeless_graph_and_isolated_nodes():
+    x = torch.randn(5, 3)
+    conv = QGFDConv(3, 2, heads=2)
+    out = conv(x, torch.empty(2, 0, dtype=torch.long))
+    expected = conv.lin_value(x) + conv.bias  # only self-attention, P = I
+    torch.testing.assert_close(out, expected)
+    out = conv(x, torch.tensor([[0], [1]]))
+    assert torch.isfinite(out).all()
+    no_loops = QGFDConv(3, 2, add_self_loops=False)
+    assert torch.isfinite(no_loops(x, torch.tensor([[0], [1]]))).all()
+
+
+def test_cached_reuses_structure_and_reset_clears_it():
+    n = 10
+    edge_index = random_graph(n)
+    x = torch.randn(n, 3)
+    conv = QGFDConv(3, 2, cached=True)
+    out = conv(x, edge_index)
+    assert conv._cached is not None
+    torch.testing.assert_close(conv(x, edge_index[:, :3]), out)  # graph is not re-read
+    conv.reset_parameters()
+    assert conv._cached is None
+
+
+def test_lazy_in_channels_repr_and_deepcopy():
+    conv = QGFDConv(-1, 4, heads=2, alpha=0.5, steps=3)
+    out = conv(torch.randn(6, 7), random_graph(6, 10))
+    assert out.shape == (6, 8)
+    assert repr(conv) == "QGFDConv(-1, 4, heads=2, alpha=0.5, steps=3, transition='graph')"
+    copied = copy.deepcopy(conv)
+    torch.testing.assert_close(copied(torch.ones(6, 7), random_graph(6, 10)).shape, out.shape)
+
+
+def test_dropout_only_in_training():
+    n = 10
+    conv = QGFDConv(3, 2, dropout=0.5)
+    x, edge_index = torch.randn(n, 3), random_graph(n)
+    conv.eval()
+    torch.testing.assert_close(conv(x, edge_index), conv(x, edge_index))
+    conv.train()
+    assert not torch.allclose(conv(x, edge_index), conv(x, edge_index))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: QGFDConv(3, 2, alpha=1.2), "alpha"),
+    (lambda: QGFDConv(3, 2, steps=-1), "steps"),
+    (lambda: QGFDConv(3, 2, k=0), "k must"),
+    (lambda: QGFDConv(3, 2, heads=0), "heads"),
+    (lambda: QGFDConv(3, 2, transition="full"), "transition"),
+    (lambda: QGFDConv(3, 2, dropout=1.0), "dropout"),
+    (lambda: QGFDConv(0, 2), "in_channels"),
+])
+def test_bad_hyper_parameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("x, edge_index, edge_weight, match", [
+    (torch.randn(4, 5), torch.tensor([[0], [1]]), None, "features"),
+    (torch.randn(4), torch.tensor([[0], [1]]), None, "feature matrix"),
+    (torch.randn(4, 3), torch.tensor([[0], [4]]), None, "outside"),
+    (torch.randn(4, 3), torch.tensor([[0], [1]]), torch.tensor([-1.0]), "negative"),
+    (torch.randn(4, 3), torch.tensor([[0], [1]]), torch.tensor([float("nan")]), "NaN"),
+    (torch.randn(4, 3), torch.tensor([[0], [1]]), torch.tensor([1.0, 2.0]), "shape"),
+    (torch.randn(4, 3), SparseTensor.eye(5), None, "adj_t"),
+])
+def test_bad_forward_input(x, edge_index, edge_weight, match):
+    with pytest.raises(ValueError, match=match):
+        QGFDConv(3, 2)(x, edge_index, edge_weight)

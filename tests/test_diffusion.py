@@ -1,0 +1,95 @@
+import pytest
+import torch
+from reference import kernel_matrix, pform
+
+from qgfd_pyg import diffuse, graph_transition, kernel_coefficients, knn_transition
+
+
+def random_graph(n=20, e=60):
+    return graph_transition(torch.randint(0, n, (2, e)), n)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.85, 1.0])
+@pytest.mark.parametrize("steps", [0, 1, 3, 8])
+@pytest.mark.parametrize("transition", ["graph", "knn"])
+def test_z_form_equals_p_form(alpha, steps, transition):
+    n = 20
+    P = random_graph(n) if transition == "graph" else knn_transition(torch.randn(n, 6), 4)
+    p0 = torch.softmax(torch.randn(7, n, dtype=torch.float64), dim=1)  # 7 queries
+    V = torch.randn(n, 5)
+    Z = diffuse(V, P, alpha=alpha, steps=steps)
+    expected = pform(p0, P.to_dense().double(), alpha, steps) @ V.double()
+    torch.testing.assert_close((p0 @ Z.double()), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("heat_time", [0.5, 2.0])
+def test_heat_kernel_equals_its_p_form(heat_time):
+    P = random_graph()
+    V = torch.randn(20, 3, dtype=torch.float64)
+    theta, tail = kernel_coefficients("heat", 5, heat_time=heat_time)
+    M = kernel_matrix(P.to_dense().double(), theta, tail[5])
+    torch.testing.assert_close(M.sum(1), torch.ones(20, dtype=torch.float64))  # stays stochastic
+    Z = diffuse(V, P.to_dense().double(), steps=5, kernel="heat", heat_time=heat_time)
+    torch.testing.assert_close(Z, M @ V)
+
+
+def test_sparse_tensor_torch_sparse_and_dense_transitions_agree():
+    P = random_graph()
+    V = torch.randn(20, 4)
+    Z = diffuse(V, P, 0.7, 5)
+    torch.testing.assert_close(diffuse(V, P.to_dense(), 0.7, 5), Z)
+    torch.testing.assert_close(diffuse(V, P.to_torch_sparse_csr_tensor(), 0.7, 5), Z)
+
+
+def test_alpha_zero_is_identity_and_multi_dim_values():
+    P = random_graph()
+    V = torch.randn(20, 3, 4)
+    assert torch.equal(diffuse(V, P, alpha=0.0, steps=10), V)
+    Z = diffuse(V, P, 0.5, 3)
+    assert Z.shape == V.shape
+    torch.testing.assert_close(Z.reshape(20, 12), diffuse(V.reshape(20, 12), P, 0.5, 3))
+
+
+def test_convergence_is_geometric_and_early_stop():
+    n = 50
+    P = graph_transition(torch.randint(0, n, (2, 200)), n)
+    V = torch.randn(n, 8, dtype=torch.float64)
+    for alpha in (0.5, 0.85):
+        Z, info = diffuse(V, P.to_dense().double(), alpha, 40, return_info=True)
+        r = torch.tensor(info.residuals)
+        assert info.steps == 40 and len(r) == 40 and not info.converged
+        ratios = r[1:] / r[:-1]
+        assert (ratios <= alpha + 1e-9).all()
+        limit = (1 - alpha) * torch.linalg.solve(torch.eye(n, dtype=torch.float64)
+                                                 - alpha * P.to_dense().double(), V)
+        assert (Z - limit).abs().max() <= alpha**40 * 2 * V.abs().max() + 1e-9
+        Z_tol, info = diffuse(V, P.to_dense().double(), alpha, 200, tol=1e-6, return_info=True)
+        assert info.converged and info.steps < 200 and info.residuals[-1] < 1e-6
+        assert (Z_tol - limit).abs().max() < 1e-6 / (1 - alpha) * 2
+
+
+def test_gradients_flow_to_values_and_transition():
+    keys = torch.randn(15, 4, requires_grad=True)
+    V = torch.randn(15, 3, requires_grad=True)
+    diffuse(V, knn_transition(keys, 4), 0.8, 4).pow(2).sum().backward()
+    assert V.grad.abs().sum() > 0 and keys.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(alpha=1.5), "alpha"),
+    (dict(alpha=-0.1), "alpha"),
+    (dict(alpha=float("nan")), "alpha"),
+    (dict(steps=-1), "steps"),
+    (dict(steps=2.5), "steps"),
+    (dict(tol=0.0), "tol"),
+    (dict(kernel="gauss"), "kernel"),
+    (dict(kernel="heat", heat_time=-1.0), "heat_time"),
+    (dict(values=torch.randn(7, 3)), "rows"),
+    (dict(transition=torch.randn(5, 6)), "square"),
+])
+def test_diffuse_rejects_bad_input(kwargs, match):
+    args = dict(values=torch.randn(5, 3), transition=graph_transition(
+        torch.tensor([[0, 1], [1, 2]]), 5))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        diffuse(**args)
