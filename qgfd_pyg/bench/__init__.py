@@ -1,0 +1,1 @@
+"""``python -m qgfd_pyg.bench TASK``: QGFD against GAT, APPNP and GCN on one protocol."""

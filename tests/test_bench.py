@@ -1,0 +1,151 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny_data import write_ogbn_arxiv, write_planetoid
+
+from qgfd_pyg.bench import cli
+from qgfd_pyg.bench.data import load_task
+from qgfd_pyg.bench.models import MODELS, InputDropout, build_model
+from qgfd_pyg.bench.report import ResultStore
+from qgfd_pyg.bench.train import expected_calibration_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = ["--seeds", "1", "--epochs", "3", "--patience", "2", "--no-progress"]
+
+
+def read(out, name):
+    with open(os.path.join(out, f"{name}.json")) as f:
+        return json.load(f)
+
+
+def test_expected_calibration_error():
+    y = torch.tensor([0, 1, 0, 1])
+    sure = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(sure, y) == pytest.approx(0.0)
+    over = torch.tensor([[0.9, 0.1]] * 4)  # 90% confident, 50% right
+    assert expected_calibration_error(over, y) == pytest.approx(0.4)
+    mixed = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.3, 0.7]])
+    # bin (0.867, 0.933]: acc 0.5 vs 0.9; bin (0.667, 0.733]: acc 0.5 vs 0.7
+    assert expected_calibration_error(mixed, y) == pytest.approx(0.5 * 0.4 + 0.5 * 0.2)
+
+
+def test_input_dropout_matches_dropout_in_distribution():
+    x = (torch.rand(400, 300) < 0.02).float() * 3.0
+    drop = InputDropout(0.5)
+    outs = torch.stack([drop(x) for _ in range(200)])
+    assert ((outs != 0) <= (x != 0)).all()  # zeros stay zero
+    assert set(outs[:, x != 0].unique().tolist()) <= {0.0, 6.0}  # kept entries scaled by 2
+    torch.testing.assert_close(outs.mean(0)[x != 0].mean(), torch.tensor(3.0), atol=0.05, rtol=0)
+    drop.eval()
+    assert drop(x) is x
+    dense = InputDropout(0.5).train()(torch.ones(10, 10))
+    assert set(dense.unique().tolist()) <= {0.0, 2.0}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_one_step(name):
+    model = build_model(name, 6, 3)
+    x, edge_index = torch.randn(10, 6), torch.randint(0, 10, (2, 30))
+    out = model(x, edge_index)
+    assert out.shape == (10, 3)
+    out.sum().backward()
+
+
+def test_cli_end_to_end_on_cora(tmp_path, capsys):
+    assert cli.main(["cora", "--out", str(tmp_path)] + SHORT) == 0
+    result = read(tmp_path, "cora")
+    assert result["complete"] and len(result["runs"]) == len(MODELS)
+    assert [row["model"] for row in result["summary"]] == list(MODELS)
+    for run in result["runs"]:
+        assert 0.0 <= run["test"] <= 1.0 and run["epochs"] <= 3 and run["params"] > 0
+    printed = capsys.readouterr().out
+    assert "| qgfd |" in printed and "| appnp |" in printed
+    assert "| gat |" in (tmp_path / "cora.md").read_text()
+
+
+def test_cli_on_tiny_ogb_and_planetoid_formats(tmp_path):
+    write_ogbn_arxiv(str(tmp_path))
+    write_planetoid(str(tmp_path), "PubMed")
+    assert cli.main(["ogbn-arxiv", "--root", str(tmp_path), "--out", str(tmp_path)] + SHORT) == 0
+    result = read(tmp_path, "ogbn-arxiv")
+    assert result["config"]["metric"] == "acc (OGB Evaluator)"
+    assert len(result["runs"]) == len(MODELS)
+    assert cli.main(["pubmed", "--root", str(tmp_path), "--out", str(tmp_path),
+                     "--models", "qgfd,gcn"] + SHORT) == 0
+    assert len(read(tmp_path, "pubmed")["runs"]) == 2
+
+
+def test_tiny_loaders_keep_the_official_splits(tmp_path):
+    write_ogbn_arxiv(str(tmp_path), n=200)
+    task = load_task("ogbn-arxiv", str(tmp_path))
+    train, val, test = task.split(0)
+    assert len(train) == 100 and len(val) == 50 and len(test) == 50
+    assert task.data.x.dtype == torch.float32 and task.data.y.dim() == 1
+    n = write_planetoid(str(tmp_path), "PubMed", num_classes=3, per_class=5)
+    task = load_task("pubmed", str(tmp_path))
+    train, val, test = task.split(3)
+    assert task.data.num_nodes == n
+    assert train.tolist() == list(range(15)) and val.tolist() == list(range(15, 515))
+
+
+def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    assert cli.main(["cora", "--out", out, "--models", "gcn"] + SHORT) == 0
+    first = read(out, "cora")["runs"][0]
+    calls = []
+    real = cli.train_one
+
+    def counting(task, model, seed, *args, **kwargs):
+        calls.append((model, seed))
+        return real(task, model, seed, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "train_one", counting)
+    argv = ["cora", "--out", out, "--models", "gcn", "--seeds", "2", "--epochs", "3",
+            "--patience", "2", "--no-progress", "--resume"]
+    assert cli.main(argv) == 0
+    result = read(out, "cora")
+    assert calls == [("gcn", 1)]
+    assert result["runs"][0] == first and len(result["runs"]) == 2
+    # A crash mid-sweep loses no finished seed: the file is rewritten after each run.
+    monkeypatch.setattr(cli, "train_one", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(argv[:6] + ["3"] + argv[7:])
+    assert len(read(out, "cora")["runs"]) == 2
+    assert cli.main(argv[:-1] + ["--resume", "--epochs", "4"]) == 2  # options differ: refused
+
+
+def test_result_store_refuses_resume_with_other_options(tmp_path):
+    config = {"task": "cora", "models": ["gcn"], "seeds": 1, "epochs": 3, "qgfd": {},
+              "metric": "accuracy", "seed_list": [0], "patience": 2}
+    store = ResultStore(str(tmp_path), "cora", config, resume=False)
+    store.add({"model": "gcn", "seed": 0, "test": 0.5, "val": 0.5, "ece": 0.1, "params": 1,
+               "sec_per_epoch": 0.1, "epochs": 3, "peak_mem_mb": None}, {})
+    with pytest.raises(ValueError, match="epochs"):
+        ResultStore(str(tmp_path), "cora", {**config, "epochs": 5}, resume=True)
+    assert ResultStore(str(tmp_path), "cora", {**config, "seeds": 4}, resume=True).done("gcn", 0)
+
+
+def test_cli_errors_and_listing(tmp_path, capsys):
+    assert cli.main(["--list"]) == 0
+    assert "ogbn-arxiv" in capsys.readouterr().out
+    assert cli.main(["cora", "--models", "mlp", "--out", str(tmp_path)] + SHORT) == 2
+    assert cli.main(["nope", "--out", str(tmp_path)] + SHORT) == 2
+    assert cli.main(["pyg", "--out", str(tmp_path)] + SHORT) == 2
+    assert cli.main(["pyg", "--dataset", "NoSuchSet:x", "--out", str(tmp_path)] + SHORT) == 2
+    assert "NoSuchSet" in capsys.readouterr().err
+
+
+def test_generic_pyg_dataset_with_shipped_split(tmp_path):
+    argv = ["pyg", "--dataset", "Planetoid:CiteSeer", "--models", "gcn", "--out", str(tmp_path)]
+    assert cli.main(argv + SHORT) == 0
+    assert read(tmp_path, "Planetoid-CiteSeer")["config"]["task"] == "Planetoid:CiteSeer"
+
+
+def test_module_entry_point_help():
+    done = subprocess.run([sys.executable, "-m", "qgfd_pyg.bench", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--resume" in done.stdout

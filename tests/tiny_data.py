@@ -1,0 +1,77 @@
+"""Tiny data sets written in the real on-disk formats, so the loaders of data sets that cannot be
+downloaded here (PubMed, ogbn-arxiv) run through their real code paths in the tests."""
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+def write_planetoid(root: str, name: str = "PubMed", num_classes: int = 3, features: int = 12,
+                    per_class: int = 5, num_test: int = 40, seed: int = 0) -> int:
+    """Planetoid's ``ind.<name>.*`` pickles: public split = first len(y) nodes train, next 500
+    val, ``test.index`` test. Returns the number of nodes."""
+    rng = np.random.default_rng(seed)
+    num_train = num_classes * per_class
+    num_all = num_train + 500 + 10  # allx: labelled + val + a few unlabelled
+    n = num_all + num_test
+    labels = rng.integers(0, num_classes, n)
+    labels[:num_train] = np.repeat(np.arange(num_classes), per_class)
+    centers = rng.normal(0, 1, (num_classes, features))
+    feats = (centers[labels] + rng.normal(0, 1.0, (n, features)) > 0.8).astype(np.float32)
+    onehot = np.eye(num_classes)[labels]
+    graph = {i: [] for i in range(n)}
+    for _ in range(4 * n):  # homophilous edges
+        i = int(rng.integers(n))
+        same = np.flatnonzero(labels == labels[i])
+        j = int(rng.choice(same)) if rng.random() < 0.8 else int(rng.integers(n))
+        if i != j:
+            graph[i].append(j)
+            graph[j].append(i)
+    test_index = rng.permutation(np.arange(num_all, n))
+    parts = {"x": sp.csr_matrix(feats[:num_train]), "y": onehot[:num_train],
+             "allx": sp.csr_matrix(feats[:num_all]), "ally": onehot[:num_all],
+             "tx": sp.csr_matrix(feats[test_index]), "ty": onehot[test_index], "graph": graph}
+    raw = os.path.join(root, name, "raw")
+    os.makedirs(raw, exist_ok=True)
+    for key, value in parts.items():
+        with open(os.path.join(raw, f"ind.{name.lower()}.{key}"), "wb") as f:
+            pickle.dump(value, f)
+    with open(os.path.join(raw, f"ind.{name.lower()}.test.index"), "w") as f:
+        f.write("\n".join(map(str, test_index)) + "\n")
+    return n
+
+
+def write_ogbn_arxiv(root: str, n: int = 300, features: int = 16, num_classes: int = 40,
+                     seed: int = 0) -> int:
+    """OGB's raw layout of ogbn-arxiv (csv.gz files, time split, release marker)."""
+    rng = np.random.default_rng(seed)
+    base = os.path.join(root, "ogbn_arxiv")
+    raw, split = os.path.join(base, "raw"), os.path.join(base, "split", "time")
+    os.makedirs(raw, exist_ok=True)
+    os.makedirs(split, exist_ok=True)
+    labels = rng.integers(0, num_classes, n)
+    feats = rng.normal(0, 1, (n, features)) + np.eye(num_classes, features)[labels] * 2
+    src = rng.integers(0, n, 5 * n)
+    dst = np.where(rng.random(5 * n) < 0.7,
+                   [rng.choice(np.flatnonzero(labels == labels[s])) for s in src],
+                   rng.integers(0, n, 5 * n))
+    keep = src != dst
+    edges = np.stack([src[keep], dst[keep]], axis=1)
+
+    def write(path, array):
+        pd.DataFrame(array).to_csv(path, header=False, index=False, compression="gzip")
+
+    write(os.path.join(raw, "edge.csv.gz"), edges)
+    write(os.path.join(raw, "node-feat.csv.gz"), feats.astype(np.float32))
+    write(os.path.join(raw, "node-label.csv.gz"), labels.reshape(-1, 1))
+    write(os.path.join(raw, "num-node-list.csv.gz"), np.array([[n]]))
+    write(os.path.join(raw, "num-edge-list.csv.gz"), np.array([[len(edges)]]))
+    write(os.path.join(raw, "node_year.csv.gz"), rng.integers(2010, 2021, (n, 1)))
+    order = rng.permutation(n)
+    for part, idx in zip(("train", "valid", "test"), np.split(order, [n // 2, 3 * n // 4])):
+        write(os.path.join(split, f"{part}.csv.gz"), np.sort(idx).reshape(-1, 1))
+    with open(os.path.join(base, "RELEASE_v1.txt"), "w") as f:
+        f.write("tiny generated stand-in for tests\n")
+    return n
