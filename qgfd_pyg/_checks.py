@@ -48,7 +48,8 @@ def check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
     if not isinstance(edge_index, Tensor):
         raise ValueError(f"edge_index must be a torch.Tensor (got {type(edge_index).__name__})")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"edge_index must have shape [2, num_edges] (got {list(edge_index.shape)})")
+        raise ValueError(f"edge_index must have shape [2, num_edges] "
+                         f"(got {list(edge_index.shape)})")
     if edge_index.dtype.is_floating_point or edge_index.dtype == torch.bool:
         raise ValueError(f"edge_index must hold integers (got dtype {edge_index.dtype})")
     if edge_index.numel() > 0:
@@ -74,4 +75,5 @@ def check_edge_weight(edge_weight: Optional[Tensor], num_edges: int) -> None:
         if not bool(torch.isfinite(edge_weight).all()):
             raise ValueError("edge_weight contains NaN or infinite values")
         if bool((edge_weight < 0).any()):
-            raise ValueError("edge_weight contains negative values; transition weights must be >= 0")
+            raise ValueError("edge_weight contains negative values; transition weights "
+                             "must be >= 0")

@@ -207,7 +207,7 @@ def from_scipy(matrix: Any, add_self_loops: bool = False) -> SparseTensor:
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"a transition needs a square matrix (got shape {matrix.shape})")
     coo = sp.coo_array(matrix)
-    if not (coo.dtype.kind in "fiub"):
+    if coo.dtype.kind not in "fiub":
         raise ValueError(f"matrix must hold numbers (got dtype {coo.dtype})")
     edge_index = torch.stack([torch.as_tensor(coo.row, dtype=torch.long),
                               torch.as_tensor(coo.col, dtype=torch.long)])

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m qgfd_pyg.bench pyg --dataset WebKB:Texas")
     parser.add_argument("task", nargs="?", help="task name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the tasks and their data")
-    parser.add_argument("--dataset", help="for task 'pyg': Class[:name] of torch_geometric.datasets")
+    parser.add_argument("--dataset",
+                        help="for task 'pyg': Class[:name] of torch_geometric.datasets")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds 0..N-1 (10)")
