@@ -70,7 +70,8 @@ def write_ogbn_arxiv(root: str, n: int = 300, features: int = 16, num_classes: i
     write(os.path.join(raw, "num-edge-list.csv.gz"), np.array([[len(edges)]]))
     write(os.path.join(raw, "node_year.csv.gz"), rng.integers(2010, 2021, (n, 1)))
     order = rng.permutation(n)
-    for part, idx in zip(("train", "valid", "test"), np.split(order, [n // 2, 3 * n // 4]), strict=True):
+    parts = np.split(order, [n // 2, 3 * n // 4])
+    for part, idx in zip(("train", "valid", "test"), parts, strict=True):
         write(os.path.join(split, f"{part}.csv.gz"), np.sort(idx).reshape(-1, 1))
     with open(os.path.join(base, "RELEASE_v1.txt"), "w") as f:
         f.write("tiny generated stand-in for tests\n")
