@@ -26,6 +26,8 @@ GRID += [dict(layers=2, hidden=64, dropout=0.6, alpha=a, steps=s, heads=8, attn_
          for a, s in [(0.5, 2), (0.85, 6)]]
 GRID += [dict(layers=1, hidden=64, dropout=0.5, alpha=0.9, steps=10, heads=4, attn_dropout=0.0,
               transition="knn", k=8)]
+GRID += [dict(layers=1, hidden=64, dropout=0.5, alpha=0.9, steps=10, heads=h, attn_dropout=0.5,
+              attention="additive") for h in (1, 4)]
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 """qgfd-pyg: Query-Graph-Flow Diffusion for PyTorch Geometric."""
+from .attention import QGFDAttention
 from .conv import QGFDConv
 from .diffusion import DiffusionInfo, diffuse, kernel_coefficients
 from .transition import from_networkx, from_scipy, graph_transition, knn_transition
@@ -6,6 +7,7 @@ from .transition import from_networkx, from_scipy, graph_transition, knn_transit
 __version__ = "0.1.0"
 
 __all__ = [
+    "QGFDAttention",
     "QGFDConv",
     "DiffusionInfo",
     "diffuse",

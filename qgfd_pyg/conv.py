@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.nn import Parameter
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
-from torch_geometric.nn.inits import zeros
+from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import add_self_loops as add_loops
 from torch_geometric.utils import coalesce, is_torch_sparse_tensor, remove_self_loops, softmax
@@ -30,7 +30,10 @@ class QGFDConv(MessagePassing):
         p^{(0)}_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i) \cup \{i\}}
         \left(\frac{(\mathbf{W}_Q \mathbf{x}_i)^\top (\mathbf{W}_K \mathbf{x}_j)}{\sqrt{d}}\right),
 
-    which diffuses as :math:`p^{(t+1)} = (1-\alpha)\, p^{(0)} + \alpha\, p^{(t)} \mathbf{P}` for
+    or, with ``attention="additive"``, GAT's score :math:`\mathrm{LeakyReLU}(\mathbf{a}_d^\top
+    \mathbf{v}_i + \mathbf{a}_s^\top \mathbf{v}_j)` on the values :math:`\mathbf{v} =
+    \mathbf{W}_V \mathbf{x}` (no query/key projections; kNN then runs over the values). It
+    diffuses as :math:`p^{(t+1)} = (1-\alpha)\, p^{(0)} + \alpha\, p^{(t)} \mathbf{P}` for
     :math:`T` steps; the output is :math:`\mathbf{x}'_i = \sum_j p^{(T)}_{ij} \mathbf{W}_V
     \mathbf{x}_j`. It is computed without ever forming :math:`p^{(t)}`, by diffusing the values
     instead (:func:`qgfd_pyg.diffuse`):
@@ -56,6 +59,7 @@ class QGFDConv(MessagePassing):
         steps (int): diffusion steps :math:`T \ge 0`.
         transition (str): ``"graph"`` or ``"knn"``.
         k (int): neighbours per key for ``transition="knn"``.
+        attention (str): seed score, ``"dot"`` (scaled dot product) or ``"additive"`` (GAT's).
         dropout (float): dropout probability of the seed attention coefficients.
         add_self_loops (bool): add self-loops to the attention and to the graph transition.
         bias (bool): learn an additive bias.
@@ -78,7 +82,8 @@ class QGFDConv(MessagePassing):
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
                  dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
-                 tol: Optional[float] = None, cached: bool = False, **kwargs):
+                 tol: Optional[float] = None, cached: bool = False, attention: str = "dot",
+                 **kwargs):
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
         if not isinstance(in_channels, int) or (in_channels < 1 and in_channels != -1):
@@ -91,6 +96,7 @@ class QGFDConv(MessagePassing):
         self.steps = check_steps(steps)
         self.transition = check_choice("transition", transition, ("graph", "knn"))
         self.k = check_positive_int("k", k)
+        self.attention = check_choice("attention", attention, ("dot", "additive"))
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1) (got {dropout})")
         self.dropout = dropout
@@ -100,8 +106,14 @@ class QGFDConv(MessagePassing):
         self._cached = None
 
         width = heads * out_channels
-        self.lin_query = Linear(in_channels, width, bias=False, weight_initializer="glorot")
-        self.lin_key = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+        if attention == "dot":
+            self.lin_query = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+            self.lin_key = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+            self.att_dst = self.att_src = None
+        else:
+            self.lin_query = self.lin_key = None
+            self.att_dst = Parameter(torch.empty(1, heads, out_channels))
+            self.att_src = Parameter(torch.empty(1, heads, out_channels))
         self.lin_value = Linear(in_channels, width, bias=False, weight_initializer="glorot")
         if bias:
             self.bias = Parameter(torch.empty(width if concat else out_channels))
@@ -111,9 +123,11 @@ class QGFDConv(MessagePassing):
 
     def reset_parameters(self):
         super().reset_parameters()
-        self.lin_query.reset_parameters()
-        self.lin_key.reset_parameters()
-        self.lin_value.reset_parameters()
+        for lin in (self.lin_query, self.lin_key, self.lin_value):
+            if lin is not None:
+                lin.reset_parameters()
+        glorot(self.att_dst)
+        glorot(self.att_src)
         zeros(self.bias)
         self._cached = None
 
@@ -140,9 +154,8 @@ class QGFDConv(MessagePassing):
         N, H, C = x.size(0), self.heads, self.out_channels
         attn_index, transition = self._structure(edge_index, edge_weight, N)
 
-        query = self.lin_query(x).view(N, H, C)
-        key = self.lin_key(x).view(N, H, C)
         value = self.lin_value(x).view(N, H, C)
+        key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
 
         if self.transition == "knn":  # one kNN transition per head, block-diagonal
             P = knn_transition(key.transpose(0, 1), self.k)
@@ -153,7 +166,12 @@ class QGFDConv(MessagePassing):
             z = diffuse(value, transition, self.alpha, self.steps, self.tol)
 
         src, dst = attn_index
-        score = (query[dst] * key[src]).sum(dim=-1) / math.sqrt(C)
+        if self.lin_query is not None:
+            query = self.lin_query(x).view(N, H, C)
+            score = (query[dst] * key[src]).sum(dim=-1) / math.sqrt(C)
+        else:
+            score = F.leaky_relu((value * self.att_dst).sum(-1)[dst]
+                                 + (value * self.att_src).sum(-1)[src], 0.2)
         p0 = softmax(score, dst, num_nodes=N)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
         out = self.propagate(attn_index, z=z, weight=p0_used, size=(N, N))
@@ -206,4 +224,5 @@ class QGFDConv(MessagePassing):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
                 f"heads={self.heads}, alpha={self.alpha}, steps={self.steps}, "
-                f"transition={self.transition!r})")
+                f"transition={self.transition!r}"
+                + ("" if self.attention == "dot" else f", attention={self.attention!r}") + ")")

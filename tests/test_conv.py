@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from reference import dense_transition, pform_conv
+from reference import dense_transition, pform, pform_conv
 from torch_geometric.utils import add_self_loops, remove_self_loops, to_undirected
 from torch_sparse import SparseTensor
 
@@ -187,3 +187,27 @@ def test_bad_hyper_parameters(make, match):
 def test_bad_forward_input(x, edge_index, edge_weight, match):
     with pytest.raises(ValueError, match=match):
         QGFDConv(3, 2)(x, edge_index, edge_weight)
+
+
+def test_additive_attention_equals_p_form_and_is_gat_like():
+    n = 12
+    edge_index = random_graph(n)
+    x = torch.randn(n, 5)
+    conv = QGFDConv(5, 4, heads=2, alpha=0.8, steps=3, attention="additive")
+    assert conv.lin_query is None and "attention='additive'" in repr(conv)
+    out, (attn_index, p0) = conv(x, edge_index, return_attention_weights=True)
+    value = conv.lin_value(x).view(n, 2, 4).double()
+    score = torch.nn.functional.leaky_relu(
+        (value * conv.att_dst.double()).sum(-1)[:, None, :]
+        + (value * conv.att_src.double()).sum(-1)[None, :, :], 0.2)  # [i, j, h]
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    allowed[attn_index[1], attn_index[0]] = True
+    seed = torch.softmax(score.masked_fill(~allowed[..., None], float("-inf")), dim=1)
+    P = dense_transition(edge_index.flip(0), n).double()
+    expected = torch.stack([pform(seed[..., h], P, 0.8, 3) @ value[:, h] for h in range(2)], 1)
+    torch.testing.assert_close(out.double(), expected.reshape(n, 8) + conv.bias.double(),
+                               atol=1e-5, rtol=0)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
+    with pytest.raises(ValueError, match="attention"):
+        QGFDConv(5, 4, attention="cosine")

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     qgfd.add_argument("--dropout", type=float, default=defaults["dropout"])
     qgfd.add_argument("--attn-dropout", type=float, default=defaults["attn_dropout"])
     qgfd.add_argument("--layers", type=int, choices=[1, 2], default=defaults["layers"])
+    qgfd.add_argument("--attention", choices=["dot", "additive"], default=defaults["attention"])
     return parser
 
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         torch.set_num_threads(args.threads)
     qgfd = {"alpha": args.alpha, "steps": args.steps, "heads": args.heads, "hidden": args.hidden,
             "transition": args.transition, "k": args.k, "dropout": args.dropout,
-            "attn_dropout": args.attn_dropout, "layers": args.layers}
+            "attn_dropout": args.attn_dropout, "layers": args.layers,
+            "attention": args.attention}
 
     task = load_task(args.task, args.root, args.dataset)
     seeds = list(range(args.seeds))

@@ -103,14 +103,15 @@ class QGFDNet(Module):
 
     def __init__(self, in_channels: int, num_classes: int, hidden: int = 64, heads: int = 1,
                  dropout: float = 0.5, attn_dropout: float = 0.0, alpha: float = 0.9,
-                 steps: int = 10, transition: str = "graph", k: int = 8, layers: int = 1):
+                 steps: int = 10, transition: str = "graph", k: int = 8, layers: int = 1,
+                 attention: str = "dot"):
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"layers must be 1 or 2 (got {layers})")
         self.dropout = dropout
         self.input_dropout = InputDropout(dropout)
         options = dict(alpha=alpha, steps=steps, transition=transition, k=k,
-                       dropout=attn_dropout, cached=transition == "graph")
+                       dropout=attn_dropout, cached=transition == "graph", attention=attention)
         if layers == 1:
             self.first = Linear(in_channels, hidden)
         else:
@@ -136,7 +137,7 @@ class ModelSpec:
 MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(QGFDNet, 0.01, 5e-4, dict(
         hidden=64, heads=1, dropout=0.5, attn_dropout=0.0, alpha=0.9, steps=10,
-        transition="graph", k=8, layers=1), "chosen on Cora validation accuracy "
+        transition="graph", k=8, layers=1, attention="dot"), "chosen on Cora validation accuracy "
                                             "(benchmarks/results/cora_search.md)"),
     "gat": ModelSpec(GAT, 0.005, 5e-4, dict(hidden=8, heads=8, dropout=0.6), "GAT paper"),
     "appnp": ModelSpec(APPNPNet, 0.01, 5e-4, dict(hidden=64, dropout=0.5, K=10, alpha=0.1),
