@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module, MultiheadAttention
+from torch_sparse import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_positive_float, check_positive_int,
                       check_steps)
-from .diffusion import diffuse
+from .diffusion import DiffusionInfo, diffuse
 from .transition import graph_transition, knn_transition
 
 
@@ -161,11 +162,9 @@ class QGFDAttention(Module):
         if self.training and self.alpha_warmup_steps:
             self.num_updates += 1
         if alpha > 0.0 and self.steps > 0:
-            P = self.transition(k, key_padding_mask, is_causal, adjacency)
-            work = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
-            z, info = diffuse(work.reshape(B * H * Lk, d), P, alpha, self.steps, self.tol,
-                              return_info=True)
-            z = z.view(B, H, Lk, d).to(v.dtype)
+            P = sequence_transition(k, self.k, self.metric, self.temperature, key_padding_mask,
+                                    is_causal, adjacency, self.detach_transition)
+            z, info = diffuse_sequence(v, P, alpha, self.steps, self.tol)
         else:
             P, z, info = None, v, None
 
@@ -190,44 +189,6 @@ class QGFDAttention(Module):
         elif not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
-
-    def transition(self, keys: Tensor, key_padding_mask: Optional[Tensor], is_causal: bool,
-                   adjacency: Optional[Tensor]):
-        """The block-diagonal transition ``[B H L, B H L]`` over every (batch, head)'s keys."""
-        B, H, L, d = keys.shape
-        if adjacency is None:
-            keys = keys.detach() if self.detach_transition else keys
-            keys = keys.float() if keys.dtype in (torch.float16, torch.bfloat16) else keys
-            mask = None
-            if key_padding_mask is not None:
-                mask = key_padding_mask[:, None, :].expand(B, H, L).reshape(B * H, L)
-            return knn_transition(keys.reshape(B * H, L, d), self.k, self.metric,
-                                  self.temperature, causal=is_causal, mask=mask)
-        return self._adjacency_transition(adjacency, B, H, L, key_padding_mask, is_causal,
-                                          keys.device)
-
-    def _adjacency_transition(self, adjacency, B, H, L, key_padding_mask, is_causal, device):
-        if not isinstance(adjacency, Tensor) or adjacency.dim() not in (2, 3) \
-                or tuple(adjacency.shape[-2:]) != (L, L) \
-                or (adjacency.dim() == 3 and adjacency.size(0) not in (1, B)):
-            raise ValueError(f"adjacency must be [L, L] or [B, L, L] with L={L}, B={B} "
-                             f"(got {getattr(adjacency, 'shape', type(adjacency).__name__)})")
-        adjacency = adjacency.to(device)
-        adjacency = adjacency.to_dense() if adjacency.layout != torch.strided else adjacency
-        adjacency = adjacency.expand(B, L, L) if adjacency.dim() == 3 else \
-            adjacency.unsqueeze(0).expand(B, L, L)
-        weight = adjacency.float()
-        if is_causal:
-            weight = weight.tril()
-        if key_padding_mask is not None:
-            weight = weight.masked_fill(key_padding_mask[:, None, :], 0.0)
-        b, row, col = weight.nonzero(as_tuple=True)
-        w = weight[b, row, col]
-        blocks = (b[:, None] * H + torch.arange(H, device=device)[None, :]).reshape(-1)
-        offset = blocks * L
-        edge_index = torch.stack([row.repeat_interleave(H) + offset,
-                                  col.repeat_interleave(H) + offset])
-        return graph_transition(edge_index, B * H * L, w.repeat_interleave(H))
 
     def _batch(self, query, key, value, unbatched):
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
@@ -308,3 +269,56 @@ class QGFDAttention(Module):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.embed_dim}, num_heads={self.num_heads}, "
                 f"alpha={self.alpha}, steps={self.steps}, k={self.k})")
+
+
+def sequence_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float = 1.0,
+                        key_padding_mask: Optional[Tensor] = None, is_causal: bool = False,
+                        adjacency: Optional[Tensor] = None, detach: bool = False) -> SparseTensor:
+    r"""Block-diagonal transition over the keys of every (batch, head) pair.
+
+    Without ``adjacency``, block ``(b, h)`` is :func:`qgfd_pyg.knn_transition` of
+    ``keys[b, h]``; with it, the random walk of ``adjacency`` (``[L, L]`` or ``[B, L, L]``,
+    dense or sparse, entry ``[i, j]`` = flow from ``i`` to ``j``, shared by the heads). Causal
+    rows reach only keys ``<= i``; padded keys (``key_padding_mask`` True) are never reached.
+
+    Shapes:
+        - **input:** keys :math:`(B, H, L, d)`
+        - **output:** row-stochastic SparseTensor :math:`(B H L, B H L)`
+    """
+    B, H, L, d = keys.shape
+    if adjacency is None:
+        keys = keys.detach() if detach else keys
+        keys = keys.float() if keys.dtype in (torch.float16, torch.bfloat16) else keys
+        mask = None
+        if key_padding_mask is not None:
+            mask = key_padding_mask[:, None, :].expand(B, H, L).reshape(B * H, L)
+        return knn_transition(keys.reshape(B * H, L, d), k, metric, temperature,
+                              causal=is_causal, mask=mask)
+    if not isinstance(adjacency, Tensor) or adjacency.dim() not in (2, 3) \
+            or tuple(adjacency.shape[-2:]) != (L, L) \
+            or (adjacency.dim() == 3 and adjacency.size(0) not in (1, B)):
+        raise ValueError(f"adjacency must be [L, L] or [B, L, L] with L={L}, B={B} "
+                         f"(got {getattr(adjacency, 'shape', type(adjacency).__name__)})")
+    device = keys.device
+    adjacency = adjacency.to(device)
+    adjacency = adjacency.to_dense() if adjacency.layout != torch.strided else adjacency
+    weight = adjacency.float().expand(B, L, L)
+    if is_causal:
+        weight = weight.tril()
+    if key_padding_mask is not None:
+        weight = weight.masked_fill(key_padding_mask[:, None, :], 0.0)
+    b, row, col = weight.nonzero(as_tuple=True)
+    offset = ((b[:, None] * H + torch.arange(H, device=device)[None, :]) * L).reshape(-1)
+    edge_index = torch.stack([row.repeat_interleave(H) + offset,
+                              col.repeat_interleave(H) + offset])
+    return graph_transition(edge_index, B * H * L, weight[b, row, col].repeat_interleave(H))
+
+
+def diffuse_sequence(values: Tensor, transition: SparseTensor, alpha: float, steps: int,
+                     tol: Optional[float] = None) -> Tuple[Tensor, DiffusionInfo]:
+    """:func:`qgfd_pyg.diffuse` of per-head values ``[B, H, L, d]`` over a
+    :func:`sequence_transition`; half-precision values are diffused in float32."""
+    B, H, L, d = values.shape
+    work = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+    z, info = diffuse(work.reshape(B * H * L, d), transition, alpha, steps, tol, return_info=True)
+    return z.view(B, H, L, d).to(values.dtype), info

@@ -128,7 +128,7 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
         acc = theta[t] * x if acc is None else acc + theta[t] * x
         info.steps = t + 1
         if track:  # Z_{t+1} - Z_t = r_{t+1} (P^{t+1} V - P^t V)
-            change = float((x_next - x).abs().max()) if x.numel() else 0.0
+            change = float((x_next - x).detach().abs().max()) if x.numel() else 0.0
             info.residuals.append(tail[t + 1] * change)
         x = x_next
         if tol is not None and info.residuals[-1] < tol:

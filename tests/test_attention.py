@@ -6,6 +6,7 @@ import torch
 from reference import dense_transition, pform
 
 from qgfd_pyg import QGFDAttention, knn_transition
+from qgfd_pyg.attention import sequence_transition
 
 
 def reference(layer, query, key, value, key_padding_mask=None, attn_mask=None, is_causal=False,
@@ -197,7 +198,8 @@ def test_gradients_detach_transition_and_unbatched_input():
     assert x.grad.abs().sum() > 0
     detached = QGFDAttention(8, 2, alpha=0.8, steps=3, k=3, detach_transition=True)
     keys = detached.k_proj(x).view(2, 6, 2, 4).transpose(1, 2)
-    assert not detached.transition(keys, None, False, None).storage.value().requires_grad
+    P = sequence_transition(keys, 3, detach=detached.detach_transition)
+    assert not P.storage.value().requires_grad
     single = torch.randn(6, 8)
     torch.testing.assert_close(layer(single, single, single)[0],
                                layer(single[None], single[None], single[None])[0][0])
