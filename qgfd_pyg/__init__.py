@@ -1,7 +1,8 @@
 """qgfd-pyg: Query-Graph-Flow Diffusion for PyTorch Geometric."""
 from .attention import QGFDAttention
 from .conv import QGFDConv
-from .diffusion import DiffusionInfo, diffuse, kernel_coefficients
+from .diffusion import (DiffusionInfo, diffuse, get_spmm_backend, kernel_coefficients,
+                        set_spmm_backend)
 from .transition import from_networkx, from_scipy, graph_transition, knn_transition
 
 __version__ = "0.1.0"
@@ -12,6 +13,8 @@ __all__ = [
     "DiffusionInfo",
     "diffuse",
     "kernel_coefficients",
+    "set_spmm_backend",
+    "get_spmm_backend",
     "graph_transition",
     "knn_transition",
     "from_networkx",

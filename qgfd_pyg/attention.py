@@ -317,8 +317,14 @@ def sequence_transition(keys: Tensor, k: int, metric: str = "dot", temperature: 
 def diffuse_sequence(values: Tensor, transition: SparseTensor, alpha: float, steps: int,
                      tol: Optional[float] = None) -> Tuple[Tensor, DiffusionInfo]:
     """:func:`qgfd_pyg.diffuse` of per-head values ``[B, H, L, d]`` over a
-    :func:`sequence_transition`; half-precision values are diffused in float32."""
+    :func:`sequence_transition`; half-precision values are diffused in float32. Residuals are
+    only traced when ``tol`` asks for early stopping (the trace costs a pass per step)."""
     B, H, L, d = values.shape
     work = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
-    z, info = diffuse(work.reshape(B * H * L, d), transition, alpha, steps, tol, return_info=True)
+    if tol is None:
+        z = diffuse(work.reshape(B * H * L, d), transition, alpha, steps)
+        info = DiffusionInfo(steps=steps if alpha > 0.0 else 0)
+    else:
+        z, info = diffuse(work.reshape(B * H * L, d), transition, alpha, steps, tol,
+                          return_info=True)
     return z.view(B, H, L, d).to(values.dtype), info

@@ -13,6 +13,7 @@ For personalised PageRank (``"ppr"``), :math:`\theta_k = (1-\alpha)\alpha^k`, th
 teleport :math:`1-\alpha`); for the heat kernel (``"heat"``), :math:`\theta_k = e^{-s} s^k / k!`.
 """
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
@@ -56,10 +57,44 @@ def kernel_coefficients(kernel: str, steps: int, alpha: float = 0.85,
     return theta, tail
 
 
+SPMM_BACKENDS = ("torch", "torch_sparse")
+_backend = {"name": "torch"}
+
+
+def set_spmm_backend(name: str) -> None:
+    """Chooses how a SparseTensor transition is multiplied: ``"torch"`` (torch's own CSR
+    product on a CSR copy cached on the transition; the default, faster on CPU in
+    ``benchmarks/results/perf_spmm.md``) or ``"torch_sparse"`` (``torch_sparse.matmul``).
+    Transitions whose values need gradients (e.g. kNN over trainable keys) always use
+    ``torch_sparse.matmul``, which differentiates w.r.t. them."""
+    _backend["name"] = check_choice("backend", name, SPMM_BACKENDS)
+
+
+def get_spmm_backend() -> str:
+    return _backend["name"]
+
+
+def _torch_csr(transition: SparseTensor) -> Tensor:
+    csr = getattr(transition, "_qgfd_csr", None)
+    if csr is None:
+        rowptr, col, value = transition.csr()
+        if value is None:
+            value = torch.ones(col.numel(), device=col.device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            csr = torch.sparse_csr_tensor(rowptr, col, value, transition.sparse_sizes())
+        transition._qgfd_csr = csr  # immutable container: safe to keep with it
+    return csr
+
+
 def spmm(transition: Transition, x: Tensor) -> Tensor:
     """``transition @ x`` for a SparseTensor, torch sparse or dense ``[N, N]`` transition."""
     if isinstance(transition, SparseTensor):
-        return sparse_matmul(transition, x)
+        value = transition.storage.value()
+        if _backend["name"] == "torch_sparse" or (value is not None and value.requires_grad):
+            return sparse_matmul(transition, x)
+        csr = _torch_csr(transition)
+        return torch.sparse.mm(csr if csr.dtype == x.dtype else csr.to(x.dtype), x)
     if transition.layout != torch.strided:
         return torch.sparse.mm(transition, x)
     return transition @ x

@@ -115,7 +115,8 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
         mask (torch.Tensor, optional): boolean ``[N]`` or ``[B, N]``; ``True`` marks keys that are
             never selected (e.g. padding, as in ``key_padding_mask``). A row left with no
             selectable key gets a self-loop.
-        chunk_size (int, optional): rows per chunk (default: about :math:`2^{24}/N`).
+        chunk_size (int, optional): rows per chunk (default: about :math:`2^{22}/(B N)`,
+            16 MB of similarities at a time).
 
     Shapes:
         - **input:** keys :math:`(N, d)` or :math:`(B, N, d)`
@@ -142,7 +143,7 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
         if mask.shape != (B, N) and not (mask.shape == (1, N) and not batched):
             raise ValueError(f"mask must have shape {[B, N] if batched else [N]} to match the "
                              f"keys (got {list(mask.shape)})")
-    chunk_size = (max(1, 2**24 // max(B * N, 1)) if chunk_size is None
+    chunk_size = (max(1, 2**22 // max(B * N, 1)) if chunk_size is None
                   else check_positive_int("chunk_size", chunk_size))
     kk = min(k, N)
 
@@ -150,6 +151,7 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
     other = keys if metric == "dot" else feats
     index = keys.new_empty((B, N, kk), dtype=torch.long)
     valid = keys.new_empty((B, N, kk), dtype=torch.bool)
+    kept = keys.new_empty((B, N, kk))
     with torch.no_grad():
         for start in range(0, N, chunk_size):
             stop = min(start + chunk_size, N)
@@ -162,27 +164,36 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
                 sim.masked_fill_(future[None], float("-inf"))
             top, idx = sim.topk(kk, dim=-1)
             index[:, start:stop] = idx
+            kept[:, start:stop] = top
             valid[:, start:stop] = top > float("-inf")
         # Rows without any selectable key keep their mass (self-loop).
         empty = ~valid[..., 0]
         if bool(empty.any()):
             self_index = torch.arange(N, device=keys.device).expand(B, N)
             index[..., 0] = torch.where(empty, self_index, index[..., 0])
+            kept[..., 0] = kept[..., 0].masked_fill(empty, 0.0)
             valid[..., 0] |= empty
+        # Column order within each row (invalid slots last), so the entries come out sorted.
+        index, order = index.masked_fill(~valid, N).sort(dim=-1)
+        valid = valid.gather(-1, order)
+        index = index.masked_fill(~valid, 0)
+        kept = kept.gather(-1, order)
 
-    # Recompute the kept similarities with autograd: O(B * N * k * d), never O(N^2).
-    neigh = torch.gather(other, 1, index.view(B, N * kk, 1).expand(-1, -1, d)).view(B, N, kk, d)
-    logits = (feats.unsqueeze(2) * neigh).sum(-1) / temperature
-    logits = logits.masked_fill(~valid, float("-inf"))
+    if torch.is_grad_enabled() and keys.requires_grad:
+        # Recompute the kept similarities with autograd: O(B * N * k * d), never O(N^2).
+        neigh = torch.gather(other, 1, index.view(B, N * kk, 1).expand(-1, -1, d))
+        kept = (feats.unsqueeze(2) * neigh.view(B, N, kk, d)).sum(-1)
+    logits = (kept / temperature).masked_fill(~valid, float("-inf"))
     value = torch.softmax(logits, dim=-1)
 
     offset = (torch.arange(B, device=keys.device) * N).view(B, 1, 1)
     row = (torch.arange(N, device=keys.device).view(1, N, 1) + offset).expand(B, N, kk)
-    col = index + offset
-    keep = valid.view(-1)
-    return SparseTensor(row=row.reshape(-1)[keep], col=col.reshape(-1)[keep],
-                        value=value.reshape(-1)[keep], sparse_sizes=(B * N, B * N),
-                        is_sorted=False)
+    row, col, value = row.reshape(-1), (index + offset).reshape(-1), value.reshape(-1)
+    if not bool(valid.all()):
+        keep = valid.view(-1)
+        row, col, value = row[keep], col[keep], value[keep]
+    return SparseTensor(row=row, col=col, value=value, sparse_sizes=(B * N, B * N),
+                        is_sorted=True, trust_data=True)
 
 
 def from_scipy(matrix: Any, add_self_loops: bool = False) -> SparseTensor:

@@ -93,3 +93,26 @@ def test_diffuse_rejects_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         diffuse(**args)
+
+
+def test_spmm_backends_agree_in_value_and_gradient():
+    from qgfd_pyg import get_spmm_backend, set_spmm_backend
+
+    P = random_graph(40, 160)
+    V = torch.randn(40, 5, requires_grad=True)
+    weights = torch.randn(40, 5)
+    results = {}
+    try:
+        for backend in ("torch", "torch_sparse"):
+            set_spmm_backend(backend)
+            assert get_spmm_backend() == backend
+            V.grad = None
+            Z = diffuse(V, P, 0.8, 4)
+            (Z * weights).sum().backward()
+            results[backend] = (Z.detach(), V.grad.clone())
+    finally:
+        set_spmm_backend("torch")
+    torch.testing.assert_close(*[r[0] for r in results.values()])
+    torch.testing.assert_close(*[r[1] for r in results.values()])
+    with pytest.raises(ValueError, match="backend"):
+        set_spmm_backend("cusparse")

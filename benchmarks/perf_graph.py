@@ -1,0 +1,187 @@
+"""Graph path: forward+backward time and peak memory of one layer, QGFDConv against GATConv,
+APPNP (K = steps) and the dense p-form, on Cora and on synthetic graphs up to ogbn-products' size.
+
+    ./run python benchmarks/perf_graph.py                          # CPU: cora, 1e4 .. 2.5e6 nodes
+    ./run python benchmarks/perf_graph.py --device cuda            # on a GPU
+
+All layers get the same inputs (hidden 64 = 4 heads x 16, steps 6, average degree ~20) in one
+process; the median of --repeats forward+backward passes is reported after a warm-up. Also the
+time of one diffusion step against the memory-bandwidth bound of one SpMM (bytes it must move at
+least / measured copy bandwidth). Writes benchmarks/results/perf_graph[_<device>].{json,md,png}
+after every graph, so a crash keeps the finished rows.
+"""
+import argparse
+import json
+import math
+import os
+
+import torch
+from common import cell, ratio, timed, write_results
+from torch_geometric.nn import APPNP, GATConv
+
+from qgfd_pyg import QGFDConv, diffuse, graph_transition
+
+
+def synthetic_graph(n, degree, seed=0):
+    """Random graph with ~degree * n directed edges (both directions of degree/2 * n pairs)."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = torch.randint(0, n, (2, degree * n // 2), generator=g)
+    pairs = pairs[:, pairs[0] != pairs[1]]
+    return torch.cat([pairs, pairs.flip(0)], dim=1)
+
+
+def dense_pform(x, edge_index, conv):
+    """QGFDConv computed the original way: p0 [H, N, N] dense, p_t iterated, p_T V."""
+    N, H, C = x.size(0), conv.heads, conv.out_channels
+    q = conv.lin_query(x).view(N, H, C).transpose(0, 1)
+    k = conv.lin_key(x).view(N, H, C).transpose(0, 1)
+    v = conv.lin_value(x).view(N, H, C).transpose(0, 1)
+    allowed = torch.zeros(N, N, dtype=torch.bool, device=x.device)
+    allowed[edge_index[1], edge_index[0]] = True
+    allowed.fill_diagonal_(True)
+    p0 = torch.softmax((q @ k.transpose(1, 2) / math.sqrt(C)).masked_fill(~allowed, -math.inf), -1)
+    P = graph_transition(edge_index.flip(0), N).to_dense()
+    p = p0
+    for _ in range(conv.steps):
+        p = (1 - conv.alpha) * p0 + conv.alpha * p @ P
+    return (p @ v).transpose(0, 1).reshape(N, H * C)
+
+
+def copy_bandwidth(device):
+    """Bytes per second of a large tensor copy (read + write)."""
+    src = torch.empty(2**27, device=device)  # 512 MB
+    dst = torch.empty_like(src)
+    seconds, _ = timed(lambda: dst.copy_(src), device, 5)
+    return 2 * src.numel() * 4 / seconds
+
+
+def measure_graph(name, x, edge_index, args, device, bandwidth):
+    N, E = x.size(0), edge_index.size(1)
+    steps, heads, width = args.steps, 4, 64
+    torch.manual_seed(0)
+    qgfd = QGFDConv(width, width // heads, heads=heads, alpha=0.85, steps=steps,
+                    cached=True).to(device)
+    gat = GATConv(width, width // heads, heads=heads).to(device)
+    appnp = APPNP(K=steps, alpha=0.15, cached=True).to(device)  # teleport 0.15 = QGFD alpha 0.85
+    x = x.to(device).requires_grad_()
+    edge_index = edge_index.to(device)
+    repeats = args.repeats if N <= 200_000 else max(2, args.repeats // 2)
+    row = {"graph": name, "nodes": N, "edges": E}
+
+    def step(module):
+        def run():
+            x.grad = None
+            module.zero_grad(set_to_none=True) if hasattr(module, "zero_grad") else None
+            module(x, edge_index).sum().backward()
+        return run
+
+    for label, fn in (("qgfd", step(qgfd)), ("gat", step(gat)), ("appnp", step(appnp))):
+        try:
+            seconds, extra = timed(fn, device, repeats)
+            row[label] = {"seconds": seconds, "peak_mb": extra, "status": "ok"}
+        except (MemoryError, RuntimeError) as error:
+            row[label] = {"status": f"failed: {str(error).splitlines()[0][:80]}"}
+    dense_bytes = 4 * 4 * heads * N * N
+    if dense_bytes > args.max_dense_bytes:
+        row["dense_pform"] = {"status": f"out of memory: needs ~{dense_bytes / 2**30:,.0f} GiB"}
+    else:
+        try:
+            seconds, extra = timed(lambda: dense_pform(x, edge_index, qgfd).sum().backward(),
+                                   device, 2)
+            row["dense_pform"] = {"seconds": seconds, "peak_mb": extra, "status": "ok"}
+        except (MemoryError, RuntimeError) as error:
+            row["dense_pform"] = {"status": f"out of memory: {str(error).splitlines()[0][:60]}"}
+    # One diffusion step against the bandwidth bound of one SpMM over [N, 64] values.
+    P = graph_transition(edge_index.flip(0), N)
+    values = torch.randn(N, width, device=device)
+    seconds, _ = timed(lambda: diffuse(values, P, 0.85, steps), device, repeats)
+    nnz = P.nnz()
+    moved = nnz * (8 + 4) + (N + 1) * 8 + 2 * N * width * 4  # col+value, rowptr, read x, write
+    row["diffusion_step"] = {"seconds": seconds / steps, "bound_seconds": moved / bandwidth,
+                             "ratio_to_bound": seconds / steps / (moved / bandwidth)}
+    q, g, a = row["qgfd"], row["gat"], row["appnp"]
+    if all(r.get("status") == "ok" for r in (q, g, a)):
+        row["qgfd_over_gat_plus_appnp"] = q["seconds"] / (g["seconds"] + a["seconds"])
+    if row["dense_pform"].get("status") == "ok" and q.get("status") == "ok":
+        row["pform_over_qgfd"] = row["dense_pform"]["seconds"] / q["seconds"]
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000,2500000")
+    parser.add_argument("--degree", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-cora", action="store_true")
+    parser.add_argument("--root", default="datasets")
+    parser.add_argument("--max-dense-bytes", type=float, default=6e9)
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = "perf_graph" + ("" if device.type == "cpu" else f"_{device.type}")
+    bandwidth = copy_bandwidth(device)
+    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device)
+           if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+           "copy_bandwidth_gb_s": bandwidth / 1e9, "steps": args.steps, "hidden": "4 x 16",
+           "degree": args.degree}
+    graphs = []
+    if not args.no_cora:
+        from torch_geometric.datasets import Planetoid
+        data = Planetoid(args.root, "Cora")[0]
+        graphs.append(("cora", data.num_nodes, data.edge_index))
+    graphs += [(f"random-{int(n):,}", int(n), None) for n in map(float, args.sizes.split(","))]
+    rows = []
+    for label, n, edge_index in graphs:
+        edge_index = synthetic_graph(n, args.degree) if edge_index is None else edge_index
+        x = torch.randn(n, 64)
+        rows.append(measure_graph(label, x, edge_index, args, device, bandwidth))
+        print(json.dumps(rows[-1]), flush=True)
+        write(args.out, name, env, rows)
+        del x, edge_index
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def write(out, name, env, rows):
+    lines = [f"# One layer, forward + backward ({env['device']})", "",
+             f"hidden {env['hidden']}, steps {env['steps']}, average degree ~{env['degree']} "
+             f"(synthetic); median time / peak extra memory; copy bandwidth "
+             f"{env['copy_bandwidth_gb_s']:.1f} GB/s; torch {env['torch']}.", "",
+             "| graph | nodes | edges | QGFDConv | GATConv | APPNP | dense p-form | "
+             "QGFD / (GAT + APPNP) | p-form / QGFD | diffusion step / SpMM bound |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        d = r["diffusion_step"]
+        cells = [cell(r[key]) for key in ("qgfd", "gat", "appnp", "dense_pform")]
+        lines.append(f"| {r['graph']} | {r['nodes']:,} | {r['edges']:,} | {' | '.join(cells)} | "
+                     f"{ratio(r, 'qgfd_over_gat_plus_appnp')} | {ratio(r, 'pform_over_qgfd')} | "
+                     f"{1000 * d['seconds']:.3g} ms / {1000 * d['bound_seconds']:.3g} ms = "
+                     f"{d['ratio_to_bound']:.1f}x |")
+    write_results(out, name, env, rows, lines)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in ("qgfd", "gat", "appnp", "dense_pform"):
+        pts = [(r["nodes"], r[model]["seconds"]) for r in rows if r[model].get("status") == "ok"]
+        if pts:
+            ax.loglog(*zip(*pts, strict=True), marker="o", label=model)
+    ax.set_xlabel("nodes")
+    ax.set_ylabel("forward + backward (s)")
+    ax.set_title(f"One layer, {env['device']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = os.path.join(out, f".{name}.png.tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, os.path.join(out, f"{name}.png"))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
