@@ -13,17 +13,17 @@ from qgfd_pyg.bench.report import atomic_write  # noqa: E402
 from qgfd_pyg.bench.train import PeakMemory  # noqa: E402
 
 
-def timed(fn, device: torch.device, repeats: int):
-    """Median seconds of ``repeats`` calls after one warm-up, and the peak memory they add (MB:
-    CUDA allocator peak above what was allocated before, or the process's peak RSS on CPU)."""
+def timed(fn, device: torch.device, repeats: int, warmup: bool = True):
+    """Median seconds of ``repeats`` calls (after one warm-up call), and the peak memory they
+    add in MB (CUDA allocator peak, or the process's peak RSS on CPU, above what was held)."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     memory = PeakMemory(device)
-    fn()
-    sync()
-    base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" \
-        else memory.read_mb()
+    if warmup:
+        fn()
+        sync()
+    base = memory.current_mb()
     memory.reset()
     times = []
     for _ in range(repeats):

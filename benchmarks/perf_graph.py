@@ -22,10 +22,10 @@ from torch_geometric.nn import APPNP, GATConv
 from qgfd_pyg import QGFDConv, diffuse, graph_transition
 
 
-def synthetic_graph(n, degree, seed=0):
-    """Random graph with ~degree * n directed edges (both directions of degree/2 * n pairs)."""
+def synthetic_graph(n, edges, seed=0):
+    """Random undirected graph with ~``edges`` directed edges (both directions of each pair)."""
     g = torch.Generator().manual_seed(seed)
-    pairs = torch.randint(0, n, (2, degree * n // 2), generator=g)
+    pairs = torch.randint(0, n, (2, edges // 2), generator=g)
     pairs = pairs[:, pairs[0] != pairs[1]]
     return torch.cat([pairs, pairs.flip(0)], dim=1)
 
@@ -59,14 +59,14 @@ def measure_graph(name, x, edge_index, args, device, bandwidth):
     N, E = x.size(0), edge_index.size(1)
     steps, heads, width = args.steps, 4, 64
     torch.manual_seed(0)
-    qgfd = QGFDConv(width, width // heads, heads=heads, alpha=0.85, steps=steps,
+    qgfd = QGFDConv(x.size(1), width // heads, heads=heads, alpha=0.85, steps=steps,
                     cached=True).to(device)
-    gat = GATConv(width, width // heads, heads=heads).to(device)
+    gat = GATConv(x.size(1), width // heads, heads=heads).to(device)
     appnp = APPNP(K=steps, alpha=0.15, cached=True).to(device)  # teleport 0.15 = QGFD alpha 0.85
     x = x.to(device).requires_grad_()
     edge_index = edge_index.to(device)
     repeats = args.repeats if N <= 200_000 else max(2, args.repeats // 2)
-    row = {"graph": name, "nodes": N, "edges": E}
+    row = {"graph": name, "nodes": N, "edges": E, "features": x.size(1)}
 
     def step(module):
         def run():
@@ -75,7 +75,12 @@ def measure_graph(name, x, edge_index, args, device, bandwidth):
             module(x, edge_index).sum().backward()
         return run
 
+    gat_bytes = 2 * (E + N) * width * 4  # GATConv holds x_j and alpha * x_j as [E, H, C]
     for label, fn in (("qgfd", step(qgfd)), ("gat", step(gat)), ("appnp", step(appnp))):
+        if label == "gat" and gat_bytes > args.max_edge_tensor_bytes:
+            row[label] = {"status": f"not run: its two [E, H, C] tensors need "
+                                    f"{gat_bytes / 2**30:.0f} GiB"}
+            continue
         try:
             seconds, extra = timed(fn, device, repeats)
             row[label] = {"seconds": seconds, "peak_mb": extra, "status": "ok"}
@@ -84,10 +89,13 @@ def measure_graph(name, x, edge_index, args, device, bandwidth):
     dense_bytes = 4 * 4 * heads * N * N
     if dense_bytes > args.max_dense_bytes:
         row["dense_pform"] = {"status": f"out of memory: needs ~{dense_bytes / 2**30:,.0f} GiB"}
+    elif N > args.max_pform_nodes:
+        row["dense_pform"] = {"status": f"not run: O(H N^3) per step, beyond "
+                                        f"--max-pform-nodes={args.max_pform_nodes}"}
     else:
         try:
             seconds, extra = timed(lambda: dense_pform(x, edge_index, qgfd).sum().backward(),
-                                   device, 2)
+                                   device, 1, warmup=False)
             row["dense_pform"] = {"seconds": seconds, "peak_mb": extra, "status": "ok"}
         except (MemoryError, RuntimeError) as error:
             row["dense_pform"] = {"status": f"out of memory: {str(error).splitlines()[0][:60]}"}
@@ -115,8 +123,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-cora", action="store_true")
+    parser.add_argument("--products", action="store_true",
+                        help="add a graph of ogbn-products' size: 2,449,029 nodes, 61,859,140 "
+                             "edges, 100 features")
     parser.add_argument("--root", default="datasets")
     parser.add_argument("--max-dense-bytes", type=float, default=6e9)
+    parser.add_argument("--max-edge-tensor-bytes", type=float, default=16e9,
+                        help="skip GATConv when its [E, H, C] tensors exceed this (an allocation "
+                             "past RAM can get the whole process killed)")
+    parser.add_argument("--max-pform-nodes", type=int, default=5000,
+                        help="largest graph for the dense p-form (its cost grows as N^3)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -126,16 +142,19 @@ def main():
            if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
            "copy_bandwidth_gb_s": bandwidth / 1e9, "steps": args.steps, "hidden": "4 x 16",
            "degree": args.degree}
-    graphs = []
+    graphs = []  # (label, nodes, edge_index or number of edges, features)
     if not args.no_cora:
         from torch_geometric.datasets import Planetoid
         data = Planetoid(args.root, "Cora")[0]
-        graphs.append(("cora", data.num_nodes, data.edge_index))
-    graphs += [(f"random-{int(n):,}", int(n), None) for n in map(float, args.sizes.split(","))]
+        graphs.append(("cora", data.num_nodes, data.edge_index, 64))
+    graphs += [(f"random-{int(n):,}", int(n), args.degree * int(n), 64)
+               for n in map(float, args.sizes.split(",")) if n > 0]
+    if args.products:
+        graphs.append(("products-size", 2_449_029, 61_859_140, 100))
     rows = []
-    for label, n, edge_index in graphs:
-        edge_index = synthetic_graph(n, args.degree) if edge_index is None else edge_index
-        x = torch.randn(n, 64)
+    for label, n, edges, features in graphs:
+        edge_index = synthetic_graph(n, edges) if isinstance(edges, int) else edges
+        x = torch.randn(n, features)
         rows.append(measure_graph(label, x, edge_index, args, device, bandwidth))
         print(json.dumps(rows[-1]), flush=True)
         write(args.out, name, env, rows)
@@ -149,13 +168,14 @@ def write(out, name, env, rows):
              f"hidden {env['hidden']}, steps {env['steps']}, average degree ~{env['degree']} "
              f"(synthetic); median time / peak extra memory; copy bandwidth "
              f"{env['copy_bandwidth_gb_s']:.1f} GB/s; torch {env['torch']}.", "",
-             "| graph | nodes | edges | QGFDConv | GATConv | APPNP | dense p-form | "
+             "| graph | nodes | edges | in | QGFDConv | GATConv | APPNP | dense p-form | "
              "QGFD / (GAT + APPNP) | p-form / QGFD | diffusion step / SpMM bound |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         d = r["diffusion_step"]
         cells = [cell(r[key]) for key in ("qgfd", "gat", "appnp", "dense_pform")]
-        lines.append(f"| {r['graph']} | {r['nodes']:,} | {r['edges']:,} | {' | '.join(cells)} | "
+        lines.append(f"| {r['graph']} | {r['nodes']:,} | {r['edges']:,} | {r['features']} | "
+                     f"{' | '.join(cells)} | "
                      f"{ratio(r, 'qgfd_over_gat_plus_appnp')} | {ratio(r, 'pform_over_qgfd')} | "
                      f"{1000 * d['seconds']:.3g} ms / {1000 * d['bound_seconds']:.3g} ms = "
                      f"{d['ratio_to_bound']:.1f}x |")

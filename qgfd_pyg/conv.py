@@ -16,6 +16,7 @@ from torch_sparse import SparseTensor
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
                       check_positive_float, check_positive_int, check_steps)
 from .diffusion import diffuse
+from .edge_ops import edge_aggregate, edge_dot
 from .transition import graph_transition, knn_transition
 
 
@@ -168,13 +169,13 @@ class QGFDConv(MessagePassing):
         src, dst = attn_index
         if self.lin_query is not None:
             query = self.lin_query(x).view(N, H, C)
-            score = (query[dst] * key[src]).sum(dim=-1) / math.sqrt(C)
+            score = edge_dot(query, key, src, dst) / math.sqrt(C)
         else:
             score = F.leaky_relu((value * self.att_dst).sum(-1)[dst]
                                  + (value * self.att_src).sum(-1)[src], 0.2)
         p0 = softmax(score, dst, num_nodes=N)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
-        out = self.propagate(attn_index, z=z, weight=p0_used, size=(N, N))
+        out = edge_aggregate(p0_used, z, src, dst, N)  # sum_j p0_ij z_j, chunked
 
         out = out.reshape(N, H * C) if self.concat else out.mean(dim=1)
         if self.bias is not None:
@@ -219,6 +220,8 @@ class QGFDConv(MessagePassing):
         return attn_index, P
 
     def message(self, z_j: Tensor, weight: Tensor) -> Tensor:
+        """Per-edge message ``p0_ij * z_j`` (what ``forward`` sums with the chunked
+        :func:`~qgfd_pyg.edge_ops.edge_aggregate`, without holding every message at once)."""
         return weight.unsqueeze(-1) * z_j
 
     def __repr__(self) -> str:

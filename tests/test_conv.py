@@ -211,3 +211,18 @@ def test_additive_attention_equals_p_form_and_is_gat_like():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
     with pytest.raises(ValueError, match="attention"):
         QGFDConv(5, 4, attention="cosine")
+
+
+def test_chunked_edge_ops_match_gathers_in_value_and_gradient():
+    from qgfd_pyg.edge_ops import edge_aggregate, edge_dot
+
+    n, e, H, C = 9, 40, 3, 4
+    src, dst = torch.randint(0, n, (e,)), torch.randint(0, n, (e,))
+    q, k, z = (torch.randn(n, H, C, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    w = torch.rand(e, H, dtype=torch.float64, requires_grad=True)
+    for chunk in (1, 7, 10**6):  # chunk_elements: one edge at a time, ragged, everything
+        torch.autograd.gradcheck(lambda a, b: edge_dot(a, b, src, dst, chunk), (q, k))
+        torch.autograd.gradcheck(lambda a, b: edge_aggregate(a, b, src, dst, n, chunk), (w, z))
+    torch.testing.assert_close(edge_dot(q, k, src, dst), (q[dst] * k[src]).sum(-1))
+    expected = torch.zeros(n, H, C, dtype=torch.float64).index_add_(0, dst, w[..., None] * z[src])
+    torch.testing.assert_close(edge_aggregate(w, z, src, dst, n), expected)

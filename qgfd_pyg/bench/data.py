@@ -35,9 +35,12 @@ def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
 
 
 TASKS: Dict[str, str] = {
-    "cora": "Planetoid Cora, public split (140/500/1000); ships in datasets/Cora",
-    "citeseer": "Planetoid CiteSeer, public split (120/500/1000); ships in datasets/CiteSeer",
-    "pubmed": "Planetoid PubMed, public split (60/500/1000); downloaded into --root",
+    "cora": "Planetoid Cora, public split (140/500/1000), row-normalised features; "
+            "ships in datasets/Cora",
+    "citeseer": "Planetoid CiteSeer, public split (120/500/1000), row-normalised features; "
+                "ships in datasets/CiteSeer",
+    "pubmed": "Planetoid PubMed, public split (60/500/1000), row-normalised features; "
+              "downloaded into --root",
     "ogbn-arxiv": "OGB ogbn-arxiv, time split, OGB Evaluator (accuracy); downloaded into --root",
     "pyg": ("any torch_geometric.datasets class that provides train/val/test masks: "
             "--dataset Class[:name] (e.g. WebKB:Texas, WikipediaNetwork:chameleon, "
@@ -46,9 +49,11 @@ TASKS: Dict[str, str] = {
 
 
 def _planetoid(root: str, name: str) -> NodeTask:
+    """The standard Planetoid protocol: public split, row-normalised bag-of-words features."""
+    import torch_geometric.transforms as T
     from torch_geometric.datasets import Planetoid
 
-    dataset = Planetoid(root, name, split="public")
+    dataset = Planetoid(root, name, split="public", transform=T.NormalizeFeatures())
     data = dataset[0]
     return NodeTask(name.lower(), data, dataset.num_classes, "accuracy", accuracy,
                     (data.train_mask, data.val_mask, data.test_mask))

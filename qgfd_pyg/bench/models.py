@@ -136,7 +136,7 @@ class ModelSpec:
 
 MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(QGFDNet, 0.01, 5e-4, dict(
-        hidden=64, heads=4, dropout=0.5, attn_dropout=0.5, alpha=0.9, steps=10,
+        hidden=64, heads=1, dropout=0.5, attn_dropout=0.0, alpha=0.8, steps=10,
         transition="graph", k=8, layers=1, attention="dot"), "chosen on Cora validation accuracy "
                                             "(benchmarks/results/cora_search.md)"),
     "gat": ModelSpec(GAT, 0.005, 5e-4, dict(hidden=8, heads=8, dropout=0.6), "GAT paper"),

@@ -48,12 +48,23 @@ class PeakMemory:
                 pass
 
     def read_mb(self) -> Optional[float]:
+        """Peak since the last reset."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self._status("VmHWM:")
+
+    def current_mb(self) -> Optional[float]:
+        """What is held now (allocated on CUDA, resident on CPU)."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return self._status("VmRSS:")
+
+    @staticmethod
+    def _status(field: str) -> Optional[float]:
         try:
             with open("/proc/self/status") as f:
                 for line in f:
-                    if line.startswith("VmHWM:"):
+                    if line.startswith(field):
                         return int(line.split()[1]) / 1024
         except OSError:
             pass
