@@ -219,11 +219,6 @@ class QGFDConv(MessagePassing):
             self._cached = (attn_index, P)
         return attn_index, P
 
-    def message(self, z_j: Tensor, weight: Tensor) -> Tensor:
-        """Per-edge message ``p0_ij * z_j`` (what ``forward`` sums with the chunked
-        :func:`~qgfd_pyg.edge_ops.edge_aggregate`, without holding every message at once)."""
-        return weight.unsqueeze(-1) * z_j
-
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
                 f"heads={self.heads}, alpha={self.alpha}, steps={self.steps}, "
