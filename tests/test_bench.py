@@ -46,6 +46,28 @@ def test_input_dropout_matches_dropout_in_distribution():
     assert set(dense.unique().tolist()) <= {0.0, 2.0}
 
 
+def test_sparse_csr_input_gives_the_same_model_outputs():
+    from qgfd_pyg.bench.train import as_model_input
+
+    x = (torch.rand(30, 50) < 0.05).float()
+    xs = as_model_input(x)
+    assert xs.layout == torch.sparse_csr
+    assert as_model_input(torch.randn(5, 4)).layout == torch.strided
+    edge_index = torch.randint(0, 30, (2, 80))
+    for name in MODELS:
+        torch.manual_seed(0)
+        model = build_model(name, 50, 3).eval()
+        torch.testing.assert_close(model(xs, edge_index), model(x, edge_index), atol=1e-5,
+                                   rtol=1e-5)
+        model.train()
+        torch.manual_seed(1)
+        model(xs, edge_index).sum().backward()  # gradients through the sparse first layer
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    dropped = InputDropout(0.5).train()(xs)
+    assert dropped.layout == torch.sparse_csr
+    assert set(dropped.values().unique().tolist()) <= {0.0, 2.0}
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_trains_one_step(name):
     model = build_model(name, 6, 3)

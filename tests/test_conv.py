@@ -221,8 +221,9 @@ def test_chunked_edge_ops_match_gathers_in_value_and_gradient():
     q, k, z = (torch.randn(n, H, C, dtype=torch.float64, requires_grad=True) for _ in range(3))
     w = torch.rand(e, H, dtype=torch.float64, requires_grad=True)
     for chunk in (1, 7, 10**6):  # chunk_elements: one edge at a time, ragged, everything
-        torch.autograd.gradcheck(lambda a, b: edge_dot(a, b, src, dst, chunk), (q, k))
-        torch.autograd.gradcheck(lambda a, b: edge_aggregate(a, b, src, dst, n, chunk), (w, z))
+        torch.autograd.gradcheck(lambda a, b, c=chunk: edge_dot(a, b, src, dst, c), (q, k))
+        torch.autograd.gradcheck(lambda a, b, c=chunk: edge_aggregate(a, b, src, dst, n, c),
+                                 (w, z))
     torch.testing.assert_close(edge_dot(q, k, src, dst), (q[dst] * k[src]).sum(-1))
     expected = torch.zeros(n, H, C, dtype=torch.float64).index_add_(0, dst, w[..., None] * z[src])
     torch.testing.assert_close(edge_aggregate(w, z, src, dst, n), expected)

@@ -16,7 +16,9 @@ class InputDropout(Module):
 
     Dropping a zero leaves it zero, so for sparse bag-of-words features (Cora: 1.3% non-zero)
     this has exactly the distribution of :func:`torch.nn.functional.dropout` at a fraction of
-    the cost of drawing a mask for every entry. The non-zero pattern of the last input is kept.
+    the cost of drawing a mask for every entry. Sparse CSR input (see
+    :func:`qgfd_pyg.bench.train.as_model_input`) keeps its layout; for dense input the
+    non-zero pattern of the last input is kept.
     """
 
     def __init__(self, p: float):
@@ -28,6 +30,9 @@ class InputDropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
+        if x.layout == torch.sparse_csr:
+            return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(),
+                                           F.dropout(x.values(), self.p, True), x.shape)
         key = (x.data_ptr(), tuple(x.shape), x._version, x.device)
         if key != self._key:
             nonzero = x.nonzero(as_tuple=True)

@@ -2,6 +2,7 @@
 import random
 import statistics
 import time
+import warnings
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -71,6 +72,18 @@ class PeakMemory:
         return None
 
 
+def as_model_input(x: Tensor, max_density: float = 0.1) -> Tensor:
+    """Sparse features (bag-of-words: 1.3% non-zero on Cora) as a CSR tensor: every model's
+    first layer, PyG's included, applies ``F.linear``, which multiplies CSR input several times
+    faster with the same result; denser features stay dense."""
+    if x.layout == torch.strided and x.dim() == 2 and x.numel() \
+            and (x != 0).sum().item() <= max_density * x.numel():
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return x.to_sparse_csr()
+    return x
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -91,7 +104,7 @@ def train_one(task: NodeTask, model_name: str, seed: int, overrides: Dict[str, A
     seed_everything(seed)
     train_idx, val_idx, test_idx = (idx.to(device) for idx in task.split(seed))
     data = task.data.to(device)
-    x, edge_index, y = data.x, data.edge_index, data.y
+    x, edge_index, y = as_model_input(data.x), data.edge_index, data.y
     model = build_model(model_name, x.size(1), task.num_classes, overrides).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     memory = PeakMemory(device)
