@@ -75,11 +75,13 @@ def measure_graph(name, x, edge_index, args, device, bandwidth):
             module(x, edge_index).sum().backward()
         return run
 
-    gat_bytes = 2 * (E + N) * width * 4  # GATConv holds x_j and alpha * x_j as [E, H, C]
+    # PyG's GATConv holds x_j and alpha * x_j as [E, H, C]; APPNP on edge_index holds x_j and
+    # the weighted messages as [E, F]. An allocation past RAM can get the process killed.
+    edge_bytes = {"gat": 2 * (E + N) * width * 4, "appnp": 2 * (E + N) * x.size(1) * 4}
     for label, fn in (("qgfd", step(qgfd)), ("gat", step(gat)), ("appnp", step(appnp))):
-        if label == "gat" and gat_bytes > args.max_edge_tensor_bytes:
-            row[label] = {"status": f"not run: its two [E, H, C] tensors need "
-                                    f"{gat_bytes / 2**30:.0f} GiB"}
+        if edge_bytes.get(label, 0) > args.max_edge_tensor_bytes:
+            row[label] = {"status": f"not run: its two per-edge message tensors need "
+                                    f"{edge_bytes[label] / 2**30:.0f} GiB"}
             continue
         try:
             seconds, extra = timed(fn, device, repeats)
