@@ -1,10 +1,12 @@
-"""SpMM backends for the diffusion loop: torch_sparse.matmul against torch's own CSR product.
+"""SpMM backends for the diffusion loop: numba's CSR kernel, torch's own CSR product and
+torch_sparse.matmul.
 
     ./run python benchmarks/perf_spmm.py
 
-One diffusion step Z <- P Z over [N, 64] values, forward alone and forward + backward (gradient
-w.r.t. the values), median of --repeats, for each backend of qgfd_pyg.set_spmm_backend, on the
-same transition. Writes benchmarks/results/perf_spmm.{json,md}.
+One product P Z over [N, 64] values (forward), and one diffusion step forward + backward
+(gradient w.r.t. the values, through qgfd_pyg.diffuse, whose backward multiplies by the cached
+CSR form of P^T), median of --repeats, for each backend of qgfd_pyg.set_spmm_backend on the same
+transition. Writes benchmarks/results/perf_spmm.{json,md}.
 """
 import argparse
 import json
@@ -13,17 +15,17 @@ import os
 import torch
 from common import timed, write_results
 
-from qgfd_pyg import graph_transition, set_spmm_backend
-from qgfd_pyg.diffusion import SPMM_BACKENDS, spmm
+from qgfd_pyg import diffuse, graph_transition, set_spmm_backend
+from qgfd_pyg.spmm import SPMM_BACKENDS, _numba_kernel, spmm
 
 CPU = torch.device("cpu")
 
 
 def measure(P, x, repeats):
-    """Median seconds of one product, forward alone and forward + backward w.r.t. x."""
+    """Median seconds of one product (forward) and of one diffusion step forward + backward."""
     def both():
         x.grad = None
-        spmm(P, x).sum().backward()
+        diffuse(x, P, 0.85, 1).sum().backward()
     return {"forward_s": timed(lambda: spmm(P, x.detach()), CPU, repeats)[0],
             "forward_backward_s": timed(both, CPU, repeats)[0]}
 
@@ -35,6 +37,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()
+    backends = [b for b in SPMM_BACKENDS if b != "auto"
+                and (b != "numba" or _numba_kernel() is not None)]
     rows = []
     for spec in args.graphs.split(","):
         n, e = map(int, spec.split(":"))
@@ -42,27 +46,27 @@ def main():
         P = graph_transition(torch.randint(0, n, (2, e), generator=g), n)
         x = torch.randn(n, args.width, requires_grad=True)
         row = {"nodes": n, "edges": e, "nnz": P.nnz()}
-        for backend in SPMM_BACKENDS:
+        for backend in backends:
             set_spmm_backend(backend)
             row[backend] = measure(P, x, args.repeats)
-        set_spmm_backend("torch")
-        row["torch_sparse_over_torch"] = (row["torch_sparse"]["forward_s"]
-                                          / row["torch"]["forward_s"])
+        set_spmm_backend("auto")
         rows.append(row)
         print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "width": args.width,
            "repeats": args.repeats}
-    lines = [f"# SpMM backends, one diffusion step over [N, {args.width}] values (CPU, "
-             f"{env['threads']} threads, torch {env['torch']})", "",
-             "| nodes | nnz(P) | torch CSR fwd | torch_sparse fwd | torch CSR fwd+bwd | "
-             "torch_sparse fwd+bwd | torch_sparse / torch (fwd) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"# SpMM backends over [N, {args.width}] values (CPU, {env['threads']} threads, "
+             f"torch {env['torch']})", "",
+             "One product P Z (forward) and one diffusion step forward + backward; median of "
+             f"{args.repeats}. The default backend, `auto`, is `numba` when numba is installed.",
+             "", "| nodes | nnz(P) | " + " | ".join(f"{b} fwd | {b} fwd+bwd" for b in backends)
+             + " | torch / numba (fwd) | torch_sparse / numba (fwd) |",
+             "| --- | --- |" + " --- | --- |" * len(backends) + " --- | --- |"]
     for r in rows:
-        t, s = r["torch"], r["torch_sparse"]
-        lines.append(f"| {r['nodes']:,} | {r['nnz']:,} | {1000 * t['forward_s']:.1f} ms | "
-                     f"{1000 * s['forward_s']:.1f} ms | {1000 * t['forward_backward_s']:.1f} ms | "
-                     f"{1000 * s['forward_backward_s']:.1f} ms | "
-                     f"{r['torch_sparse_over_torch']:.2f} |")
+        cells = " | ".join(f"{1000 * r[b]['forward_s']:.1f} ms | "
+                           f"{1000 * r[b]['forward_backward_s']:.1f} ms" for b in backends)
+        ratios = " | ".join(f"{r[b]['forward_s'] / r['numba']['forward_s']:.2f}"
+                            if "numba" in r else "n/a" for b in ("torch", "torch_sparse"))
+        lines.append(f"| {r['nodes']:,} | {r['nnz']:,} | {cells} | {ratios} |")
     write_results(args.out, "perf_spmm", env, rows, lines)
 
 

@@ -1,8 +1,8 @@
 """qgfd-pyg: Query-Graph-Flow Diffusion for PyTorch Geometric."""
 from .attention import QGFDAttention
 from .conv import QGFDConv
-from .diffusion import (DiffusionInfo, diffuse, get_spmm_backend, kernel_coefficients,
-                        set_spmm_backend)
+from .diffusion import DiffusionInfo, diffuse, kernel_coefficients
+from .spmm import get_spmm_backend, set_spmm_backend
 from .transition import from_networkx, from_scipy, graph_transition, knn_transition
 
 __version__ = "0.1.0"

@@ -51,6 +51,8 @@ class QGFDAttention(Module):
         alpha_warmup_steps (int): ramp :math:`\alpha` linearly from 0 over this many training
             calls (0: no warm-up).
         detach_transition (bool): no gradient through :math:`\mathbf{P}`.
+        checkpoint (bool): keep no per-step copy of the values for the backward pass; the
+            diffusion runs again during it (see :func:`qgfd_pyg.diffuse`).
 
     Shapes:
         - **input:** query :math:`(B, L_q, E)`, key :math:`(B, L_k, E_k)`, value
@@ -69,7 +71,7 @@ class QGFDAttention(Module):
                  dropout: float = 0.0, bias: bool = True, batch_first: bool = True,
                  kdim: Optional[int] = None, vdim: Optional[int] = None,
                  tol: Optional[float] = None, alpha_warmup_steps: int = 0,
-                 detach_transition: bool = False):
+                 detach_transition: bool = False, checkpoint: bool = False):
         super().__init__()
         self.embed_dim = check_positive_int("embed_dim", embed_dim)
         self.num_heads = check_positive_int("num_heads", num_heads)
@@ -90,6 +92,7 @@ class QGFDAttention(Module):
         self.tol = check_positive_float("tol", tol, allow_none=True)
         self.alpha_warmup_steps = check_steps(alpha_warmup_steps)
         self.detach_transition = detach_transition
+        self.checkpoint = checkpoint
         self.q_proj = Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = Linear(self.kdim, embed_dim, bias=bias)
         self.v_proj = Linear(self.vdim, embed_dim, bias=bias)
@@ -164,7 +167,7 @@ class QGFDAttention(Module):
         if alpha > 0.0 and self.steps > 0:
             P = sequence_transition(k, self.k, self.metric, self.temperature, key_padding_mask,
                                     is_causal, adjacency, self.detach_transition)
-            z, info = diffuse_sequence(v, P, alpha, self.steps, self.tol)
+            z, info = diffuse_sequence(v, P, alpha, self.steps, self.tol, self.checkpoint)
         else:
             P, z, info = None, v, None
 
@@ -315,16 +318,17 @@ def sequence_transition(keys: Tensor, k: int, metric: str = "dot", temperature: 
 
 
 def diffuse_sequence(values: Tensor, transition: SparseTensor, alpha: float, steps: int,
-                     tol: Optional[float] = None) -> Tuple[Tensor, DiffusionInfo]:
+                     tol: Optional[float] = None, checkpoint: bool = False
+                     ) -> Tuple[Tensor, DiffusionInfo]:
     """:func:`qgfd_pyg.diffuse` of per-head values ``[B, H, L, d]`` over a
     :func:`sequence_transition`; half-precision values are diffused in float32. Residuals are
     only traced when ``tol`` asks for early stopping (the trace costs a pass per step)."""
     B, H, L, d = values.shape
     work = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
     if tol is None:
-        z = diffuse(work.reshape(B * H * L, d), transition, alpha, steps)
+        z = diffuse(work.reshape(B * H * L, d), transition, alpha, steps, checkpoint=checkpoint)
         info = DiffusionInfo(steps=steps if alpha > 0.0 else 0)
     else:
         z, info = diffuse(work.reshape(B * H * L, d), transition, alpha, steps, tol,
-                          return_info=True)
+                          return_info=True, checkpoint=checkpoint)
     return z.view(B, H, L, d).to(values.dtype), info

@@ -67,6 +67,9 @@ class QGFDConv(MessagePassing):
         tol (float, optional): stop diffusing once :math:`\max|Z^{(t+1)} - Z^{(t)}| <` ``tol``.
         cached (bool): cache the self-loop edges and graph transition of the first call
             (transductive use on one fixed graph only).
+        checkpoint (bool): with ``transition="knn"``, keep no per-step copy of the values for
+            the backward pass and run the diffusion again during it (a fixed graph transition
+            keeps none anyway; see :func:`qgfd_pyg.diffuse`).
         **kwargs: arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
@@ -84,7 +87,7 @@ class QGFDConv(MessagePassing):
                  alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
                  dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
                  tol: Optional[float] = None, cached: bool = False, attention: str = "dot",
-                 **kwargs):
+                 checkpoint: bool = False, **kwargs):
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
         if not isinstance(in_channels, int) or (in_channels < 1 and in_channels != -1):
@@ -104,6 +107,7 @@ class QGFDConv(MessagePassing):
         self.add_self_loops = add_self_loops
         self.tol = check_positive_float("tol", tol, allow_none=True)
         self.cached = cached
+        self.checkpoint = checkpoint
         self._cached = None
 
         width = heads * out_channels
@@ -161,7 +165,7 @@ class QGFDConv(MessagePassing):
         if self.transition == "knn":  # one kNN transition per head, block-diagonal
             P = knn_transition(key.transpose(0, 1), self.k)
             z = diffuse(value.transpose(0, 1).reshape(H * N, C), P, self.alpha, self.steps,
-                        self.tol)
+                        self.tol, checkpoint=self.checkpoint)
             z = z.view(H, N, C).transpose(0, 1)
         else:
             z = diffuse(value, transition, self.alpha, self.steps, self.tol)

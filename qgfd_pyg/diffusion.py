@@ -13,18 +13,16 @@ For personalised PageRank (``"ppr"``), :math:`\theta_k = (1-\alpha)\alpha^k`, th
 teleport :math:`1-\alpha`); for the heat kernel (``"heat"``), :math:`\theta_k = e^{-s} s^k / k!`.
 """
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint as recompute
 from torch_sparse import SparseTensor
-from torch_sparse import matmul as sparse_matmul
 
 from ._checks import check_alpha, check_choice, check_positive_float, check_steps
-
-Transition = Union[SparseTensor, Tensor]
+from .spmm import Transition, needs_value_grad, spmm
 KERNELS = ("ppr", "heat")
 
 
@@ -57,49 +55,6 @@ def kernel_coefficients(kernel: str, steps: int, alpha: float = 0.85,
     return theta, tail
 
 
-SPMM_BACKENDS = ("torch", "torch_sparse")
-_backend = {"name": "torch"}
-
-
-def set_spmm_backend(name: str) -> None:
-    """Chooses how a SparseTensor transition is multiplied: ``"torch"`` (torch's own CSR
-    product on a CSR copy cached on the transition; the default, faster on CPU in
-    ``benchmarks/results/perf_spmm.md``) or ``"torch_sparse"`` (``torch_sparse.matmul``).
-    Transitions whose values need gradients (e.g. kNN over trainable keys) always use
-    ``torch_sparse.matmul``, which differentiates w.r.t. them."""
-    _backend["name"] = check_choice("backend", name, SPMM_BACKENDS)
-
-
-def get_spmm_backend() -> str:
-    return _backend["name"]
-
-
-def _torch_csr(transition: SparseTensor) -> Tensor:
-    csr = getattr(transition, "_qgfd_csr", None)
-    if csr is None:
-        rowptr, col, value = transition.csr()
-        if value is None:
-            value = torch.ones(col.numel(), device=col.device)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            csr = torch.sparse_csr_tensor(rowptr, col, value, transition.sparse_sizes())
-        transition._qgfd_csr = csr  # immutable container: safe to keep with it
-    return csr
-
-
-def spmm(transition: Transition, x: Tensor) -> Tensor:
-    """``transition @ x`` for a SparseTensor, torch sparse or dense ``[N, N]`` transition."""
-    if isinstance(transition, SparseTensor):
-        value = transition.storage.value()
-        if _backend["name"] == "torch_sparse" or (value is not None and value.requires_grad):
-            return sparse_matmul(transition, x)
-        csr = _torch_csr(transition)
-        return torch.sparse.mm(csr if csr.dtype == x.dtype else csr.to(x.dtype), x)
-    if transition.layout != torch.strided:
-        return torch.sparse.mm(transition, x)
-    return transition @ x
-
-
 def _num_nodes(transition: Transition) -> int:
     if isinstance(transition, SparseTensor):
         rows, cols = transition.sparse_sizes()
@@ -113,9 +68,62 @@ def _num_nodes(transition: Transition) -> int:
     return rows
 
 
+def _loop(x: Tensor, transition: Transition, theta: List[float], tail: List[float],
+          steps: int, tol: Optional[float], track: bool, transpose: bool = False
+          ) -> Tuple[Tensor, DiffusionInfo]:
+    """The diffusion loop on ``[N, d]`` values (``P^T`` instead of ``P`` with ``transpose``)."""
+    info = DiffusionInfo()
+    acc: Optional[Tensor] = None  # sum_{j<t} theta_j P^j V
+    for t in range(steps):
+        x_next = spmm(transition, x, transpose)
+        acc = _accumulate(acc, x, theta[t])
+        info.steps = t + 1
+        if track:  # Z_{t+1} - Z_t = r_{t+1} (P^{t+1} V - P^t V)
+            change = float((x_next - x).detach().abs().max()) if x.numel() else 0.0
+            info.residuals.append(tail[t + 1] * change)
+        x = x_next
+        if tol is not None and info.residuals[-1] < tol:
+            info.converged = True
+            break
+    return _accumulate(acc, x, tail[info.steps]), info
+
+
+def _accumulate(acc: Optional[Tensor], x: Tensor, weight: float) -> Tensor:
+    """``acc + weight * x``, in place where autograd does not track ``acc``."""
+    if acc is None:
+        return weight * x
+    if acc.requires_grad:
+        return acc + weight * x
+    return acc.add_(x, alpha=weight)
+
+
+class _FixedTransitionDiffusion(torch.autograd.Function):
+    """Diffusion over a transition whose entries are constants. The map is linear,
+    ``Z = M V`` with ``M = sum_k theta_k P^k + r_T P^T``, so the backward is the same diffusion
+    over ``P^T``: nothing of the forward steps is kept, only ``P`` (whose transposed CSR form is
+    cached on it). The backward goes through this function again, so it is differentiable too.
+    """
+
+    @staticmethod
+    def forward(ctx, x, transition, theta, tail, steps, tol, track, transpose, info_out):
+        out, info = _loop(x, transition, theta, tail, steps, tol, track, transpose)
+        info_out.append(info)
+        ctx.transition, ctx.theta, ctx.tail = transition, theta, tail
+        ctx.steps, ctx.transpose = info.steps, transpose  # the steps actually taken
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x = _FixedTransitionDiffusion.apply(grad.contiguous(), ctx.transition, ctx.theta,
+                                                 ctx.tail, ctx.steps, None, False,
+                                                 not ctx.transpose, [])
+        return (grad_x,) + (None,) * 8
+
+
 def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: int = 6,
             tol: Optional[float] = None, kernel: str = "ppr", heat_time: float = 1.0,
-            return_info: bool = False) -> Union[Tensor, Tuple[Tensor, DiffusionInfo]]:
+            return_info: bool = False, checkpoint: bool = False
+            ) -> Union[Tensor, Tuple[Tensor, DiffusionInfo]]:
     r"""Diffuses ``values`` over a row-stochastic ``transition`` (the Z-form of QGFD).
 
     .. math::
@@ -126,6 +134,12 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     soon as :math:`\max |Z_{t+1} - Z_t| <` ``tol``; the residual shrinks at least geometrically
     at rate :math:`\alpha` for PPR. Any ``out = p_0 Z_T`` then equals :math:`p_T V`.
 
+    Memory: when the entries of ``transition`` are constants (graph transitions, detached
+    kNN), the backward pass is the same diffusion over :math:`P^\top` and keeps no copy of
+    the values from the forward steps. When they need gradients (kNN over trainable keys),
+    autograd keeps one ``[N, d]`` copy per step; ``checkpoint=True`` keeps none and runs the
+    forward steps again during the backward pass instead.
+
     Args:
         values (torch.Tensor): values :math:`V` with the nodes first, ``[N, *]``.
         transition (SparseTensor or torch.Tensor): row-stochastic :math:`P` ``[N, N]``.
@@ -135,6 +149,8 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
         kernel (str): ``"ppr"`` or ``"heat"``.
         heat_time (float): diffusion time :math:`s > 0` of the heat kernel.
         return_info (bool): also return a :class:`DiffusionInfo` (steps taken, residuals).
+        checkpoint (bool): recompute instead of storing (only matters for a differentiable
+            ``transition``).
 
     Shapes:
         - **input:** values :math:`(N, *)`, transition :math:`(N, N)`
@@ -150,25 +166,30 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     if values.size(0) != n:
         raise ValueError(f"values have {values.size(0)} rows but the transition is {n} x {n}")
     theta, tail = kernel_coefficients(kernel, steps, alpha, heat_time)
+    if kernel == "ppr" and alpha == 0.0:
+        steps = 0  # plain attention: Z = V exactly, no products needed
+    if steps == 0:
+        return (values, DiffusionInfo()) if return_info else values
 
     shape = values.shape
     x = values.reshape(n, -1)
     track = return_info or tol is not None
-    info = DiffusionInfo()
-    acc: Optional[Tensor] = None  # sum_{j<t} theta_j P^j V
-    if kernel == "ppr" and alpha == 0.0:
-        steps = 0  # plain attention: Z = V exactly, no products needed
-    for t in range(steps):
-        x_next = spmm(transition, x)
-        acc = theta[t] * x if acc is None else acc + theta[t] * x
-        info.steps = t + 1
-        if track:  # Z_{t+1} - Z_t = r_{t+1} (P^{t+1} V - P^t V)
-            change = float((x_next - x).detach().abs().max()) if x.numel() else 0.0
-            info.residuals.append(tail[t + 1] * change)
-        x = x_next
-        if tol is not None and info.residuals[-1] < tol:
-            info.converged = True
-            break
-    out = x if acc is None else acc + tail[info.steps] * x
+    if not needs_value_grad(transition):
+        infos: List[DiffusionInfo] = []
+        out = _FixedTransitionDiffusion.apply(x, transition, theta, tail, steps, tol, track,
+                                              False, infos)
+        info = infos[0]
+    elif checkpoint and torch.is_grad_enabled():
+        infos = []
+
+        def run(x_in: Tensor) -> Tensor:
+            out, info = _loop(x_in, transition, theta, tail, steps, tol, track)
+            infos.append(info)
+            return out
+
+        out = recompute(run, x, use_reentrant=False)
+        info = infos[0]
+    else:
+        out, info = _loop(x, transition, theta, tail, steps, tol, track)
     out = out.reshape(shape)
     return (out, info) if return_info else out

@@ -250,3 +250,16 @@ def test_bad_forward_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         layer(**args)
+
+
+def test_checkpoint_changes_memory_not_results():
+    x = torch.randn(2, 9, 16)
+    results = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        layer = QGFDAttention(16, 2, k=3, steps=3, checkpoint=checkpoint)
+        out, _ = layer(x, x, x, is_causal=True, need_weights=False)
+        out.pow(2).sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)

@@ -227,3 +227,16 @@ def test_chunked_edge_ops_match_gathers_in_value_and_gradient():
     torch.testing.assert_close(edge_dot(q, k, src, dst), (q[dst] * k[src]).sum(-1))
     expected = torch.zeros(n, H, C, dtype=torch.float64).index_add_(0, dst, w[..., None] * z[src])
     torch.testing.assert_close(edge_aggregate(w, z, src, dst, n), expected)
+
+
+def test_checkpoint_changes_memory_not_results():
+    x, edge_index = torch.randn(30, 6), random_graph(30, 90)
+    results = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        conv = QGFDConv(6, 4, heads=2, transition="knn", k=4, steps=5, checkpoint=checkpoint)
+        out = conv(x, edge_index)
+        out.pow(2).sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in conv.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)

@@ -1,0 +1,139 @@
+r"""Sparse-dense products :math:`\mathbf{P} \mathbf{X}` and :math:`\mathbf{P}^\top \mathbf{X}`
+for the diffusion loop, with what does not change between steps cached on the transition.
+
+Backends (:func:`set_spmm_backend`):
+
+- ``"auto"`` (default): ``"numba"`` for CPU float32/float64 values when numba is installed
+  (``pip install qgfd-pyg[fast]``), else ``"torch"``.
+- ``"numba"``: a row-parallel CSR kernel compiled once with numba (CPU only).
+- ``"torch"``: torch's own CSR product (MKL on CPU, cuSPARSE on GPU).
+- ``"torch_sparse"``: ``torch_sparse.matmul``.
+
+A SparseTensor transition keeps its CSR form and, once a backward pass asks for it, the CSR
+form of :math:`\mathbf{P}^\top` as attributes, so neither is rebuilt per step or per call.
+Products whose transition values need gradients (kNN over trainable keys) always go through
+``torch_sparse.matmul``, which differentiates w.r.t. them.
+"""
+import warnings
+from typing import Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_sparse import SparseTensor
+from torch_sparse import matmul as sparse_matmul
+
+from ._checks import check_choice
+
+Transition = Union[SparseTensor, Tensor]
+SPMM_BACKENDS = ("auto", "numba", "torch", "torch_sparse")
+_backend = {"name": "auto"}
+_numba = {}  # "kernel": the compiled kernel, or None once numba failed to import
+
+
+def set_spmm_backend(name: str) -> None:
+    """Chooses how :func:`qgfd_pyg.diffuse` multiplies by a SparseTensor transition:
+    ``"auto"`` (default), ``"numba"``, ``"torch"`` or ``"torch_sparse"`` (see
+    :mod:`qgfd_pyg.spmm`; timings in ``benchmarks/results/perf_spmm.md``)."""
+    name = check_choice("backend", name, SPMM_BACKENDS)
+    if name == "numba" and _numba_kernel() is None:
+        raise ValueError("backend 'numba' needs the numba package (pip install qgfd-pyg[fast])")
+    _backend["name"] = name
+
+
+def get_spmm_backend() -> str:
+    return _backend["name"]
+
+
+def _numba_kernel():
+    if "kernel" not in _numba:
+        try:
+            import numba
+            import numpy as np
+        except ImportError:
+            _numba["kernel"] = None
+            return None
+
+        @numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
+        def csr_spmm(rowptr, col, value, x, out):  # out[i] = sum_k value[k] x[col[k]]
+            d = out.shape[1]
+            for i in numba.prange(out.shape[0]):
+                acc = np.zeros(d, dtype=out.dtype)
+                k, end = rowptr[i], rowptr[i + 1]
+                # four neighbour rows per pass: independent loads keep more of the random
+                # gathers in flight (about 1.3x faster than one at a time here)
+                while k + 4 <= end:
+                    c0, c1, c2, c3 = col[k], col[k + 1], col[k + 2], col[k + 3]
+                    w0, w1, w2, w3 = value[k], value[k + 1], value[k + 2], value[k + 3]
+                    for j in range(d):
+                        acc[j] += (w0 * x[c0, j] + w1 * x[c1, j]
+                                   + w2 * x[c2, j] + w3 * x[c3, j])
+                    k += 4
+                while k < end:
+                    w, c = value[k], col[k]
+                    for j in range(d):
+                        acc[j] += w * x[c, j]
+                    k += 1
+                out[i, :] = acc
+
+        _numba["kernel"] = csr_spmm
+        _numba["set_threads"] = numba.set_num_threads
+        _numba["max_threads"] = numba.config.NUMBA_NUM_THREADS
+    return _numba["kernel"]
+
+
+def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor) -> Tensor:
+    rowptr, col, value = csr
+    x = x.contiguous()
+    out = torch.empty(rowptr.numel() - 1, x.size(1), dtype=x.dtype)
+    if out.numel():
+        _numba["set_threads"](max(1, min(torch.get_num_threads(), _numba["max_threads"])))
+        _numba_kernel()(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(), x.numpy(),
+                        out.numpy())
+    return out
+
+
+def _csr(transition: SparseTensor, transpose: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(rowptr, col, value) of ``P`` or ``P^T``, built once and kept on the transition."""
+    name = "_qgfd_csr_t" if transpose else "_qgfd_csr"
+    csr = getattr(transition, name, None)
+    if csr is None:
+        rowptr, col, value = (transition.t() if transpose else transition).csr()
+        if value is None:
+            value = torch.ones(col.numel(), device=col.device)
+        csr = (rowptr, col, value.detach())
+        setattr(transition, name, csr)  # a SparseTensor is immutable: safe to keep with it
+    return csr
+
+
+def _torch_csr(transition: SparseTensor, transpose: bool, dtype: torch.dtype) -> Tensor:
+    rowptr, col, value = _csr(transition, transpose)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(rowptr, col, value.to(dtype), transition.sparse_sizes())
+
+
+def needs_value_grad(transition: Transition) -> bool:
+    """Whether the transition's own entries require gradients."""
+    if isinstance(transition, SparseTensor):
+        value = transition.storage.value()
+        return value is not None and value.requires_grad
+    return transition.requires_grad
+
+
+def spmm(transition: Transition, x: Tensor, transpose: bool = False) -> Tensor:
+    """``P @ x`` (or ``P^T @ x``) for a SparseTensor, torch sparse or dense ``[N, N]`` ``P``
+    and ``x`` of shape ``[N, d]``."""
+    if x.size(-1) == 0:  # torch_sparse's kernel divides by the width
+        return x.new_zeros(x.shape)
+    if isinstance(transition, SparseTensor):
+        backend = _backend["name"]
+        if backend == "torch_sparse" or needs_value_grad(transition):
+            return sparse_matmul(transition.t() if transpose else transition, x)
+        if backend in ("auto", "numba") and x.device.type == "cpu" \
+                and x.dtype in (torch.float32, torch.float64) and not x.requires_grad \
+                and _numba_kernel() is not None:
+            return _numba_spmm(_csr(transition, transpose), x)
+        return torch.sparse.mm(_torch_csr(transition, transpose, x.dtype), x)
+    if transition.layout != torch.strided:
+        return torch.sparse.mm(transition.t() if transpose else transition, x)
+    return (transition.mT if transpose else transition) @ x
