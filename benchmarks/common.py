@@ -51,3 +51,22 @@ def write_results(out: str, name: str, environment, rows, markdown_lines) -> Non
     atomic_write(os.path.join(out, f"{name}.json"),
                  json.dumps({"environment": environment, "rows": rows}, indent=1) + "\n")
     atomic_write(os.path.join(out, f"{name}.md"), "\n".join(markdown_lines) + "\n")
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large tensor copy (read + write): the streaming bandwidth."""
+    src = torch.empty(2**27, device=device)  # 512 MB
+    dst = torch.empty_like(src)
+    seconds, _ = timed(lambda: dst.copy_(src), device, 5)
+    return 2 * src.numel() * 4 / seconds
+
+
+def gather_bandwidth(device: torch.device, width: int = 64) -> float:
+    """Bytes per second of gathering random ``width``-float rows from a 512 MB table (read the
+    rows + write them out): what an SpMM over a random graph can at best get per row."""
+    rows = 2**29 // (4 * width)
+    table = torch.randn(rows, width, device=device)
+    index = torch.randint(0, rows, (rows,), device=device)
+    out = torch.empty_like(table)
+    seconds, _ = timed(lambda: torch.index_select(table, 0, index, out=out), device, 5)
+    return 2 * table.numel() * 4 / seconds

@@ -16,7 +16,7 @@ import math
 import os
 
 import torch
-from common import cell, ratio, timed, write_results
+from common import cell, copy_bandwidth, ratio, timed, write_results
 from torch_geometric.nn import APPNP, GATConv
 
 from qgfd_pyg import QGFDConv, diffuse, graph_transition
@@ -30,8 +30,11 @@ def synthetic_graph(n, edges, seed=0):
     return torch.cat([pairs, pairs.flip(0)], dim=1)
 
 
-def dense_pform(x, edge_index, conv):
-    """QGFDConv computed the original way: p0 [H, N, N] dense, p_t iterated, p_T V."""
+def dense_pform(x, edge_index, conv, P):
+    """QGFDConv computed the original way: the seed p0 as dense [H, N, N] matrices, p_t
+    iterated to p_T, then p_T V. Each step p_t P runs as the sparse product P^T p_t^T (the
+    columns of p_t diffused over P^T with qgfd_pyg.diffuse), the fastest way this form allows;
+    a dense P would add O(H N^3) per step."""
     N, H, C = x.size(0), conv.heads, conv.out_channels
     q = conv.lin_query(x).view(N, H, C).transpose(0, 1)
     k = conv.lin_key(x).view(N, H, C).transpose(0, 1)
@@ -40,19 +43,12 @@ def dense_pform(x, edge_index, conv):
     allowed[edge_index[1], edge_index[0]] = True
     allowed.fill_diagonal_(True)
     p0 = torch.softmax((q @ k.transpose(1, 2) / math.sqrt(C)).masked_fill(~allowed, -math.inf), -1)
-    P = graph_transition(edge_index.flip(0), N).to_dense()
-    p = p0
-    for _ in range(conv.steps):
-        p = (1 - conv.alpha) * p0 + conv.alpha * p @ P
-    return (p @ v).transpose(0, 1).reshape(N, H * C)
+    columns = p0.permute(2, 0, 1).reshape(N, H * N)  # p0^T: node j's column of every query
+    pT = diffuse(columns, P.t(), conv.alpha, conv.steps).view(N, H, N).permute(1, 2, 0)
+    return (pT @ v).transpose(0, 1).reshape(N, H * C)
 
 
-def copy_bandwidth(device):
-    """Bytes per second of a large tensor copy (read + write)."""
-    src = torch.empty(2**27, device=device)  # 512 MB
-    dst = torch.empty_like(src)
-    seconds, _ = timed(lambda: dst.copy_(src), device, 5)
-    return 2 * src.numel() * 4 / seconds
+PFORM_COPIES = 6  # [H, N, N] tensors the p-form holds at its peak (forward + backward)
 
 
 def measure_graph(name, x, edge_index, args, device, bandwidth):
@@ -88,28 +84,34 @@ def measure_graph(name, x, edge_index, args, device, bandwidth):
             row[label] = {"seconds": seconds, "peak_mb": extra, "status": "ok"}
         except (MemoryError, RuntimeError) as error:
             row[label] = {"status": f"failed: {str(error).splitlines()[0][:80]}"}
-    dense_bytes = 4 * 4 * heads * N * N
+    P = graph_transition(edge_index.flip(0), N)  # QGFDConv's own transition
+    dense_bytes = PFORM_COPIES * 4 * heads * N * N
     if dense_bytes > args.max_dense_bytes:
         row["dense_pform"] = {"status": f"not run: its [H, N, N] tensors need "
                                         f"~{dense_bytes / 2**30:,.0f} GiB (--max-dense-bytes)"}
-    elif N > args.max_pform_nodes:
-        row["dense_pform"] = {"status": f"not run: O(H N^3) per step, beyond "
-                                        f"--max-pform-nodes={args.max_pform_nodes}"}
     else:
         try:
-            seconds, extra = timed(lambda: dense_pform(x, edge_index, qgfd).sum().backward(),
+            seconds, extra = timed(lambda: dense_pform(x, edge_index, qgfd, P).sum().backward(),
                                    device, 1, warmup=False)
-            row["dense_pform"] = {"seconds": seconds, "peak_mb": extra, "status": "ok"}
+            with torch.no_grad():  # same numbers as the layer (its bias starts at zero)
+                diff = (dense_pform(x, edge_index, qgfd, P) - qgfd(x, edge_index)).abs().max()
+            row["dense_pform"] = {"seconds": seconds, "peak_mb": extra, "status": "ok",
+                                  "max_abs_diff_to_qgfd": float(diff)}
         except (MemoryError, RuntimeError) as error:
             row["dense_pform"] = {"status": f"out of memory: {str(error).splitlines()[0][:60]}"}
-    # One diffusion step against the bandwidth bound of one SpMM over [N, 64] values.
-    P = graph_transition(edge_index.flip(0), N)
+    # One diffusion step against two memory-bandwidth bounds of one SpMM over [N, 64] values:
+    # "stream" moves every array once (col + value, rowptr, read Z, write PZ); "gather" reads
+    # one row of Z per non-zero, which is what a random graph whose Z exceeds the caches costs.
     values = torch.randn(N, width, device=device)
     seconds, _ = timed(lambda: diffuse(values, P, 0.85, steps), device, repeats)
     nnz = P.nnz()
-    moved = nnz * (8 + 4) + (N + 1) * 8 + 2 * N * width * 4  # col+value, rowptr, read x, write
-    row["diffusion_step"] = {"seconds": seconds / steps, "bound_seconds": moved / bandwidth,
-                             "ratio_to_bound": seconds / steps / (moved / bandwidth)}
+    stream = nnz * (8 + 4) + (N + 1) * 8 + 2 * N * width * 4
+    gather = stream + (nnz - N) * width * 4
+    row["diffusion_step"] = {"seconds": seconds / steps, "bound_seconds": stream / bandwidth,
+                             "ratio_to_bound": seconds / steps / (stream / bandwidth),
+                             "gather_bound_seconds": gather / bandwidth,
+                             "ratio_to_gather_bound": seconds / steps / (gather / bandwidth),
+                             "z_bytes": N * width * 4}
     q, g, a = row["qgfd"], row["gat"], row["appnp"]
     if all(r.get("status") == "ok" for r in (q, g, a)):
         row["qgfd_over_gat_plus_appnp"] = q["seconds"] / (g["seconds"] + a["seconds"])
@@ -130,12 +132,12 @@ def main():
                         help="add a graph of ogbn-products' size: 2,449,029 nodes, 61,859,140 "
                              "edges, 100 features")
     parser.add_argument("--root", default="datasets")
-    parser.add_argument("--max-dense-bytes", type=float, default=6e9)
+    parser.add_argument("--max-dense-bytes", type=float, default=16e9,
+                        help="skip the dense p-form when its [H, N, N] tensors (about "
+                             "PFORM_COPIES of them live at once) exceed this")
     parser.add_argument("--max-edge-tensor-bytes", type=float, default=16e9,
                         help="skip GATConv when its [E, H, C] tensors exceed this (an allocation "
                              "past RAM can get the whole process killed)")
-    parser.add_argument("--max-pform-nodes", type=int, default=5000,
-                        help="largest graph for the dense p-form (its cost grows as N^3)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -172,16 +174,19 @@ def write(out, name, env, rows):
              f"(synthetic); median time / peak extra memory; copy bandwidth "
              f"{env['copy_bandwidth_gb_s']:.1f} GB/s; torch {env['torch']}.", "",
              "| graph | nodes | edges | in | QGFDConv | GATConv | APPNP | dense p-form | "
-             "QGFD / (GAT + APPNP) | p-form / QGFD | diffusion step / SpMM bound |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "QGFD / (GAT + APPNP) | p-form / QGFD | diffusion step | / stream bound | "
+             "/ gather bound |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         d = r["diffusion_step"]
         cells = [cell(r[key]) for key in ("qgfd", "gat", "appnp", "dense_pform")]
         lines.append(f"| {r['graph']} | {r['nodes']:,} | {r['edges']:,} | {r['features']} | "
                      f"{' | '.join(cells)} | "
                      f"{ratio(r, 'qgfd_over_gat_plus_appnp')} | {ratio(r, 'pform_over_qgfd')} | "
-                     f"{1000 * d['seconds']:.3g} ms / {1000 * d['bound_seconds']:.3g} ms = "
-                     f"{d['ratio_to_bound']:.1f}x |")
+                     f"{1000 * d['seconds']:.3g} ms | {d['ratio_to_bound']:.1f}x "
+                     f"({1000 * d['bound_seconds']:.3g} ms) | "
+                     f"{d['ratio_to_gather_bound']:.1f}x "
+                     f"({1000 * d['gather_bound_seconds']:.3g} ms) |")
     write_results(out, name, env, rows, lines)
     try:
         import matplotlib

@@ -159,6 +159,15 @@ def test_fixed_transition_gradient_is_the_transposed_diffusion(kernel):
     torch.testing.assert_close(g_fixed, g_auto)
 
 
+@pytest.mark.parametrize("layout", ["csr", "coo", "dense"])
+def test_gradient_through_torch_tensor_transitions(layout):
+    P = random_graph(10, 30)
+    T = {"csr": P.to_torch_sparse_csr_tensor, "coo": P.to_torch_sparse_coo_tensor,
+         "dense": P.to_dense}[layout]().double()
+    V = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: diffuse(v, T, 0.7, 3), (V,))
+
+
 def test_gradient_after_early_stop_uses_the_steps_taken():
     P = random_graph(30, 120)
     V = torch.randn(30, 4, dtype=torch.float64, requires_grad=True)
