@@ -16,7 +16,7 @@ from torch_sparse import SparseTensor
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
                       check_positive_float, check_positive_int, check_steps)
 from .diffusion import diffuse
-from .edge_ops import edge_aggregate, edge_dot
+from .edge_ops import EdgeLayout, edge_aggregate, edge_dot
 from .transition import graph_transition, knn_transition
 
 
@@ -81,7 +81,7 @@ class QGFDConv(MessagePassing):
           ``return_attention_weights=True`` also ``(edge_index, p0)`` with :math:`p^{(0)}` of
           shape :math:`(|\mathcal{E}'|, H)` (a SparseTensor for SparseTensor input)
     """
-    _cached: Optional[Tuple[Tensor, Optional[SparseTensor]]]
+    _cached: Optional[Tuple[Tensor, Optional[SparseTensor], EdgeLayout]]
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
@@ -157,7 +157,7 @@ class QGFDConv(MessagePassing):
             raise ValueError(f"x has {x.size(1)} features but the layer expects "
                              f"in_channels={self.in_channels}")
         N, H, C = x.size(0), self.heads, self.out_channels
-        attn_index, transition = self._structure(edge_index, edge_weight, N)
+        attn_index, transition, layout = self._structure(edge_index, edge_weight, N)
 
         value = self.lin_value(x).view(N, H, C)
         key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
@@ -173,13 +173,13 @@ class QGFDConv(MessagePassing):
         src, dst = attn_index
         if self.lin_query is not None:
             query = self.lin_query(x).view(N, H, C)
-            score = edge_dot(query, key, src, dst) / math.sqrt(C)
+            score = edge_dot(query, key, src, dst, layout=layout) / math.sqrt(C)
         else:
             score = F.leaky_relu((value * self.att_dst).sum(-1)[dst]
                                  + (value * self.att_src).sum(-1)[src], 0.2)
         p0 = softmax(score, dst, num_nodes=N)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
-        out = edge_aggregate(p0_used, z, src, dst, N)  # sum_j p0_ij z_j, chunked
+        out = edge_aggregate(p0_used, z, src, dst, N, layout=layout)  # sum_j p0_ij z_j
 
         out = out.reshape(N, H * C) if self.concat else out.mean(dim=1)
         if self.bias is not None:
@@ -192,8 +192,9 @@ class QGFDConv(MessagePassing):
         return out
 
     def _structure(self, edge_index: Adj, edge_weight: OptTensor,
-                   num_nodes: int) -> Tuple[Tensor, Optional[SparseTensor]]:
-        """Attention edges (with self-loops) and, for ``transition="graph"``, ``P``."""
+                   num_nodes: int) -> Tuple[Tensor, Optional[SparseTensor], EdgeLayout]:
+        """Attention edges (with self-loops, sorted by target), their grouping and, for
+        ``transition="graph"``, ``P``."""
         if self._cached is not None:
             return self._cached
         if is_torch_sparse_tensor(edge_index):
@@ -218,10 +219,12 @@ class QGFDConv(MessagePassing):
         if self.add_self_loops:
             attn_index, _ = remove_self_loops(attn_index)
             attn_index, _ = add_loops(attn_index, num_nodes=num_nodes)
-        attn_index = coalesce(attn_index, num_nodes=num_nodes)  # p0 is over the neighbour set
+        # p0 is over the neighbour set: no duplicates; sorted by target, then source
+        attn_index = coalesce(attn_index.flip(0), num_nodes=num_nodes).flip(0)
+        layout = EdgeLayout(attn_index[0], attn_index[1], num_nodes)
         if self.cached:
-            self._cached = (attn_index, P)
-        return attn_index, P
+            self._cached = (attn_index, P, layout)
+        return attn_index, P, layout
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "

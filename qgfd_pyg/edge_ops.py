@@ -2,13 +2,70 @@
 
 Graph attention written with gathers (``q[dst] * k[src]``, ``p[e] * z[src]``) materialises one
 ``[E, H, C]`` tensor per gather and keeps it for the backward pass: 16 GB each at
-ogbn-products' size (62M edges, 4 heads x 16). These two autograd functions process the edges
-in chunks and save only their inputs, so the extra memory is ``O(E H)`` plus one chunk.
+ogbn-products' size (62M edges, 4 heads x 16). These two autograd functions save only their
+inputs, so the extra memory is ``O(E H)``. On the CPU with numba installed they run as
+segment kernels over the edges grouped by target (or by source, for the gradients that flow
+back to the sources), with no scatter; otherwise as gathers and ``index_add_`` over chunks of
+edges.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from . import _numba
+
+
+class EdgeLayout:
+    """Edges ``(src, dst)`` of ``num_nodes`` nodes, with their grouping by target and by
+    source (``ptr``, ``perm``: the edges of node ``i`` are ``perm[ptr[i]:ptr[i + 1]]``),
+    computed on first use and kept; reuse one layout for a fixed graph."""
+
+    def __init__(self, src: Tensor, dst: Tensor, num_nodes: int):
+        self.src, self.dst, self.num_nodes = src, dst, num_nodes
+        self._groups = {}
+
+    def groups(self, by: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(ptr, perm, other)``: the edges of node ``i`` by their ``by`` end (``"dst"`` or
+        ``"src"``) are ``perm[ptr[i]:ptr[i + 1]]``, and ``other[ptr[i]:ptr[i + 1]]`` their
+        other ends."""
+        if by not in self._groups:
+            index, other = (self.dst, self.src) if by == "dst" else (self.src, self.dst)
+            if index.numel() < 2 or bool((index[1:] >= index[:-1]).all()):
+                perm = torch.arange(index.numel(), device=index.device)
+            else:
+                perm = torch.argsort(index, stable=True)
+                other = other[perm]
+            counts = torch.bincount(index, minlength=self.num_nodes)
+            ptr = torch.zeros(self.num_nodes + 1, dtype=torch.long, device=index.device)
+            torch.cumsum(counts, 0, out=ptr[1:])
+            self._groups[by] = (ptr, perm, other.contiguous())
+        return self._groups[by]
+
+    def aggregate(self, by: str, w: Tensor, z: Tensor) -> Tensor:
+        """``out[i, h] = sum_e w[e, h] z[other(e), h]`` over the edges whose ``by`` end is
+        ``i`` (numba kernel)."""
+        ptr, perm, other = self.groups(by)
+        z = z.detach().contiguous()
+        out = torch.empty((self.num_nodes,) + tuple(z.shape[1:]), dtype=z.dtype)
+        _numba.set_threads()
+        _numba.kernels().segment_aggregate(ptr.numpy(), perm.numpy(), other.numpy(),
+                                           w.detach().contiguous().numpy(), z.numpy(),
+                                           out.numpy())
+        return out
+
+    def dot(self, a: Tensor, b: Tensor) -> Tensor:
+        """``out[e, h] = <a[dst[e], h], b[src[e], h]>`` (numba kernel)."""
+        out = torch.empty(self.src.numel(), a.size(1), dtype=a.dtype)
+        _numba.set_threads()
+        _numba.kernels().edge_dot(self.dst.numpy(), self.src.numpy(),
+                                  a.detach().contiguous().numpy(),
+                                  b.detach().contiguous().numpy(), out.numpy())
+        return out
+
+
+def _fast(layout: Optional[EdgeLayout], *tensors: Tensor) -> bool:
+    return layout is not None and _numba.usable(*[t.detach() for t in tensors])
 
 
 def _chunk(width: int, chunk_elements: int) -> int:
@@ -19,18 +76,26 @@ class EdgeDot(torch.autograd.Function):
     """``out[e, h] = <q[dst[e], h], k[src[e], h]>`` (a sampled dense-dense product)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, src: Tensor, dst: Tensor, chunk: int) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, src: Tensor, dst: Tensor, chunk: int,
+                layout: Optional[EdgeLayout]) -> Tensor:
+        ctx.save_for_backward(q, k, src, dst)
+        ctx.chunk, ctx.layout = chunk, layout if _fast(layout, q, k) else None
+        if ctx.layout is not None:
+            return layout.dot(q, k)
         out = q.new_empty(src.numel(), q.size(1))
         for s in range(0, src.numel(), chunk):
             e = slice(s, s + chunk)
             out[e] = (q[dst[e]] * k[src[e]]).sum(-1)
-        ctx.save_for_backward(q, k, src, dst)
-        ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, k, src, dst = ctx.saved_tensors
+        layout, grad = ctx.layout, grad.contiguous()
+        if layout is not None and _numba.usable(grad):
+            return (layout.aggregate("dst", grad, k) if ctx.needs_input_grad[0] else None,
+                    layout.aggregate("src", grad, q) if ctx.needs_input_grad[1] else None,
+                    None, None, None, None)
         grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
         for s in range(0, src.numel(), ctx.chunk):
@@ -40,7 +105,7 @@ class EdgeDot(torch.autograd.Function):
                 grad_q.index_add_(0, dst[e], g * k[src[e]])
             if grad_k is not None:
                 grad_k.index_add_(0, src[e], g * q[dst[e]])
-        return grad_q, grad_k, None, None, None
+        return grad_q, grad_k, None, None, None, None
 
 
 class EdgeAggregate(torch.autograd.Function):
@@ -48,18 +113,25 @@ class EdgeAggregate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, z: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
-                chunk: int) -> Tensor:
+                chunk: int, layout: Optional[EdgeLayout]) -> Tensor:
+        ctx.save_for_backward(w, z, src, dst)
+        ctx.chunk, ctx.layout = chunk, layout if _fast(layout, w, z) else None
+        if ctx.layout is not None:
+            return layout.aggregate("dst", w, z)
         out = z.new_zeros((num_nodes,) + tuple(z.shape[1:]))
         for s in range(0, src.numel(), chunk):
             e = slice(s, s + chunk)
             out.index_add_(0, dst[e], w[e].unsqueeze(-1) * z[src[e]])
-        ctx.save_for_backward(w, z, src, dst)
-        ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         w, z, src, dst = ctx.saved_tensors
+        layout, grad = ctx.layout, grad.contiguous()
+        if layout is not None and _numba.usable(grad):
+            return (layout.dot(grad, z) if ctx.needs_input_grad[0] else None,
+                    layout.aggregate("src", w, grad) if ctx.needs_input_grad[1] else None,
+                    None, None, None, None, None)
         grad_w = torch.empty_like(w) if ctx.needs_input_grad[0] else None
         grad_z = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
         for s in range(0, src.numel(), ctx.chunk):
@@ -69,18 +141,20 @@ class EdgeAggregate(torch.autograd.Function):
                 grad_w[e] = (g * z[src[e]]).sum(-1)
             if grad_z is not None:
                 grad_z.index_add_(0, src[e], w[e].unsqueeze(-1) * g)
-        return grad_w, grad_z, None, None, None, None
+        return grad_w, grad_z, None, None, None, None, None
 
 
 def edge_dot(q: Tensor, k: Tensor, src: Tensor, dst: Tensor,
-             chunk_elements: int = 2**24) -> Tensor:
+             chunk_elements: int = 2**24, layout: Optional[EdgeLayout] = None) -> Tensor:
     """Per-edge, per-head dot products of queries ``[N, H, C]`` at ``dst`` and keys at ``src``:
-    ``[E, H]``."""
-    return EdgeDot.apply(q, k, src, dst, _chunk(q[0].numel(), chunk_elements))
+    ``[E, H]``. ``layout`` (an :class:`EdgeLayout` of the same edges) enables the numba
+    kernels."""
+    return EdgeDot.apply(q, k, src, dst, _chunk(q[0].numel(), chunk_elements), layout)
 
 
 def edge_aggregate(weight: Tensor, z: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
-                   chunk_elements: Optional[int] = 2**24) -> Tensor:
+                   chunk_elements: Optional[int] = 2**24,
+                   layout: Optional[EdgeLayout] = None) -> Tensor:
     """Sums ``weight[e, h] * z[src[e], h]`` into ``dst[e]``: ``[num_nodes, H, C]``."""
-    return EdgeAggregate.apply(weight, z, src, dst, num_nodes, _chunk(z[0].numel(),
-                                                                       chunk_elements))
+    return EdgeAggregate.apply(weight, z, src, dst, num_nodes,
+                               _chunk(z[0].numel(), chunk_elements), layout)

@@ -22,12 +22,12 @@ from torch import Tensor
 from torch_sparse import SparseTensor
 from torch_sparse import matmul as sparse_matmul
 
+from . import _numba
 from ._checks import check_choice
 
 Transition = Union[SparseTensor, Tensor]
 SPMM_BACKENDS = ("auto", "numba", "torch", "torch_sparse")
 _backend = {"name": "auto"}
-_numba = {}  # "kernel": the compiled kernel, or None once numba failed to import
 
 
 def set_spmm_backend(name: str) -> None:
@@ -35,7 +35,7 @@ def set_spmm_backend(name: str) -> None:
     ``"auto"`` (default), ``"numba"``, ``"torch"`` or ``"torch_sparse"`` (see
     :mod:`qgfd_pyg.spmm`; timings in ``benchmarks/results/perf_spmm.md``)."""
     name = check_choice("backend", name, SPMM_BACKENDS)
-    if name == "numba" and _numba_kernel() is None:
+    if name == "numba" and _numba.kernels() is None:
         raise ValueError("backend 'numba' needs the numba package (pip install qgfd-pyg[fast])")
     _backend["name"] = name
 
@@ -44,51 +44,14 @@ def get_spmm_backend() -> str:
     return _backend["name"]
 
 
-def _numba_kernel():
-    if "kernel" not in _numba:
-        try:
-            import numba
-            import numpy as np
-        except ImportError:
-            _numba["kernel"] = None
-            return None
-
-        @numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
-        def csr_spmm(rowptr, col, value, x, out):  # out[i] = sum_k value[k] x[col[k]]
-            d = out.shape[1]
-            for i in numba.prange(out.shape[0]):
-                acc = np.zeros(d, dtype=out.dtype)
-                k, end = rowptr[i], rowptr[i + 1]
-                # four neighbour rows per pass: independent loads keep more of the random
-                # gathers in flight (about 1.3x faster than one at a time here)
-                while k + 4 <= end:
-                    c0, c1, c2, c3 = col[k], col[k + 1], col[k + 2], col[k + 3]
-                    w0, w1, w2, w3 = value[k], value[k + 1], value[k + 2], value[k + 3]
-                    for j in range(d):
-                        acc[j] += (w0 * x[c0, j] + w1 * x[c1, j]
-                                   + w2 * x[c2, j] + w3 * x[c3, j])
-                    k += 4
-                while k < end:
-                    w, c = value[k], col[k]
-                    for j in range(d):
-                        acc[j] += w * x[c, j]
-                    k += 1
-                out[i, :] = acc
-
-        _numba["kernel"] = csr_spmm
-        _numba["set_threads"] = numba.set_num_threads
-        _numba["max_threads"] = numba.config.NUMBA_NUM_THREADS
-    return _numba["kernel"]
-
-
 def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor) -> Tensor:
     rowptr, col, value = csr
     x = x.contiguous()
     out = torch.empty(rowptr.numel() - 1, x.size(1), dtype=x.dtype)
     if out.numel():
-        _numba["set_threads"](max(1, min(torch.get_num_threads(), _numba["max_threads"])))
-        _numba_kernel()(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(), x.numpy(),
-                        out.numpy())
+        _numba.set_threads()
+        _numba.kernels().csr_spmm(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(),
+                                  x.numpy(), out.numpy())
     return out
 
 
@@ -129,9 +92,7 @@ def spmm(transition: Transition, x: Tensor, transpose: bool = False) -> Tensor:
         backend = _backend["name"]
         if backend == "torch_sparse" or needs_value_grad(transition):
             return sparse_matmul(transition.t() if transpose else transition, x)
-        if backend in ("auto", "numba") and x.device.type == "cpu" \
-                and x.dtype in (torch.float32, torch.float64) and not x.requires_grad \
-                and _numba_kernel() is not None:
+        if backend in ("auto", "numba") and _numba.usable(x):
             return _numba_spmm(_csr(transition, transpose), x)
         return torch.sparse.mm(_torch_csr(transition, transpose, x.dtype), x)
     if transition.layout != torch.strided:

@@ -96,8 +96,9 @@ def test_diffuse_rejects_bad_input(kwargs, match):
 
 
 def _available_backends():
-    from qgfd_pyg.spmm import SPMM_BACKENDS, _numba_kernel
-    return [b for b in SPMM_BACKENDS if b != "numba" or _numba_kernel() is not None]
+    from qgfd_pyg._numba import kernels
+    from qgfd_pyg.spmm import SPMM_BACKENDS
+    return [b for b in SPMM_BACKENDS if b != "numba" or kernels() is not None]
 
 
 def test_spmm_backends_agree_in_value_and_gradient():
