@@ -72,7 +72,8 @@ def _torch_csr(transition: SparseTensor, transpose: bool, dtype: torch.dtype) ->
     rowptr, col, value = _csr(transition, transpose)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(rowptr, col, value.to(dtype), transition.sparse_sizes())
+        return torch.sparse_csr_tensor(rowptr, col, value.to(dtype), transition.sparse_sizes(),
+                                       check_invariants=False)  # built by torch_sparse
 
 
 def needs_value_grad(transition: Transition) -> bool:
