@@ -250,3 +250,22 @@ def test_checkpoint_changes_memory_not_results():
         results.append([out.detach()] + [p.grad.clone() for p in conv.parameters()])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_same_results_without_numba(monkeypatch):
+    from qgfd_pyg import _numba
+
+    if _numba.kernels() is None:
+        pytest.skip("numba is not installed: the torch kernels are what every test runs")
+    x, edge_index = torch.randn(40, 6), random_graph(40, 150)
+    results = []
+    for disabled in (False, True):
+        if disabled:  # as on a machine without numba: torch kernels throughout
+            monkeypatch.setitem(_numba._state, "kernels", None)
+        torch.manual_seed(0)
+        conv = QGFDConv(6, 4, heads=2, steps=4, cached=True)
+        out = conv(x, edge_index)
+        out.pow(2).sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in conv.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
