@@ -95,56 +95,6 @@ def test_diffuse_rejects_bad_input(kwargs, match):
         diffuse(**args)
 
 
-def _available_backends():
-    from qgfd_pyg._numba import kernels
-    from qgfd_pyg.spmm import SPMM_BACKENDS
-    return [b for b in SPMM_BACKENDS if b != "numba" or kernels() is not None]
-
-
-def test_spmm_backends_agree_in_value_and_gradient():
-    from qgfd_pyg import get_spmm_backend, set_spmm_backend
-
-    P = random_graph(40, 160)
-    V = torch.randn(40, 5, requires_grad=True)
-    weights = torch.randn(40, 5)
-    results = {}
-    try:
-        for backend in _available_backends():
-            set_spmm_backend(backend)
-            assert get_spmm_backend() == backend
-            V.grad = None
-            Z = diffuse(V, P, 0.8, 4)
-            (Z * weights).sum().backward()
-            results[backend] = (Z.detach(), V.grad.clone())
-    finally:
-        set_spmm_backend("auto")
-    assert len(results) >= 3
-    for Z, grad in results.values():
-        torch.testing.assert_close(Z, results["torch"][0])
-        torch.testing.assert_close(grad, results["torch"][1])
-    with pytest.raises(ValueError, match="backend"):
-        set_spmm_backend("cusparse")
-
-
-@pytest.mark.parametrize("backend", ["numba", "torch", "torch_sparse"])
-def test_spmm_and_its_transpose_match_dense(backend):
-    from qgfd_pyg import set_spmm_backend
-    from qgfd_pyg.spmm import spmm
-
-    if backend not in _available_backends():
-        pytest.skip("numba is not installed")
-    # rows without entries, an isolated last node and float64 values
-    P = graph_transition(torch.tensor([[0, 0, 2, 3], [1, 2, 2, 0]]), 6)
-    x = torch.randn(6, 3, dtype=torch.float64)
-    try:
-        set_spmm_backend(backend)
-        torch.testing.assert_close(spmm(P, x), P.to_dense().double() @ x)
-        torch.testing.assert_close(spmm(P, x, transpose=True), P.to_dense().double().T @ x)
-        assert spmm(P, x[:, :0]).shape == (6, 0)
-    finally:
-        set_spmm_backend("auto")
-
-
 @pytest.mark.parametrize("kernel", ["ppr", "heat"])
 def test_fixed_transition_gradient_is_the_transposed_diffusion(kernel):
     P = random_graph(12, 40)

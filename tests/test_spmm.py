@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from qgfd_pyg import diffuse, get_spmm_backend, graph_transition, set_spmm_backend
+from qgfd_pyg._numba import kernels
+from qgfd_pyg.spmm import SPMM_BACKENDS, spmm
+
+
+def random_graph(n=20, e=60):
+    return graph_transition(torch.randint(0, n, (2, e)), n)
+
+
+def _available_backends():
+    return [b for b in SPMM_BACKENDS if b != "numba" or kernels() is not None]
+
+
+def test_spmm_backends_agree_in_value_and_gradient():
+    P = random_graph(40, 160)
+    V = torch.randn(40, 5, requires_grad=True)
+    weights = torch.randn(40, 5)
+    results = {}
+    try:
+        for backend in _available_backends():
+            set_spmm_backend(backend)
+            assert get_spmm_backend() == backend
+            V.grad = None
+            Z = diffuse(V, P, 0.8, 4)
+            (Z * weights).sum().backward()
+            results[backend] = (Z.detach(), V.grad.clone())
+    finally:
+        set_spmm_backend("auto")
+    assert len(results) >= 3
+    for Z, grad in results.values():
+        torch.testing.assert_close(Z, results["torch"][0])
+        torch.testing.assert_close(grad, results["torch"][1])
+    with pytest.raises(ValueError, match="backend"):
+        set_spmm_backend("cusparse")
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch", "torch_sparse"])
+def test_spmm_and_its_transpose_match_dense(backend):
+    if backend not in _available_backends():
+        pytest.skip("numba is not installed")
+    # rows without entries, an isolated last node and float64 values
+    P = graph_transition(torch.tensor([[0, 0, 2, 3], [1, 2, 2, 0]]), 6)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    try:
+        set_spmm_backend(backend)
+        torch.testing.assert_close(spmm(P, x), P.to_dense().double() @ x)
+        torch.testing.assert_close(spmm(P, x, transpose=True), P.to_dense().double().T @ x)
+        assert spmm(P, x[:, :0]).shape == (6, 0)
+    finally:
+        set_spmm_backend("auto")
+
+
+def test_csr_forms_are_built_once_and_kept_on_the_transition():
+    P = random_graph(30, 100)
+    V = torch.randn(30, 4, requires_grad=True)
+    diffuse(V, P, 0.8, 3).sum().backward()
+    forward, transposed = P._qgfd_csr, P._qgfd_csr_t
+    torch.testing.assert_close(
+        torch.sparse_csr_tensor(*transposed, (30, 30)).to_dense(), P.to_dense().T)
+    diffuse(V, P, 0.8, 3).sum().backward()
+    assert P._qgfd_csr is forward and P._qgfd_csr_t is transposed
+
+
+def test_numba_backend_without_numba_is_a_clear_error(monkeypatch):
+    from qgfd_pyg import _numba
+
+    monkeypatch.setitem(_numba._state, "kernels", None)
+    with pytest.raises(ValueError, match="numba"):
+        set_spmm_backend("numba")
+    assert get_spmm_backend() == "auto"
+    P, V = random_graph(), torch.randn(20, 3)  # "auto" falls back to torch's CSR product
+    torch.testing.assert_close(diffuse(V, P, 0.5, 2), diffuse(V, P.to_dense(), 0.5, 2))
