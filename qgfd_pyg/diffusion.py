@@ -74,13 +74,17 @@ def _loop(x: Tensor, transition: Transition, theta: List[float], tail: List[floa
     """The diffusion loop on ``[N, d]`` values (``P^T`` instead of ``P`` with ``transpose``)."""
     info = DiffusionInfo()
     acc: Optional[Tensor] = None  # sum_{j<t} theta_j P^j V
+    spare: Optional[Tensor] = None  # a dead iterate whose memory the next product may reuse
+    recording = torch.is_grad_enabled()
     for t in range(steps):
-        x_next = spmm(transition, x, transpose)
+        x_next = spmm(transition, x, transpose, out=spare)
         acc = _accumulate(acc, x, theta[t])
         info.steps = t + 1
         if track:  # Z_{t+1} - Z_t = r_{t+1} (P^{t+1} V - P^t V)
             change = float((x_next - x).detach().abs().max()) if x.numel() else 0.0
             info.residuals.append(tail[t + 1] * change)
+        # Z_t is dead from here on unless autograd keeps it; Z_0 is the caller's tensor
+        spare = x if t > 0 and not recording and x_next is not x else None
         x = x_next
         if tol is not None and info.residuals[-1] < tol:
             info.converged = True

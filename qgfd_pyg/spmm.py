@@ -15,7 +15,7 @@ Products whose transition values need gradients (kNN over trainable keys) always
 ``torch_sparse.matmul``, which differentiates w.r.t. them.
 """
 import warnings
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -44,10 +44,14 @@ def get_spmm_backend() -> str:
     return _backend["name"]
 
 
-def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor) -> Tensor:
+def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor,
+                out: Optional[Tensor] = None) -> Tensor:
     rowptr, col, value = csr
     x = x.contiguous()
-    out = torch.empty(rowptr.numel() - 1, x.size(1), dtype=x.dtype)
+    shape = (rowptr.numel() - 1, x.size(1))
+    if out is None or tuple(out.shape) != shape or out.dtype != x.dtype \
+            or not out.is_contiguous():
+        out = torch.empty(shape, dtype=x.dtype)
     if out.numel():
         _numba.set_threads()
         _numba.kernels().csr_spmm(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(),
@@ -84,9 +88,12 @@ def needs_value_grad(transition: Transition) -> bool:
     return transition.requires_grad
 
 
-def spmm(transition: Transition, x: Tensor, transpose: bool = False) -> Tensor:
+def spmm(transition: Transition, x: Tensor, transpose: bool = False,
+         out: Optional[Tensor] = None) -> Tensor:
     """``P @ x`` (or ``P^T @ x``) for a SparseTensor, torch sparse or dense ``[N, N]`` ``P``
-    and ``x`` of shape ``[N, d]``."""
+    and ``x`` of shape ``[N, d]``. ``out``, a spare ``[N, d]`` tensor that nothing else uses,
+    may be written and returned instead of a new tensor (the numba kernel does: a fresh
+    output costs its page faults, about a fifth of a product at 10^6 nodes)."""
     if x.size(-1) == 0:  # torch_sparse's kernel divides by the width
         return x.new_zeros(x.shape)
     if isinstance(transition, SparseTensor):
@@ -94,7 +101,7 @@ def spmm(transition: Transition, x: Tensor, transpose: bool = False) -> Tensor:
         if backend == "torch_sparse" or needs_value_grad(transition):
             return sparse_matmul(transition.t() if transpose else transition, x)
         if backend in ("auto", "numba") and _numba.usable(x):
-            return _numba_spmm(_csr(transition, transpose), x)
+            return _numba_spmm(_csr(transition, transpose), x, out)
         return torch.sparse.mm(_torch_csr(transition, transpose, x.dtype), x)
     if transition.layout != torch.strided:
         return torch.sparse.mm(transition.t() if transpose else transition, x)

@@ -163,3 +163,20 @@ def test_backward_memory_fixed_transition_and_checkpoint():
     assert results[True][0] <= transition_kept + one_copy
     for a, b in zip(results[False][1:], results[True][1:], strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_reused_buffers_leave_inputs_alone_and_match_dense():
+    P = random_graph(25, 90)
+    V = torch.randn(25, 6)
+    V_before = V.clone()
+    with torch.no_grad():  # the loop reuses dead iterates' memory only when nothing records
+        Z = diffuse(V, P, 0.9, 9)
+    assert torch.equal(V, V_before)
+    torch.testing.assert_close(Z, diffuse(V, P.to_dense(), 0.9, 9))
+    G = torch.randn(25, 6)
+    G_before = G.clone()
+    V.requires_grad_()
+    (g,) = torch.autograd.grad((diffuse(V, P, 0.9, 9) * G).sum(), V)  # backward reuses too
+    (g_dense,) = torch.autograd.grad((diffuse(V, P.to_dense(), 0.9, 9) * G).sum(), V)
+    torch.testing.assert_close(g, g_dense)
+    assert torch.equal(G, G_before) and torch.equal(V.detach(), V_before)

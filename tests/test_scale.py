@@ -1,7 +1,6 @@
 """Mini-batch and multi-process training paths (issue: performance and scale)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -50,7 +49,13 @@ def run_example(args, tmp_path, launcher=()):
     cmd = [sys.executable, *launcher, EXAMPLE, "--dataset", "synthetic", "--epochs", "15",
            "--out", str(out), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    try:  # about 15 s on 2 cores; a hang must fail with its output, not stall the suite
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env=env)
+    except subprocess.TimeoutExpired as error:
+        tail = (error.stderr or b"")[-3000:]
+        pytest.fail(f"{' '.join(cmd)} ran past 300 s; its stderr ended with:\n"
+                    f"{tail.decode(errors='replace') if isinstance(tail, bytes) else tail}")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -62,15 +67,10 @@ def test_minibatch_training_learns(tmp_path):
     assert summary["test_acc"] > 0.6  # 4 classes: chance is 0.25
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_distributed_data_parallel(tmp_path):
-    launcher = ("-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()))
+    # --standalone: torchrun's own rendezvous on a port it picks, so no port can be taken
+    # between choosing and binding it
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     summary = run_example([], tmp_path, launcher)
     assert summary["world_size"] == 2
     first, second = summary["parameter_checksums"]
