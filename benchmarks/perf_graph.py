@@ -113,6 +113,11 @@ def measure_graph(name, x, edge_index, args, device, bandwidth):
                              "gather_bound_seconds": gather / bandwidth,
                              "ratio_to_gather_bound": seconds / steps / (gather / bandwidth),
                              "z_bytes": N * width * 4}
+    return add_ratios(row)
+
+
+def add_ratios(row):
+    """The row's time ratios, from the times it holds."""
     q, g, a = row["qgfd"], row["gat"], row["appnp"]
     if all(r.get("status") == "ok" for r in (q, g, a)):
         row["qgfd_over_gat_plus_appnp"] = q["seconds"] / (g["seconds"] + a["seconds"])
@@ -153,10 +158,7 @@ def main():
         with open(os.path.join(args.out, f"{name}.json")) as f:
             recorded = json.load(f)
         for row in recorded["rows"]:
-            q, a = row["qgfd"], row["appnp"]
-            if "qgfd_over_gat_plus_appnp" not in row and q.get("status") == "ok" \
-                    and a.get("status") == "ok":
-                row["qgfd_over_appnp"] = q["seconds"] / a["seconds"]
+            add_ratios(row)
         write(args.out, name, recorded["environment"], recorded["rows"])
         return
     bandwidth = copy_bandwidth(device)

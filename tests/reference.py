@@ -61,3 +61,9 @@ def pform_conv(conv, x, attn_index, P_per_head):
     if conv.bias is not None:
         out = out + conv.bias.double()
     return out
+
+
+def random_transition(n=20, e=60):
+    """The graph transition of ``e`` random directed edges among ``n`` nodes."""
+    from qgfd_pyg import graph_transition
+    return graph_transition(torch.randint(0, n, (2, e)), n)

@@ -1,12 +1,8 @@
 import pytest
 import torch
-from reference import kernel_matrix, pform
+from reference import kernel_matrix, pform, random_transition
 
 from qgfd_pyg import diffuse, graph_transition, kernel_coefficients, knn_transition
-
-
-def random_graph(n=20, e=60):
-    return graph_transition(torch.randint(0, n, (2, e)), n)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.85, 1.0])
@@ -14,7 +10,7 @@ def random_graph(n=20, e=60):
 @pytest.mark.parametrize("transition", ["graph", "knn"])
 def test_z_form_equals_p_form(alpha, steps, transition):
     n = 20
-    P = random_graph(n) if transition == "graph" else knn_transition(torch.randn(n, 6), 4)
+    P = random_transition(n) if transition == "graph" else knn_transition(torch.randn(n, 6), 4)
     p0 = torch.softmax(torch.randn(7, n, dtype=torch.float64), dim=1)  # 7 queries
     V = torch.randn(n, 5)
     Z = diffuse(V, P, alpha=alpha, steps=steps)
@@ -24,7 +20,7 @@ def test_z_form_equals_p_form(alpha, steps, transition):
 
 @pytest.mark.parametrize("heat_time", [0.5, 2.0])
 def test_heat_kernel_equals_its_p_form(heat_time):
-    P = random_graph()
+    P = random_transition()
     V = torch.randn(20, 3, dtype=torch.float64)
     theta, tail = kernel_coefficients("heat", 5, heat_time=heat_time)
     M = kernel_matrix(P.to_dense().double(), theta, tail[5])
@@ -34,7 +30,7 @@ def test_heat_kernel_equals_its_p_form(heat_time):
 
 
 def test_sparse_tensor_torch_sparse_and_dense_transitions_agree():
-    P = random_graph()
+    P = random_transition()
     V = torch.randn(20, 4)
     Z = diffuse(V, P, 0.7, 5)
     torch.testing.assert_close(diffuse(V, P.to_dense(), 0.7, 5), Z)
@@ -42,7 +38,7 @@ def test_sparse_tensor_torch_sparse_and_dense_transitions_agree():
 
 
 def test_alpha_zero_is_identity_and_multi_dim_values():
-    P = random_graph()
+    P = random_transition()
     V = torch.randn(20, 3, 4)
     assert torch.equal(diffuse(V, P, alpha=0.0, steps=10), V)
     Z = diffuse(V, P, 0.5, 3)
@@ -97,7 +93,7 @@ def test_diffuse_rejects_bad_input(kwargs, match):
 
 @pytest.mark.parametrize("kernel", ["ppr", "heat"])
 def test_fixed_transition_gradient_is_the_transposed_diffusion(kernel):
-    P = random_graph(12, 40)
+    P = random_transition(12, 40)
     V = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
     f = lambda v: diffuse(v, P, 0.7, 4, kernel=kernel)  # noqa: E731
     assert torch.autograd.gradcheck(f, (V,))
@@ -112,7 +108,7 @@ def test_fixed_transition_gradient_is_the_transposed_diffusion(kernel):
 
 @pytest.mark.parametrize("layout", ["csr", "coo", "dense"])
 def test_gradient_through_torch_tensor_transitions(layout):
-    P = random_graph(10, 30)
+    P = random_transition(10, 30)
     T = {"csr": P.to_torch_sparse_csr_tensor, "coo": P.to_torch_sparse_coo_tensor,
          "dense": P.to_dense}[layout]().double()
     V = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
@@ -120,7 +116,7 @@ def test_gradient_through_torch_tensor_transitions(layout):
 
 
 def test_gradient_after_early_stop_uses_the_steps_taken():
-    P = random_graph(30, 120)
+    P = random_transition(30, 120)
     V = torch.randn(30, 4, dtype=torch.float64, requires_grad=True)
     Z, info = diffuse(V, P, 0.5, 100, tol=1e-4, return_info=True)
     assert info.converged and info.steps < 100
@@ -146,7 +142,7 @@ def test_backward_memory_fixed_transition_and_checkpoint():
     n, d, steps = 64, 8, 6
     V = torch.randn(n, d, requires_grad=True)
     one_copy = n * d * 4
-    kept, _ = _saved_bytes(lambda: diffuse(V, random_graph(n, 300), 0.8, steps))
+    kept, _ = _saved_bytes(lambda: diffuse(V, random_transition(n, 300), 0.8, steps))
     assert kept == 0  # a fixed P keeps nothing of the steps
     keys = torch.randn(n, 5, requires_grad=True)
     results = {}
@@ -166,7 +162,7 @@ def test_backward_memory_fixed_transition_and_checkpoint():
 
 
 def test_reused_buffers_leave_inputs_alone_and_match_dense():
-    P = random_graph(25, 90)
+    P = random_transition(25, 90)
     V = torch.randn(25, 6)
     V_before = V.clone()
     with torch.no_grad():  # the loop reuses dead iterates' memory only when nothing records

@@ -1,13 +1,10 @@
 import pytest
 import torch
+from reference import random_transition
 
 from qgfd_pyg import diffuse, get_spmm_backend, graph_transition, set_spmm_backend
 from qgfd_pyg._numba import kernels
 from qgfd_pyg.spmm import SPMM_BACKENDS, spmm
-
-
-def random_graph(n=20, e=60):
-    return graph_transition(torch.randint(0, n, (2, e)), n)
 
 
 def _available_backends():
@@ -15,7 +12,7 @@ def _available_backends():
 
 
 def test_spmm_backends_agree_in_value_and_gradient():
-    P = random_graph(40, 160)
+    P = random_transition(40, 160)
     V = torch.randn(40, 5, requires_grad=True)
     weights = torch.randn(40, 5)
     results = {}
@@ -54,7 +51,7 @@ def test_spmm_and_its_transpose_match_dense(backend):
 
 
 def test_csr_forms_are_built_once_and_kept_on_the_transition():
-    P = random_graph(30, 100)
+    P = random_transition(30, 100)
     V = torch.randn(30, 4, requires_grad=True)
     diffuse(V, P, 0.8, 3).sum().backward()
     forward, transposed = P._qgfd_csr, P._qgfd_csr_t
@@ -71,5 +68,5 @@ def test_numba_backend_without_numba_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="numba"):
         set_spmm_backend("numba")
     assert get_spmm_backend() == "auto"
-    P, V = random_graph(), torch.randn(20, 3)  # "auto" falls back to torch's CSR product
+    P, V = random_transition(), torch.randn(20, 3)  # "auto" falls back to torch's CSR product
     torch.testing.assert_close(diffuse(V, P, 0.5, 2), diffuse(V, P.to_dense(), 0.5, 2))
