@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from common import cell, ratio, timed, write_results
 
-from qgfd_pyg.attention import diffuse_sequence, sequence_transition
+from qgfd_pyg.sequence import diffuse_sequence, sequence_transition
 
 
 def qgfd(q, k, v, alpha, steps, knn):

@@ -16,7 +16,7 @@ import torch
 from common import copy_bandwidth, gather_bandwidth, timed, write_results
 
 from qgfd_pyg import diffuse, graph_transition, set_spmm_backend
-from qgfd_pyg._numba import kernels
+from qgfd_pyg._numba import routines
 from qgfd_pyg.spmm import SPMM_BACKENDS, spmm
 
 CPU = torch.device("cpu")
@@ -39,7 +39,7 @@ def main():
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()
     backends = [b for b in SPMM_BACKENDS if b != "auto"
-                and (b != "numba" or kernels() is not None)]
+                and (b != "numba" or routines() is not None)]
     copy_bw, gather_bw = copy_bandwidth(CPU), gather_bandwidth(CPU, args.width)
     rows = []
     for spec in args.graphs.split(","):

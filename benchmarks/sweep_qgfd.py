@@ -13,13 +13,10 @@ import argparse
 import itertools
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from qgfd_pyg.bench.cli import build_parser, run  # noqa: E402
-from qgfd_pyg.bench.models import MODELS  # noqa: E402
-from qgfd_pyg.bench.report import atomic_write  # noqa: E402
+from qgfd_pyg.bench.models import MODELS
+from qgfd_pyg.bench.report import atomic_write
+from qgfd_pyg.bench.runner import RunConfig, run_benchmark
 
 # The search space: the predict-diffuse-attend shape (layers=1) around APPNP's settings, with
 # dot-product or additive seed attention. (An earlier search, benchmarks/results/earlier/, also
@@ -64,12 +61,12 @@ def main() -> None:
             results.append(done[key] if key in done else {**same[0], "config": config,
                                                           "same_as": same[0]["config"]})
             continue
-        argv = [args.task, "--models", "qgfd", "--seeds", str(args.seeds), "--no-progress",
-                "--out", os.path.join(args.out, "search_runs"),
-                "--name", f"{args.task}_{args.grid}_{len(results)}"]
-        for option, value in config.items():
-            argv += [f"--{option.replace('_', '-')}", str(value)]
-        row = run(build_parser().parse_args(argv))[0]
+        row = run_benchmark(RunConfig(
+            args.task, models=["qgfd"], seeds=args.seeds, progress=False, qgfd=config,
+            out=os.path.join(args.out, "search_runs"),
+            name=f"{args.task}_{args.grid}_{len(results)}",
+            command=f"benchmarks/sweep_qgfd.py {args.grid} {args.task} --seeds {args.seeds}",
+        )).summary[0]
         results.append({"config": config, "val": row["val"], "test": row["test"],
                         "ece": row["ece"], "sec_per_epoch": row["sec_per_epoch"]})
         write(args, path, results)

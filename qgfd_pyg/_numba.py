@@ -1,7 +1,7 @@
-"""CPU kernels compiled with numba (optional: ``pip install qgfd-pyg[fast]``).
+"""CPU routines compiled with numba (optional: ``pip install qgfd-pyg[fast]``).
 
-:func:`kernels` returns them, or ``None`` when numba is not installed; callers then use their
-torch implementations. Every kernel is parallel over output rows (or edges), so no two threads
+:func:`routines` returns them, or ``None`` when numba is not installed; callers then use their
+torch implementations. Every routine is parallel over output rows (or edges), so no two threads
 write the same memory, and runs on as many threads as torch is set to use.
 """
 from types import SimpleNamespace
@@ -12,21 +12,21 @@ import torch
 _state = {}
 
 
-def kernels() -> Optional[SimpleNamespace]:
-    if "kernels" not in _state:
-        _state["kernels"] = _compile()
-    return _state["kernels"]
+def routines() -> Optional[SimpleNamespace]:
+    if "routines" not in _state:
+        _state["routines"] = _compile()
+    return _state["routines"]
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels can take these tensors (CPU, float32/float64, no autograd)."""
-    return kernels() is not None and all(
+    """Whether the compiled routines can take these tensors (CPU, float32/float64, no autograd)."""
+    return routines() is not None and all(
         t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
         and not t.requires_grad for t in tensors)
 
 
 def set_threads() -> None:
-    k = kernels()
+    k = routines()
     k.set_num_threads(max(1, min(torch.get_num_threads(), k.max_threads)))
 
 

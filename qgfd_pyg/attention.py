@@ -2,15 +2,13 @@ import math
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module, MultiheadAttention
-from torch_sparse import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_positive_float, check_positive_int,
                       check_steps)
-from .diffusion import DiffusionInfo, diffuse
-from .transition import graph_transition, knn_transition
+from .diffusion import diffuse
+from .sequence import qgfd_attention
 
 
 class QGFDAttention(Module):
@@ -61,7 +59,9 @@ class QGFDAttention(Module):
           ``attn_mask`` :math:`(L_q, L_k)` or :math:`(B H, L_q, L_k)` (bool ``True`` = not
           allowed, or float added to the scores), ``adjacency`` :math:`(L_k, L_k)` or
           :math:`(B, L_k, L_k)`, dense or sparse
-        - **output:** :math:`(B, L_q, E)` and, if ``need_weights``, the diffused distribution
+        - **output:** :math:`(B, L_q, E)` and, if ``need_weights`` (the default, as in
+          :class:`torch.nn.MultiheadAttention`; pass ``need_weights=False`` in models), the
+          diffused distribution
           :math:`p^{(T)}` :math:`(B, L_q, L_k)` averaged over heads (or :math:`(B, H, L_q,
           L_k)`), which is dense and costs :math:`O(B H L_q L_k)`
     """
@@ -146,43 +146,36 @@ class QGFDAttention(Module):
         return self.alpha * min(1.0, int(self.num_updates) / self.alpha_warmup_steps)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
-                key_padding_mask: Optional[Tensor] = None, need_weights: bool = False,
-                attn_mask: Optional[Tensor] = None, is_causal: bool = False,
-                adjacency: Optional[Tensor] = None,
-                average_attn_weights: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
-        """See the class docstring; same call as :meth:`torch.nn.MultiheadAttention.forward`."""
+                key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False, adjacency: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Optional[Tensor]]:
+        """See the class docstring; the call of :meth:`torch.nn.MultiheadAttention.forward`
+        (the same argument order and defaults), plus ``adjacency``."""
         unbatched = query.dim() == 2
         query, key, value = self._batch(query, key, value, unbatched)
         B, Lq, Lk, H, d = query.size(0), query.size(1), key.size(1), self.num_heads, self.head_dim
-        q = self.q_proj(query).view(B, Lq, H, d).transpose(1, 2)
-        k = self.k_proj(key).view(B, Lk, H, d).transpose(1, 2)
-        v = self.v_proj(value).view(B, Lk, H, d).transpose(1, 2)
+        queries = self.q_proj(query).view(B, Lq, H, d).transpose(1, 2)
+        keys = self.k_proj(key).view(B, Lk, H, d).transpose(1, 2)
+        values = self.v_proj(value).view(B, Lk, H, d).transpose(1, 2)
         if key_padding_mask is not None:
             key_padding_mask = self._padding(key_padding_mask, B, Lk, unbatched)
-        mask = self._seed_mask(attn_mask, key_padding_mask, is_causal, B, Lq, Lk, q.dtype)
+        mask = self._seed_mask(attn_mask, key_padding_mask, is_causal, B, Lq, Lk, queries.dtype)
 
         alpha = self.current_alpha()
         if self.training and self.alpha_warmup_steps:
             self.num_updates += 1
-        if alpha > 0.0 and self.steps > 0:
-            P = sequence_transition(k, self.k, self.metric, self.temperature, key_padding_mask,
-                                    is_causal, adjacency, self.detach_transition)
-            z, info = diffuse_sequence(v, P, alpha, self.steps, self.tol, self.checkpoint)
-        else:
-            P, z, info = None, v, None
-
-        out = F.scaled_dot_product_attention(
-            q, k, z, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and mask is None)
-        if mask is not None:  # queries with every key masked: zeros, not NaN
-            blocked = torch.isneginf(mask).all(dim=-1, keepdim=True)
-            out = out.masked_fill(blocked, 0.0)
+        out, P, info = qgfd_attention(
+            queries, keys, values, mask, is_causal, alpha=alpha, steps=self.steps,
+            num_neighbors=self.k, metric=self.metric, temperature=self.temperature,
+            key_padding_mask=key_padding_mask, adjacency=adjacency,
+            detach_transition=self.detach_transition, tol=self.tol, checkpoint=self.checkpoint,
+            dropout=self.dropout if self.training else 0.0)
         out = self.out_proj(out.transpose(1, 2).reshape(B, Lq, H * d))
 
         weights = None
         if need_weights:
-            weights = self._diffused_weights(q, k, mask, is_causal, P, alpha,
-                                             info.steps if info is not None else 0)
+            weights = self._diffused_weights(queries, keys, mask, is_causal, P, alpha, info.steps)
             if average_attn_weights:
                 weights = weights.mean(dim=1)
             if unbatched:
@@ -252,16 +245,16 @@ class QGFDAttention(Module):
             mask = mask.masked_fill(future, float("-inf"))
         return mask
 
-    def _diffused_weights(self, q, k, mask, is_causal, P, alpha, steps):
+    def _diffused_weights(self, queries, keys, mask, is_causal, P, alpha, steps):
         """Dense p_T = p0 M [B, H, Lq, Lk], by diffusing p0^T over P^T (costly: O(B H Lq Lk))."""
-        B, H, Lq, d = q.shape
-        Lk = k.size(2)
-        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(d)
+        B, H, Lq, d = queries.shape
+        Lk = keys.size(2)
+        scores = (queries @ keys.transpose(-1, -2)).float() / math.sqrt(d)
         if mask is not None:
             scores = scores + mask.float()
         elif is_causal:
             scores = scores.masked_fill(
-                torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+                torch.ones(Lq, Lk, dtype=torch.bool, device=queries.device).triu(1), float("-inf"))
         p0 = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         if P is None or steps == 0:
             return p0
@@ -272,63 +265,3 @@ class QGFDAttention(Module):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.embed_dim}, num_heads={self.num_heads}, "
                 f"alpha={self.alpha}, steps={self.steps}, k={self.k})")
-
-
-def sequence_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float = 1.0,
-                        key_padding_mask: Optional[Tensor] = None, is_causal: bool = False,
-                        adjacency: Optional[Tensor] = None, detach: bool = False) -> SparseTensor:
-    r"""Block-diagonal transition over the keys of every (batch, head) pair.
-
-    Without ``adjacency``, block ``(b, h)`` is :func:`qgfd_pyg.knn_transition` of
-    ``keys[b, h]``; with it, the random walk of ``adjacency`` (``[L, L]`` or ``[B, L, L]``,
-    dense or sparse, entry ``[i, j]`` = flow from ``i`` to ``j``, shared by the heads). Causal
-    rows reach only keys ``<= i``; padded keys (``key_padding_mask`` True) are never reached.
-
-    Shapes:
-        - **input:** keys :math:`(B, H, L, d)`
-        - **output:** row-stochastic SparseTensor :math:`(B H L, B H L)`
-    """
-    B, H, L, d = keys.shape
-    if adjacency is None:
-        keys = keys.detach() if detach else keys
-        keys = keys.float() if keys.dtype in (torch.float16, torch.bfloat16) else keys
-        mask = None
-        if key_padding_mask is not None:
-            mask = key_padding_mask[:, None, :].expand(B, H, L).reshape(B * H, L)
-        return knn_transition(keys.reshape(B * H, L, d), k, metric, temperature,
-                              causal=is_causal, mask=mask)
-    if not isinstance(adjacency, Tensor) or adjacency.dim() not in (2, 3) \
-            or tuple(adjacency.shape[-2:]) != (L, L) \
-            or (adjacency.dim() == 3 and adjacency.size(0) not in (1, B)):
-        raise ValueError(f"adjacency must be [L, L] or [B, L, L] with L={L}, B={B} "
-                         f"(got {getattr(adjacency, 'shape', type(adjacency).__name__)})")
-    device = keys.device
-    adjacency = adjacency.to(device)
-    adjacency = adjacency.to_dense() if adjacency.layout != torch.strided else adjacency
-    weight = adjacency.float().expand(B, L, L)
-    if is_causal:
-        weight = weight.tril()
-    if key_padding_mask is not None:
-        weight = weight.masked_fill(key_padding_mask[:, None, :], 0.0)
-    b, row, col = weight.nonzero(as_tuple=True)
-    offset = ((b[:, None] * H + torch.arange(H, device=device)[None, :]) * L).reshape(-1)
-    edge_index = torch.stack([row.repeat_interleave(H) + offset,
-                              col.repeat_interleave(H) + offset])
-    return graph_transition(edge_index, B * H * L, weight[b, row, col].repeat_interleave(H))
-
-
-def diffuse_sequence(values: Tensor, transition: SparseTensor, alpha: float, steps: int,
-                     tol: Optional[float] = None, checkpoint: bool = False
-                     ) -> Tuple[Tensor, DiffusionInfo]:
-    """:func:`qgfd_pyg.diffuse` of per-head values ``[B, H, L, d]`` over a
-    :func:`sequence_transition`; half-precision values are diffused in float32. Residuals are
-    only traced when ``tol`` asks for early stopping (the trace costs a pass per step)."""
-    B, H, L, d = values.shape
-    work = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
-    if tol is None:
-        z = diffuse(work.reshape(B * H * L, d), transition, alpha, steps, checkpoint=checkpoint)
-        info = DiffusionInfo(steps=steps if alpha > 0.0 else 0)
-    else:
-        z, info = diffuse(work.reshape(B * H * L, d), transition, alpha, steps, tol,
-                          return_info=True, checkpoint=checkpoint)
-    return z.view(B, H, L, d).to(values.dtype), info

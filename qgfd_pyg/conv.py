@@ -157,7 +157,7 @@ class QGFDConv(MessagePassing):
             raise ValueError(f"x has {x.size(1)} features but the layer expects "
                              f"in_channels={self.in_channels}")
         N, H, C = x.size(0), self.heads, self.out_channels
-        attn_index, transition, layout = self._structure(edge_index, edge_weight, N)
+        attn_index, P, layout = self._structure(edge_index, edge_weight, N)
 
         value = self.lin_value(x).view(N, H, C)
         key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
@@ -168,7 +168,7 @@ class QGFDConv(MessagePassing):
                         self.tol, checkpoint=self.checkpoint)
             z = z.view(H, N, C).transpose(0, 1)
         else:
-            z = diffuse(value, transition, self.alpha, self.steps, self.tol)
+            z = diffuse(value, P, self.alpha, self.steps, self.tol)
 
         src, dst = attn_index
         if self.lin_query is not None:

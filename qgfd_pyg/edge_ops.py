@@ -1,10 +1,10 @@
-"""Edge-wise attention kernels that never hold an [E, H, C] tensor.
+"""Edge-wise attention operations that never hold an [E, H, C] tensor.
 
 Graph attention written with gathers (``q[dst] * k[src]``, ``p[e] * z[src]``) materialises one
 ``[E, H, C]`` tensor per gather and keeps it for the backward pass: 16 GB each at
 ogbn-products' size (62M edges, 4 heads x 16). These two autograd functions save only their
 inputs, so the extra memory is ``O(E H)``. On the CPU with numba installed they run as
-segment kernels over the edges grouped by target (or by source, for the gradients that flow
+compiled segment loops over the edges grouped by target (or by source, for the gradients that flow
 back to the sources), with no scatter; otherwise as gathers and ``index_add_`` over chunks of
 edges.
 """
@@ -44,21 +44,21 @@ class EdgeLayout:
 
     def aggregate(self, by: str, w: Tensor, z: Tensor) -> Tensor:
         """``out[i, h] = sum_e w[e, h] z[other(e), h]`` over the edges whose ``by`` end is
-        ``i`` (numba kernel)."""
+        ``i`` (compiled numba routine)."""
         ptr, perm, other = self.groups(by)
         z = z.detach().contiguous()
         out = torch.empty((self.num_nodes,) + tuple(z.shape[1:]), dtype=z.dtype)
         _numba.set_threads()
-        _numba.kernels().segment_aggregate(ptr.numpy(), perm.numpy(), other.numpy(),
+        _numba.routines().segment_aggregate(ptr.numpy(), perm.numpy(), other.numpy(),
                                            w.detach().contiguous().numpy(), z.numpy(),
                                            out.numpy())
         return out
 
     def dot(self, a: Tensor, b: Tensor) -> Tensor:
-        """``out[e, h] = <a[dst[e], h], b[src[e], h]>`` (numba kernel)."""
+        """``out[e, h] = <a[dst[e], h], b[src[e], h]>`` (compiled numba routine)."""
         out = torch.empty(self.src.numel(), a.size(1), dtype=a.dtype)
         _numba.set_threads()
-        _numba.kernels().edge_dot(self.dst.numpy(), self.src.numpy(),
+        _numba.routines().edge_dot(self.dst.numpy(), self.src.numpy(),
                                   a.detach().contiguous().numpy(),
                                   b.detach().contiguous().numpy(), out.numpy())
         return out
@@ -68,8 +68,18 @@ def _fast(layout: Optional[EdgeLayout], *tensors: Tensor) -> bool:
     return layout is not None and _numba.usable(*[t.detach() for t in tensors])
 
 
-def _chunk(width: int, chunk_elements: int) -> int:
-    return max(1, chunk_elements // max(width, 1))
+CHUNK_ELEMENTS = 2**24  # elements of the [chunk, H, C] temporaries of the gather path
+
+
+def _chunk(width: int, chunk_elements: Optional[int]) -> int:
+    """Edges per chunk so that one chunk's temporaries hold about ``chunk_elements`` numbers
+    (``None``: :data:`CHUNK_ELEMENTS`)."""
+    if chunk_elements is None:
+        chunk_elements = CHUNK_ELEMENTS
+    if isinstance(chunk_elements, bool) or int(chunk_elements) != chunk_elements \
+            or chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be a positive integer (got {chunk_elements!r})")
+    return max(1, int(chunk_elements) // max(width, 1))
 
 
 class EdgeDot(torch.autograd.Function):
@@ -145,16 +155,17 @@ class EdgeAggregate(torch.autograd.Function):
 
 
 def edge_dot(q: Tensor, k: Tensor, src: Tensor, dst: Tensor,
-             chunk_elements: int = 2**24, layout: Optional[EdgeLayout] = None) -> Tensor:
+             chunk_elements: Optional[int] = None, layout: Optional[EdgeLayout] = None) -> Tensor:
     """Per-edge, per-head dot products of queries ``[N, H, C]`` at ``dst`` and keys at ``src``:
     ``[E, H]``. ``layout`` (an :class:`EdgeLayout` of the same edges) enables the numba
-    kernels."""
-    return EdgeDot.apply(q, k, src, dst, _chunk(q[0].numel(), chunk_elements), layout)
+    routines."""
+    return EdgeDot.apply(q, k, src, dst, _chunk(q.shape[1:].numel(), chunk_elements), layout)
 
 
 def edge_aggregate(weight: Tensor, z: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
-                   chunk_elements: Optional[int] = 2**24,
+                   chunk_elements: Optional[int] = None,
                    layout: Optional[EdgeLayout] = None) -> Tensor:
-    """Sums ``weight[e, h] * z[src[e], h]`` into ``dst[e]``: ``[num_nodes, H, C]``."""
+    """Sums ``weight[e, h] * z[src[e], h]`` into ``dst[e]``: ``[num_nodes, H, C]``.
+    ``chunk_elements`` bounds the temporaries of the gather path (``None``: the default)."""
     return EdgeAggregate.apply(weight, z, src, dst, num_nodes,
-                               _chunk(z[0].numel(), chunk_elements), layout)
+                               _chunk(z.shape[1:].numel(), chunk_elements), layout)

@@ -17,13 +17,12 @@ over them with causal rows, so cached and uncached generation compute the same t
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
 from ._checks import (check_alpha, check_choice, check_positive_float, check_positive_int,
                       check_steps)
-from .attention import diffuse_sequence, sequence_transition
+from .sequence import allowed_keys, qgfd_attention
 
 KEY = "qgfd"
 _OPTIONS = "qgfd_options"
@@ -58,25 +57,17 @@ def qgfd_attention_function(module: Module, query: Tensor, key: Tensor, value: T
     Lq, Lk = query.size(2), key.size(2)
     padding = None
     mask = attention_mask
-    if mask is not None:
-        allowed = mask if mask.dtype == torch.bool else ~torch.isneginf(mask) & (
-            mask > torch.finfo(mask.dtype).min / 2)
-        padding = ~allowed.any(dim=-2).any(dim=1)  # keys no query may see: [B, Lk]
+    if mask is not None:  # keys that no query may see: [B, Lk]
+        padding = ~allowed_keys(mask).any(dim=-2).any(dim=1)
         padding = padding.expand(query.size(0), Lk)
-    elif causal and Lq > 1:  # causal, bottom-right aligned (queries are the last Lq keys)
+    elif causal:  # bottom-right aligned (queries are the last Lq keys; SDPA's flag is not)
         mask = torch.ones(Lq, Lk, dtype=torch.bool, device=query.device).tril(Lk - Lq)
-
-    z = value
-    if options["alpha"] > 0.0 and options["steps"] > 0:
-        P = sequence_transition(key, options["k"], options["metric"], options["temperature"],
-                                padding, causal)
-        z, _ = diffuse_sequence(value, P, options["alpha"], options["steps"], options["tol"])
-    out = F.scaled_dot_product_attention(query, key, z, attn_mask=mask,
-                                         dropout_p=dropout if module.training else 0.0,
-                                         scale=scaling)
-    if mask is not None:  # queries with no visible key: zeros, not NaN
-        visible = mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
-        out = out.masked_fill(~visible.any(dim=-1, keepdim=True), 0.0)
+    out = qgfd_attention(query, key, value, mask, causal,
+                         alpha=options["alpha"], steps=options["steps"],
+                         num_neighbors=options["k"], metric=options["metric"],
+                         temperature=options["temperature"], key_padding_mask=padding,
+                         tol=options["tol"], dropout=dropout if module.training else 0.0,
+                         scale=scaling).out
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -5,12 +5,13 @@ Backends (:func:`set_spmm_backend`):
 
 - ``"auto"`` (default): ``"numba"`` for CPU float32/float64 values when numba is installed
   (``pip install qgfd-pyg[fast]``), else ``"torch"``.
-- ``"numba"``: a row-parallel CSR kernel compiled once with numba (CPU only).
+- ``"numba"``: a row-parallel CSR product compiled once with numba (CPU only).
 - ``"torch"``: torch's own CSR product (MKL on CPU, cuSPARSE on GPU).
 - ``"torch_sparse"``: ``torch_sparse.matmul``.
 
 A SparseTensor transition keeps its CSR form and, once a backward pass asks for it, the CSR
-form of :math:`\mathbf{P}^\top` as attributes, so neither is rebuilt per step or per call.
+form of :math:`\mathbf{P}^\top` as attributes, so neither is rebuilt per step or per call; both
+are rebuilt when the entries change in place (``set_value_``, ``storage.value().mul_(...)``).
 Products whose transition values need gradients (kNN over trainable keys) always go through
 ``torch_sparse.matmul``, which differentiates w.r.t. them.
 """
@@ -35,7 +36,7 @@ def set_spmm_backend(name: str) -> None:
     ``"auto"`` (default), ``"numba"``, ``"torch"`` or ``"torch_sparse"`` (see
     :mod:`qgfd_pyg.spmm`; timings in ``benchmarks/results/perf_spmm.md``)."""
     name = check_choice("backend", name, SPMM_BACKENDS)
-    if name == "numba" and _numba.kernels() is None:
+    if name == "numba" and _numba.routines() is None:
         raise ValueError("backend 'numba' needs the numba package (pip install qgfd-pyg[fast])")
     _backend["name"] = name
 
@@ -54,21 +55,26 @@ def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor,
         out = torch.empty(shape, dtype=x.dtype)
     if out.numel():
         _numba.set_threads()
-        _numba.kernels().csr_spmm(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(),
+        _numba.routines().csr_spmm(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(),
                                   x.numpy(), out.numpy())
     return out
 
 
 def _csr(transition: SparseTensor, transpose: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """(rowptr, col, value) of ``P`` or ``P^T``, built once and kept on the transition."""
+    """(rowptr, col, value) of ``P`` or ``P^T``, built once and kept on the transition until
+    its entries change: ``set_value_`` swaps the value tensor, an in-place op (``mul_``) bumps
+    its version counter; either makes the cached form stale."""
     name = "_qgfd_csr_t" if transpose else "_qgfd_csr"
-    csr = getattr(transition, name, None)
-    if csr is None:
-        rowptr, col, value = (transition.t() if transpose else transition).csr()
-        if value is None:
-            value = torch.ones(col.numel(), device=col.device)
-        csr = (rowptr, col, value.detach())
-        setattr(transition, name, csr)  # a SparseTensor is immutable: safe to keep with it
+    value = transition.storage.value()
+    version = None if value is None else value._version
+    cached = getattr(transition, name, None)
+    if cached is not None and cached[0] is value and cached[1] == version:
+        return cached[2]
+    rowptr, col, csr_value = (transition.t() if transpose else transition).csr()
+    if csr_value is None:
+        csr_value = torch.ones(col.numel(), device=col.device)
+    csr = (rowptr, col, csr_value.detach())
+    setattr(transition, name, (value, version, csr))  # holding value keeps its id unique
     return csr
 
 
@@ -92,9 +98,9 @@ def spmm(transition: Transition, x: Tensor, transpose: bool = False,
          out: Optional[Tensor] = None) -> Tensor:
     """``P @ x`` (or ``P^T @ x``) for a SparseTensor, torch sparse or dense ``[N, N]`` ``P``
     and ``x`` of shape ``[N, d]``. ``out``, a spare ``[N, d]`` tensor that nothing else uses,
-    may be written and returned instead of a new tensor (the numba kernel does: a fresh
+    may be written and returned instead of a new tensor (the numba routine does: a fresh
     output costs its page faults, about a fifth of a product at 10^6 nodes)."""
-    if x.size(-1) == 0:  # torch_sparse's kernel divides by the width
+    if x.size(-1) == 0:  # torch_sparse divides by the width
         return x.new_zeros(x.shape)
     if isinstance(transition, SparseTensor):
         backend = _backend["name"]

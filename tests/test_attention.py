@@ -3,21 +3,23 @@ import math
 
 import pytest
 import torch
-from reference import dense_transition, pform
 
 from qgfd_pyg import QGFDAttention, knn_transition
-from qgfd_pyg.attention import sequence_transition
+from qgfd_pyg.reference import dense_transition, pform, steps_until
+from autograd_memory import saved_bytes
 
 
 def reference(layer, query, key, value, key_padding_mask=None, attn_mask=None, is_causal=False,
-              adjacency=None):
-    """Dense p-form: p0 with every mask, P per (batch, head) built densely, p_T V W_O."""
+              adjacency=None, alpha=None, detach_transition=False):
+    """Dense p-form: p0 with every mask, P per (batch, head) built densely, p_T V W_O. With
+    ``layer.tol`` the step count is where a dense Z iteration over all blocks stops."""
+    alpha = layer.alpha if alpha is None else alpha
     B, Lq, _ = query.shape
     Lk, H, d = key.size(1), layer.num_heads, layer.head_dim
     q = layer.q_proj(query).view(B, Lq, H, d).transpose(1, 2).double()
     k = layer.k_proj(key).view(B, Lk, H, d).transpose(1, 2)
     v = layer.v_proj(value).view(B, Lk, H, d).transpose(1, 2).double()
-    outs, weights = torch.zeros(B, H, Lq, d, dtype=torch.float64), []
+    seeds, transitions = [], []
     for b, h in itertools.product(range(B), range(H)):
         scores = q[b, h] @ k[b, h].double().T / math.sqrt(d)
         blocked = torch.zeros(Lq, Lk, dtype=torch.bool)
@@ -34,7 +36,8 @@ def reference(layer, query, key, value, key_padding_mask=None, attn_mask=None, i
         p0 = torch.softmax(scores.masked_fill(blocked, float("-inf")), -1).nan_to_num(0.0)
         pad = key_padding_mask[b] if key_padding_mask is not None else None
         if adjacency is None:
-            P = knn_transition(k[b, h], layer.k, layer.metric, layer.temperature,
+            keys = k[b, h].detach() if detach_transition else k[b, h]
+            P = knn_transition(keys, layer.k, layer.metric, layer.temperature,
                                causal=is_causal, mask=pad).to_dense().double()
         else:
             A = (adjacency if adjacency.dim() == 2 else adjacency[b]).float()
@@ -42,12 +45,18 @@ def reference(layer, query, key, value, key_padding_mask=None, attn_mask=None, i
             A = A.masked_fill(pad[None, :], 0.0) if pad is not None else A
             edge_index = A.nonzero().T
             P = dense_transition(edge_index, Lk, A[edge_index[0], edge_index[1]])
-        pT = pform(p0, P, layer.alpha, layer.steps)
-        outs[b, h] = pT @ v[b, h]
-        weights.append(pT)
+        seeds.append(p0)
+        transitions.append(P)
+    steps = layer.steps
+    if layer.tol is not None and alpha > 0:
+        steps = steps_until(v.reshape(B * H, Lk, d), torch.stack(transitions).detach(), alpha,
+                            layer.steps, layer.tol)
+    pT = torch.stack([pform(p0, P, alpha, steps) for p0, P in zip(seeds, transitions, strict=True)])
+    weights = pT.view(B, H, Lq, Lk)
+    outs = weights @ v
     out = outs.transpose(1, 2).reshape(B, Lq, H * d)
     out = out @ layer.out_proj.weight.double().T + layer.out_proj.bias.double()
-    return out, torch.stack(weights).view(B, H, Lq, Lk)
+    return out, weights
 
 
 MASKS = ["none", "padding", "bool", "float", "causal", "padding+causal", "bool+padding",
@@ -88,7 +97,7 @@ def test_weights_are_distributions_and_averaged_over_heads():
     out, weights = layer(x, x, x, need_weights=True)
     assert weights.shape == (2, 9, 9)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 9))
-    assert layer(x, x, x)[1] is None
+    assert layer(x, x, x, need_weights=False)[1] is None
 
 
 @pytest.mark.parametrize("adjacency_kind", ["2d", "3d", "sparse"])
@@ -153,12 +162,41 @@ def test_alpha_zero_matches_multihead_attention(batch_first, masks):
     padding, attn, causal = make_masks(masks, B, H, L)
     if causal:
         attn = torch.nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.bool)
+    # torch's defaults (need_weights=True, averaged over heads) on both sides
     expected, w_expected = mha(x, x, x, key_padding_mask=padding, attn_mask=attn,
-                               is_causal=causal, need_weights=True)
-    out, w = layer(x, x, x, key_padding_mask=padding, attn_mask=attn, is_causal=causal,
-                   need_weights=True)
+                               is_causal=causal)
+    out, w = layer(x, x, x, key_padding_mask=padding, attn_mask=attn, is_causal=causal)
+    assert w is not None and w.shape == w_expected.shape
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w, w_expected, atol=1e-5, rtol=1e-5)
+    # and positionally, in torch's argument order
+    out, w = layer(x, x, x, padding, True, attn, True, causal)
+    torch.testing.assert_close(w, w_expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("metric, temperature", [("cosine", 1.0), ("dot", 0.3),
+                                                 ("cosine", 2.5)])
+def test_metric_and_temperature_reach_the_transition(metric, temperature):
+    B, L, E, H = 2, 10, 12, 3
+    layer = QGFDAttention(E, H, alpha=0.8, steps=3, k=4, metric=metric, temperature=temperature)
+    x = torch.randn(B, L, E)
+    out, weights = layer(x, x, x, is_causal=True, average_attn_weights=False)
+    expected, expected_weights = reference(layer, x, x, x, is_causal=True)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(weights.double(), expected_weights, atol=1e-5, rtol=0)
+
+
+def test_tol_stops_the_diffusion_where_the_dense_iteration_does():
+    B, L, E, H = 2, 12, 8, 2
+    x = torch.randn(B, L, E)
+    full = QGFDAttention(E, H, alpha=0.95, steps=40, k=3)
+    layer = QGFDAttention(E, H, alpha=0.95, steps=40, k=3, tol=1e-2)
+    layer.load_state_dict(full.state_dict())
+    out, weights = layer(x, x, x, average_attn_weights=False)
+    expected, expected_weights = reference(layer, x, x, x)  # stops as the dense Z loop does
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(weights.double(), expected_weights, atol=1e-5, rtol=0)
+    assert (out - full(x, x, x)[0]).abs().max() > 1e-3  # it did stop early
 
 
 def test_from_multihead_with_separate_kv_dims():
@@ -190,35 +228,48 @@ def test_half_precision_inputs_give_finite_outputs(dtype):
     assert out.dtype == dtype and torch.isfinite(out).all() and torch.isfinite(weights).all()
 
 
-def test_gradients_detach_transition_and_unbatched_input():
+def test_gradients_reach_every_parameter_and_unbatched_input():
     layer = QGFDAttention(8, 2, alpha=0.8, steps=3, k=3)
     x = torch.randn(2, 6, 8, requires_grad=True)
     layer(x, x, x)[0].pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
     assert x.grad.abs().sum() > 0
-    detached = QGFDAttention(8, 2, alpha=0.8, steps=3, k=3, detach_transition=True)
-    keys = detached.k_proj(x).view(2, 6, 2, 4).transpose(1, 2)
-    P = sequence_transition(keys, 3, detach=detached.detach_transition)
-    assert not P.storage.value().requires_grad
     single = torch.randn(6, 8)
     torch.testing.assert_close(layer(single, single, single)[0],
                                layer(single[None], single[None], single[None])[0][0])
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_transition_gradients_match_the_reference(detach):
+    """With detach_transition the key projection learns through the seed only: its gradient
+    equals the dense reference's with P built from detached keys (and differs from the
+    gradient through P)."""
+    layer = QGFDAttention(8, 2, alpha=0.9, steps=4, k=3, detach_transition=detach)
+    x = torch.randn(2, 7, 8)
+    w = torch.randn(2, 7, 8)
+    (grad,) = torch.autograd.grad((layer(x, x, x)[0] * w).sum(), layer.k_proj.weight)
+    grads = {}
+    for through_P in (True, False):
+        out, _ = reference(layer, x, x, x, detach_transition=not through_P)
+        (grads[through_P],) = torch.autograd.grad((out * w.double()).sum(), layer.k_proj.weight)
+    torch.testing.assert_close(grad, grads[not detach].float(), atol=1e-5, rtol=1e-4)
+    assert (grads[True] - grads[False]).abs().max() > 1e-3
+
+
 def test_alpha_warmup_ramps_over_training_calls():
-    layer = QGFDAttention(8, 2, alpha=0.8, steps=2, alpha_warmup_steps=4)
+    layer = QGFDAttention(8, 2, alpha=0.8, steps=2, k=3, alpha_warmup_steps=4)
     x = torch.randn(1, 5, 8)
     assert layer.current_alpha() == 0.0
     layer.train()
-    seen = []
-    for _ in range(6):
-        seen.append(layer.current_alpha())
-        layer(x, x, x)
-    assert seen == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+    for ramped in (0.0, 0.2, 0.4, 0.6, 0.8, 0.8):  # alpha * min(1, calls / 4)
+        out, _ = layer(x, x, x)  # each training call diffuses with the ramped alpha
+        expected, _ = reference(layer, x, x, x, alpha=ramped)
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
     layer.eval()
-    layer(x, x, x)
-    assert layer.current_alpha() == pytest.approx(0.8)  # evaluation does not advance it
-    assert "num_updates" in layer.state_dict()
+    for _ in range(2):  # evaluation does not advance it
+        expected, _ = reference(layer, x, x, x, alpha=0.8)
+        torch.testing.assert_close(layer(x, x, x)[0].double(), expected, atol=1e-5, rtol=0)
+    assert int(layer.state_dict()["num_updates"]) == 6
 
 
 @pytest.mark.parametrize("make, match", [
@@ -254,12 +305,19 @@ def test_bad_forward_input(kwargs, match):
 
 def test_checkpoint_changes_memory_not_results():
     x = torch.randn(2, 9, 16)
-    results = []
+    B, L, H, d, steps = 2, 9, 2, 8, 5
+    one_copy = B * H * L * d * 4  # the per-head values, float32
+    results = {}
     for checkpoint in (False, True):
         torch.manual_seed(0)
-        layer = QGFDAttention(16, 2, k=3, steps=3, checkpoint=checkpoint)
-        out, _ = layer(x, x, x, is_causal=True, need_weights=False)
+        layer = QGFDAttention(16, H, k=3, steps=steps, checkpoint=checkpoint)
+        kept, (out, _) = saved_bytes(lambda layer=layer: layer(x, x, x, is_causal=True,
+                                                                need_weights=False))
         out.pow(2).sum().backward()
-        results.append([out.detach()] + [p.grad.clone() for p in layer.parameters()])
-    for a, b in zip(*results, strict=True):
+        results[checkpoint] = (kept, [out.detach()] + [p.grad.clone()
+                                                       for p in layer.parameters()])
+    # without checkpointing autograd keeps at least one copy of the values per step;
+    # with it, those copies are gone
+    assert results[False][0] - results[True][0] >= (steps - 1) * one_copy
+    for a, b in zip(results[False][1], results[True][1], strict=True):
         torch.testing.assert_close(a, b)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_data import write_ogbn_arxiv, write_planetoid
 
-from qgfd_pyg.bench import cli
+from qgfd_pyg.bench import cli, runner
 from qgfd_pyg.bench.data import load_task
 from qgfd_pyg.bench.models import MODELS, InputDropout, build_model
 from qgfd_pyg.bench.report import ResultStore
@@ -119,13 +119,13 @@ def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
     assert cli.main(["cora", "--out", out, "--models", "gcn"] + SHORT) == 0
     first = read(out, "cora")["runs"][0]
     calls = []
-    real = cli.train_one
+    real = runner.train_one
 
     def counting(task, model, seed, *args, **kwargs):
         calls.append((model, seed))
         return real(task, model, seed, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "train_one", counting)
+    monkeypatch.setattr(runner, "train_one", counting)
     argv = ["cora", "--out", out, "--models", "gcn", "--seeds", "2", "--epochs", "3",
             "--patience", "2", "--no-progress", "--resume"]
     assert cli.main(argv) == 0
@@ -133,7 +133,8 @@ def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
     assert calls == [("gcn", 1)]
     assert result["runs"][0] == first and len(result["runs"]) == 2
     # A crash mid-sweep loses no finished seed: the file is rewritten after each run.
-    monkeypatch.setattr(cli, "train_one", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(runner, "train_one",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv[:6] + ["3"] + argv[7:])
     assert len(read(out, "cora")["runs"]) == 2
@@ -171,3 +172,53 @@ def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "qgfd_pyg.bench", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--resume" in done.stdout
+
+
+@pytest.mark.parametrize("task", ["pubmed", "ogbn-arxiv", "pyg"])
+def test_missing_data_is_one_line_exit_2_and_leaves_nothing(task, tmp_path, capsys):
+    root, out = tmp_path / "data", tmp_path / "out"
+    root.mkdir()
+    extra = ["--dataset", "Planetoid:PubMed"] if task == "pyg" else []
+    assert cli.main([task, "--root", str(root), "--out", str(out)] + extra + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and str(root) in err[0]
+    assert list(root.iterdir()) == [] and not out.exists()  # no empty raw/ folder, no results
+
+
+def test_bad_device_and_options_fail_before_any_result_is_touched(tmp_path, capsys,
+                                                                   monkeypatch):
+    assert cli.main(["cora", "--out", str(tmp_path), "--models", "gcn"] + SHORT) == 0
+    before = (tmp_path / "cora.json").read_text()
+    capsys.readouterr()
+    monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
+    for argv in (["--device", "cuda"], ["--device", "tpu"], ["--alpha", "1.5"],
+                 ["--threads", "0"], ["--models", "gcn,qgfd", "--heads", "0"]):
+        assert cli.main(["cora", "--out", str(tmp_path)] + SHORT + argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), argv
+    assert (tmp_path / "cora.json").read_text() == before
+
+
+def test_run_benchmark_takes_a_config_and_returns_the_records(tmp_path):
+    config = runner.RunConfig("cora", models=["qgfd"], seeds=1, epochs=2, patience=2,
+                              progress=False, out=str(tmp_path), qgfd={"alpha": 0.5, "steps": 2})
+    results = runner.run_benchmark(config)
+    assert [r["model"] for r in results.runs] == ["qgfd"]
+    stored = read(tmp_path, "cora")
+    assert stored["config"]["qgfd"]["alpha"] == 0.5 and stored["config"]["qgfd"]["steps"] == 2
+    assert stored["runs"] == results.runs
+    with pytest.raises(ValueError, match="unknown QGFD options"):
+        runner.run_benchmark(runner.RunConfig("cora", qgfd={"alhpa": 0.5}, out=str(tmp_path)))
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
+    seen = []
+    real = runner.train_one
+    monkeypatch.setattr(runner, "train_one",
+                        lambda *a: seen.append(a[-1]) or real(*a))
+    argv = ["cora", "--out", str(tmp_path), "--models", "gcn", "--seeds", "1", "--epochs", "2"]
+    assert cli.main(argv) == 0  # pytest captures stderr: not a terminal
+    monkeypatch.setattr(runner.sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli.main(argv + ["--name", "tty"]) == 0
+    assert cli.main(argv + ["--name", "off", "--no-progress"]) == 0
+    assert seen == [False, True, False]

@@ -2,11 +2,12 @@ import copy
 
 import pytest
 import torch
-from reference import dense_transition, pform, pform_conv
+from autograd_memory import saved_bytes
 from torch_geometric.utils import add_self_loops, remove_self_loops, to_undirected
 from torch_sparse import SparseTensor
 
 from qgfd_pyg import QGFDConv, knn_transition
+from qgfd_pyg.reference import dense_transition, pform, pform_conv, steps_until
 
 
 def attention_index(edge_index, n):
@@ -214,28 +215,55 @@ def test_additive_attention_equals_p_form_and_is_gat_like():
 
 
 def test_checkpoint_changes_memory_not_results():
-    x, edge_index = torch.randn(30, 6), random_graph(30, 90)
-    results = []
+    n, H, C, steps = 30, 2, 4, 5
+    x, edge_index = torch.randn(n, 6), random_graph(n, 90)
+    one_copy = n * H * C * 4  # the values, float32
+    results = {}
     for checkpoint in (False, True):
         torch.manual_seed(0)
-        conv = QGFDConv(6, 4, heads=2, transition="knn", k=4, steps=5, checkpoint=checkpoint)
-        out = conv(x, edge_index)
+        conv = QGFDConv(6, C, heads=H, transition="knn", k=4, steps=steps, checkpoint=checkpoint)
+        kept, out = saved_bytes(lambda conv=conv: conv(x, edge_index))
         out.pow(2).sum().backward()
-        results.append([out.detach()] + [p.grad.clone() for p in conv.parameters()])
-    for a, b in zip(*results, strict=True):
+        results[checkpoint] = (kept, [out.detach()] + [p.grad.clone() for p in conv.parameters()])
+    # autograd keeps a copy of the values per step through a differentiable kNN P; with
+    # checkpoint=True it keeps none of them
+    assert results[False][0] - results[True][0] >= (steps - 1) * one_copy
+    for a, b in zip(results[False][1], results[True][1], strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("transition", ["graph", "knn"])
+def test_tol_stops_the_diffusion_where_the_dense_iteration_does(transition):
+    n, H, C = 16, 2, 3
+    edge_index = random_graph(n, 50)
+    x = torch.randn(n, 5)
+    full = QGFDConv(5, C, heads=H, alpha=0.95, steps=60, transition=transition, k=3)
+    conv = QGFDConv(5, C, heads=H, alpha=0.95, steps=60, transition=transition, k=3, tol=1e-2)
+    conv.load_state_dict(full.state_dict())
+    out = conv(x, edge_index)
+    values = conv.lin_value(x).view(n, H, C).transpose(0, 1).detach()
+    if transition == "graph":
+        P = [dense_transition(edge_index.flip(0), n)] * H
+    else:
+        keys = conv.lin_key(x).view(n, H, C)
+        P = [knn_transition(keys[:, h], 3).to_dense() for h in range(H)]
+    steps = steps_until(values, torch.stack(P).detach(), 0.95, 60, 1e-2)
+    assert steps < 60
+    expected = pform_conv(conv, x, attention_index(edge_index, n), P, steps=steps)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    assert (out - full(x, edge_index)).abs().max() > 1e-3
 
 
 def test_same_results_without_numba(monkeypatch):
     from qgfd_pyg import _numba
 
-    if _numba.kernels() is None:
-        pytest.skip("numba is not installed: the torch kernels are what every test runs")
+    if _numba.routines() is None:
+        pytest.skip("numba is not installed: the torch implementations are what every test runs")
     x, edge_index = torch.randn(40, 6), random_graph(40, 150)
     results = []
     for disabled in (False, True):
-        if disabled:  # as on a machine without numba: torch kernels throughout
-            monkeypatch.setitem(_numba._state, "kernels", None)
+        if disabled:  # as on a machine without numba: torch implementations throughout
+            monkeypatch.setitem(_numba._state, "routines", None)
         torch.manual_seed(0)
         conv = QGFDConv(6, 4, heads=2, steps=4, cached=True)
         out = conv(x, edge_index)

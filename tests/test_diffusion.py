@@ -1,8 +1,9 @@
 import pytest
 import torch
-from reference import kernel_matrix, pform, random_transition
+from autograd_memory import saved_bytes
 
 from qgfd_pyg import diffuse, graph_transition, kernel_coefficients, knn_transition
+from qgfd_pyg.reference import heat_coefficients, kernel_matrix, pform, random_transition
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.85, 1.0])
@@ -22,11 +23,23 @@ def test_z_form_equals_p_form(alpha, steps, transition):
 def test_heat_kernel_equals_its_p_form(heat_time):
     P = random_transition()
     V = torch.randn(20, 3, dtype=torch.float64)
-    theta, tail = kernel_coefficients("heat", 5, heat_time=heat_time)
-    M = kernel_matrix(P.to_dense().double(), theta, tail[5])
+    theta, tail = heat_coefficients(5, heat_time)  # e^-s s^k / k!, written out independently
+    M = kernel_matrix(P.to_dense().double(), theta, tail)
     torch.testing.assert_close(M.sum(1), torch.ones(20, dtype=torch.float64))  # stays stochastic
     Z = diffuse(V, P.to_dense().double(), steps=5, kernel="heat", heat_time=heat_time)
     torch.testing.assert_close(Z, M @ V)
+    Z = diffuse(V, P, steps=5, kernel="heat", heat_time=heat_time)  # sparse P: same
+    torch.testing.assert_close(Z, M @ V)
+
+
+def test_kernel_coefficients_written_out():
+    theta, tail = kernel_coefficients("ppr", 3, alpha=0.5)
+    assert theta == pytest.approx([0.5, 0.25, 0.125])  # (1 - a) a^k
+    assert tail == pytest.approx([1.0, 0.5, 0.25, 0.125])  # a^k
+    theta, tail = kernel_coefficients("heat", 4, heat_time=2.0)
+    e = 0.1353352832366127  # e^-2
+    assert theta == pytest.approx([e, 2 * e, 2 * e, 4 / 3 * e])  # e^-2 2^k / k!
+    assert tail == pytest.approx([1.0, 1 - e, 1 - 3 * e, 1 - 5 * e, 1 - 19 / 3 * e])
 
 
 def test_sparse_tensor_torch_sparse_and_dense_transitions_agree():
@@ -126,36 +139,24 @@ def test_gradient_after_early_stop_uses_the_steps_taken():
     torch.testing.assert_close(g, g_ref)
 
 
-def _saved_bytes(fn):
-    """Bytes of the tensors autograd keeps for the backward pass while ``fn`` runs."""
-    saved = []
-
-    def pack(t):
-        saved.append(t.numel() * t.element_size())
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return sum(saved), out
-
-
 def test_backward_memory_fixed_transition_and_checkpoint():
     n, d, steps = 64, 8, 6
     V = torch.randn(n, d, requires_grad=True)
     one_copy = n * d * 4
-    kept, _ = _saved_bytes(lambda: diffuse(V, random_transition(n, 300), 0.8, steps))
+    kept, _ = saved_bytes(lambda: diffuse(V, random_transition(n, 300), 0.8, steps))
     assert kept == 0  # a fixed P keeps nothing of the steps
     keys = torch.randn(n, 5, requires_grad=True)
     results = {}
     for checkpoint in (False, True):
         V.grad = keys.grad = None
-        kept, Z = _saved_bytes(
+        kept, Z = saved_bytes(
             lambda c=checkpoint: diffuse(V, knn_transition(keys, 4), 0.8, steps, checkpoint=c))
         Z.pow(2).sum().backward()
         results[checkpoint] = (kept, Z.detach(), V.grad.clone(), keys.grad.clone())
     assert results[False][0] >= steps * one_copy  # autograd: a copy per step
     # recomputation: nothing of the diffusion steps (the kNN transition itself is built
     # outside and kept by autograd as before)
-    transition_kept, _ = _saved_bytes(lambda: knn_transition(keys, 4))
+    transition_kept, _ = saved_bytes(lambda: knn_transition(keys, 4))
     assert results[True][0] <= transition_kept + one_copy
     for a, b in zip(results[False][1:], results[True][1:], strict=True):
         torch.testing.assert_close(a, b)

@@ -1,14 +1,14 @@
 import pytest
 import torch
-from reference import random_transition
+from qgfd_pyg.reference import random_transition
 
 from qgfd_pyg import diffuse, get_spmm_backend, graph_transition, set_spmm_backend
-from qgfd_pyg._numba import kernels
+from qgfd_pyg._numba import routines
 from qgfd_pyg.spmm import SPMM_BACKENDS, spmm
 
 
 def _available_backends():
-    return [b for b in SPMM_BACKENDS if b != "numba" or kernels() is not None]
+    return [b for b in SPMM_BACKENDS if b != "numba" or routines() is not None]
 
 
 def test_spmm_backends_agree_in_value_and_gradient():
@@ -51,20 +51,47 @@ def test_spmm_and_its_transpose_match_dense(backend):
 
 
 def test_csr_forms_are_built_once_and_kept_on_the_transition():
+    from qgfd_pyg.spmm import _csr
+
     P = random_transition(30, 100)
     V = torch.randn(30, 4, requires_grad=True)
     diffuse(V, P, 0.8, 3).sum().backward()
-    forward, transposed = P._qgfd_csr, P._qgfd_csr_t
+    forward, transposed = _csr(P, False), _csr(P, True)
     torch.testing.assert_close(
         torch.sparse_csr_tensor(*transposed, (30, 30)).to_dense(), P.to_dense().T)
     diffuse(V, P, 0.8, 3).sum().backward()
-    assert P._qgfd_csr is forward and P._qgfd_csr_t is transposed
+    assert _csr(P, False) is forward and _csr(P, True) is transposed
+
+
+@pytest.mark.parametrize("backend", _available_backends())
+@pytest.mark.parametrize("change", ["set_value_", "mul_"])
+def test_in_place_changes_of_the_entries_reach_forward_and_backward(backend, change):
+    """The cached CSR forms of P and P^T follow in-place changes of P's values."""
+    set_spmm_backend(backend)
+    try:
+        P = random_transition(25, 90)
+        V = torch.randn(25, 4, dtype=torch.float64, requires_grad=True)
+        diffuse(V, P, 0.8, 4).sum().backward()  # builds and caches both forms
+        if change == "set_value_":
+            P.set_value_(torch.rand(P.nnz()), layout="coo")
+        else:
+            P.storage.value().mul_(torch.rand(P.nnz()))
+        dense = P.to_dense().double()
+        w = torch.randn(25, 4, dtype=torch.float64)
+        Z = diffuse(V, P, 0.8, 4)
+        (g,) = torch.autograd.grad((Z * w).sum(), V)
+        Z_dense = diffuse(V, dense, 0.8, 4)
+        (g_dense,) = torch.autograd.grad((Z_dense * w).sum(), V)
+        torch.testing.assert_close(Z, Z_dense, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(g, g_dense, atol=1e-5, rtol=1e-5)
+    finally:
+        set_spmm_backend("auto")
 
 
 def test_numba_backend_without_numba_is_a_clear_error(monkeypatch):
     from qgfd_pyg import _numba
 
-    monkeypatch.setitem(_numba._state, "kernels", None)
+    monkeypatch.setitem(_numba._state, "routines", None)
     with pytest.raises(ValueError, match="numba"):
         set_spmm_backend("numba")
     assert get_spmm_backend() == "auto"

@@ -4,7 +4,7 @@ import scipy.sparse as sp
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import dense_transition
+from qgfd_pyg.reference import dense_transition
 from torch_sparse import SparseTensor
 
 from qgfd_pyg import from_networkx, from_scipy, graph_transition, knn_transition

@@ -1,25 +1,13 @@
 """``python -m qgfd_pyg.bench TASK``: every model on one protocol, table + JSON + Markdown."""
 import argparse
-import datetime
-import os
 import shlex
 import sys
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from dataclasses import fields
+from typing import List, Optional
 
-import torch
-
-from .data import TASKS, load_task
-from .models import MODELS
-from .report import ResultStore, table
-from .train import train_one
-
-_REPO = Path(__file__).resolve().parents[2]
-
-
-def _default_dir(name: str) -> str:
-    """``datasets/`` / ``benchmarks/results`` of the source checkout, else of the cwd."""
-    return str(_REPO / name) if (_REPO / "datasets").is_dir() else os.path.join(os.getcwd(), name)
+from .data import TASKS
+from .models import MODELS, QGFDOptions
+from .runner import RunConfig, default_dir, run_benchmark, summary_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,26 +29,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="early-stopping patience in epochs (100)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--root", default=_default_dir("datasets"), help="data root")
-    parser.add_argument("--out", default=_default_dir(os.path.join("benchmarks", "results")),
+    parser.add_argument("--root", default=default_dir("datasets"), help="data root")
+    parser.add_argument("--out", default=default_dir("benchmarks/results"),
                         help="output folder for <name>.json and <name>.md")
     parser.add_argument("--name", default=None, help="output file stem (default: the task)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished runs of an earlier, interrupted sweep")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are drawn only on a terminal anyway)")
     qgfd = parser.add_argument_group("QGFD hyper-parameters (model 'qgfd')")
-    defaults = MODELS["qgfd"].options
-    qgfd.add_argument("--alpha", type=float, default=defaults["alpha"])
-    qgfd.add_argument("--steps", type=int, default=defaults["steps"])
-    qgfd.add_argument("--heads", type=int, default=defaults["heads"])
-    qgfd.add_argument("--hidden", type=int, default=defaults["hidden"])
-    qgfd.add_argument("--transition", choices=["graph", "knn"], default=defaults["transition"])
-    qgfd.add_argument("--k", type=int, default=defaults["k"], help="kNN neighbours per key")
-    qgfd.add_argument("--dropout", type=float, default=defaults["dropout"])
-    qgfd.add_argument("--attn-dropout", type=float, default=defaults["attn_dropout"])
-    qgfd.add_argument("--layers", type=int, choices=[1, 2], default=defaults["layers"])
-    qgfd.add_argument("--attention", choices=["dot", "additive"], default=defaults["attention"])
+    for option in fields(QGFDOptions):
+        qgfd.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name,
+                          type=option.type, default=option.default,
+                          choices=option.metadata["choices"],
+                          help=f"{option.metadata['help']} ({option.default})")
     return parser
+
+
+def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
+    return RunConfig(
+        task=args.task, models=args.models.split(","), seeds=args.seeds, epochs=args.epochs,
+        patience=args.patience, device=args.device, threads=args.threads, root=args.root,
+        out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
+        dataset=args.dataset, qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)},
+        command="python -m qgfd_pyg.bench " + " ".join(map(shlex.quote, argv)))
 
 
 def list_tasks() -> str:
@@ -70,62 +62,8 @@ def list_tasks() -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
-    if args.seeds < 1 or args.epochs < 1 or args.patience < 1:
-        raise ValueError("--seeds, --epochs and --patience must be positive")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    qgfd = {"alpha": args.alpha, "steps": args.steps, "heads": args.heads, "hidden": args.hidden,
-            "transition": args.transition, "k": args.k, "dropout": args.dropout,
-            "attn_dropout": args.attn_dropout, "layers": args.layers,
-            "attention": args.attention}
-
-    task = load_task(args.task, args.root, args.dataset)
-    seeds = list(range(args.seeds))
-    config = {"task": task.name, "metric": task.metric, "models": models, "seeds": args.seeds,
-              "seed_list": seeds, "epochs": args.epochs, "patience": args.patience,
-              "device": device.type, "qgfd": qgfd}
-    environment = {"command": "python -m qgfd_pyg.bench " + " ".join(map(shlex.quote,
-                                                                          sys.argv[1:])),
-                   "torch": torch.__version__, "torch_geometric": _pyg_version(),
-                   "device": str(device), "threads": torch.get_num_threads(),
-                   "date": datetime.date.today().isoformat(),
-                   "memory_kind": "the CUDA allocator's peak" if device.type == "cuda"
-                   else "the process's peak resident set (includes its ~baseline)"}
-    name = args.name or task.name.replace(":", "-")
-    store = ResultStore(args.out, name, config, args.resume)
-    skipped = sum(store.done(m, s) for m in models for s in seeds)
-    if skipped:
-        print(f"resuming: {skipped} finished runs kept from {store.json_path}", file=sys.stderr)
-    for model in models:
-        for seed in seeds:
-            if store.done(model, seed):
-                continue
-            record = train_one(task, model, seed, qgfd if model == "qgfd" else {},
-                               args.epochs, args.patience, device, not args.no_progress)
-            store.add(record, environment)
-            print(f"{model:>6} seed {seed}: test {100 * record['test']:.1f}  "
-                  f"val {100 * record['val']:.1f}  epochs {record['epochs']}", file=sys.stderr)
-    rows = store.save(environment, complete=True)
-    print(f"\n{task.name} ({task.metric}), {len(seeds)} seeds\n")
-    print(table(rows, "metric"))
-    print(f"\nwritten: {store.json_path}, {store.md_path}")
-    return rows
-
-
-def _pyg_version() -> str:
-    import torch_geometric
-
-    return torch_geometric.__version__
-
-
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
@@ -133,9 +71,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not args.task:
         parser.error("a task is needed (see --list)")
+    config = config_from_args(args, argv)
     try:
-        run(args)
-    except ValueError as error:
+        results = run_benchmark(config)
+    except ValueError as error:  # bad options, unknown task or model, missing data
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(summary_text(config, results))
     return 0

@@ -1,8 +1,12 @@
-"""Node-classification tasks: data through PyG's / OGB's own dataset classes, official splits."""
+"""Node-classification tasks: data through PyG's / OGB's own dataset classes, official splits.
+
+Nothing is downloaded: raw files must already sit under ``--root`` (the small sets ship in
+``datasets/``); a missing set is a :class:`MissingData` error that names the folder to fill.
+"""
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -28,6 +32,35 @@ class NodeTask:
         rotate through them: split ``seed % num_splits``)."""
         column = seed % self.num_splits
         return tuple((m if m.dim() == 1 else m[:, column]).nonzero().view(-1) for m in self.masks)
+
+
+class MissingData(ValueError):
+    """A data set's files are not on disk (the runner downloads nothing)."""
+
+
+@contextlib.contextmanager
+def no_download() -> Iterator[None]:
+    """Loads through PyG's / OGB's dataset classes without their downloads: a dataset whose raw
+    files are missing raises :class:`MissingData` naming its raw folder, before the dataset
+    class creates any folder for them."""
+    from torch_geometric.data import Dataset
+    from torch_geometric.data.dataset import files_exist
+
+    original = Dataset._download
+
+    def refuse(self) -> None:
+        if files_exist(self.raw_paths):
+            return
+        missing = [os.path.basename(p) for p in self.raw_paths if not os.path.exists(p)]
+        raise MissingData(f"{type(self).__name__} data not found: {self.raw_dir} lacks "
+                          f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; "
+                          f"put the data set's raw files there (nothing is downloaded)")
+
+    Dataset._download = refuse
+    try:
+        yield
+    finally:
+        Dataset._download = original
 
 
 def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
@@ -123,11 +156,14 @@ def _pyg(root: str, spec: Optional[str]) -> NodeTask:
 
 
 def load_task(task: str, root: str, dataset: Optional[str] = None) -> NodeTask:
-    """Loads ``task`` from ``root`` (raw files already there are used as they are)."""
-    if task in ("cora", "citeseer", "pubmed"):
-        return _planetoid(root, {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}[task])
-    if task == "ogbn-arxiv":
-        return _ogb(root, task)
-    if task == "pyg":
+    """Loads ``task`` from ``root`` (raw files already there are used as they are; missing
+    ones are a :class:`MissingData` error)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    with no_download():
+        if task in ("cora", "citeseer", "pubmed"):
+            names = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+            return _planetoid(root, names[task])
+        if task == "ogbn-arxiv":
+            return _ogb(root, task)
         return _pyg(root, dataset)
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -1,5 +1,5 @@
 """The compared models. Baselines are PyG's own layers with their papers' standard settings."""
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict
 
 import torch
@@ -99,6 +99,34 @@ class APPNPNet(Module):
         return self.prop(self.lin2(x), edge_index)
 
 
+def _option(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class QGFDOptions:
+    """The hyper-parameters of the runner's QGFD model (:class:`QGFDNet`): the one place they
+    are declared. The CLI makes one ``--option`` of each; sweeps pass them as a dict."""
+    hidden: int = _option(64, "hidden width (the MLP layer's output)")
+    heads: int = _option(1, "attention heads of the QGFDConv layer(s)")
+    dropout: float = _option(0.5, "dropout on the inputs and hidden features")
+    attn_dropout: float = _option(0.0, "dropout on the seed attention")
+    alpha: float = _option(0.8, "diffusion weight in [0, 1]")
+    steps: int = _option(10, "diffusion steps T")
+    transition: str = _option("graph", "what the values diffuse over", ("graph", "knn"))
+    k: int = _option(8, "kNN neighbours per key (transition=knn)")
+    layers: int = _option(1, "1: MLP then QGFDConv; 2: two QGFDConv layers", (1, 2))
+    attention: str = _option("dot", "seed score", ("dot", "additive"))
+
+    @classmethod
+    def merged(cls, overrides: Dict[str, Any]) -> Dict[str, Any]:
+        """The defaults with ``overrides`` applied; unknown names are a ValueError."""
+        unknown = sorted(set(overrides) - set(asdict(cls())))
+        if unknown:
+            raise ValueError(f"unknown QGFD options {unknown}; known: {', '.join(asdict(cls()))}")
+        return {**asdict(cls()), **overrides}
+
+
 class QGFDNet(Module):
     """Predict, diffuse, attend: an MLP layer, then one :class:`QGFDConv` whose values (the
     class scores) are diffused over the graph before the seed attention reads them.
@@ -107,22 +135,21 @@ class QGFDNet(Module):
     first), each diffusing over the same transition.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: int = 64, heads: int = 1,
-                 dropout: float = 0.5, attn_dropout: float = 0.0, alpha: float = 0.9,
-                 steps: int = 10, transition: str = "graph", k: int = 8, layers: int = 1,
-                 attention: str = "dot"):
+    def __init__(self, in_channels: int, num_classes: int, **options):
         super().__init__()
-        if layers not in (1, 2):
-            raise ValueError(f"layers must be 1 or 2 (got {layers})")
-        self.dropout = dropout
-        self.input_dropout = InputDropout(dropout)
-        options = dict(alpha=alpha, steps=steps, transition=transition, k=k,
-                       dropout=attn_dropout, cached=transition == "graph", attention=attention)
-        if layers == 1:
-            self.first = Linear(in_channels, hidden)
+        o = QGFDOptions(**QGFDOptions.merged(options))
+        if o.layers not in (1, 2):
+            raise ValueError(f"layers must be 1 or 2 (got {o.layers})")
+        self.dropout = o.dropout
+        self.input_dropout = InputDropout(o.dropout)
+        conv = dict(alpha=o.alpha, steps=o.steps, transition=o.transition, k=o.k,
+                    dropout=o.attn_dropout, cached=o.transition == "graph",
+                    attention=o.attention)
+        if o.layers == 1:
+            self.first = Linear(in_channels, o.hidden)
         else:
-            self.first = QGFDConv(in_channels, hidden // heads, heads=heads, **options)
-        self.conv = QGFDConv(hidden, num_classes, heads=heads, concat=False, **options)
+            self.first = QGFDConv(in_channels, o.hidden // o.heads, heads=o.heads, **conv)
+        self.conv = QGFDConv(o.hidden, num_classes, heads=o.heads, concat=False, **conv)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         x = self.input_dropout(x)
@@ -141,10 +168,8 @@ class ModelSpec:
 
 
 MODELS: Dict[str, ModelSpec] = {
-    "qgfd": ModelSpec(QGFDNet, 0.01, 5e-4, dict(
-        hidden=64, heads=1, dropout=0.5, attn_dropout=0.0, alpha=0.8, steps=10,
-        transition="graph", k=8, layers=1, attention="dot"), "chosen on Cora validation accuracy "
-                                            "(benchmarks/results/cora_search.md)"),
+    "qgfd": ModelSpec(QGFDNet, 0.01, 5e-4, asdict(QGFDOptions()),
+                      "chosen on Cora validation accuracy (benchmarks/results/cora_search.md)"),
     "gat": ModelSpec(GAT, 0.005, 5e-4, dict(hidden=8, heads=8, dropout=0.6), "GAT paper"),
     "appnp": ModelSpec(APPNPNet, 0.01, 5e-4, dict(hidden=64, dropout=0.5, K=10, alpha=0.1),
                        "APPNP paper / PyG example"),
