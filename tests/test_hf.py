@@ -126,3 +126,52 @@ def test_gradients_flow_through_patched_model():
     model(ids, attention_mask=mask, labels=ids).loss.backward()
     grads = [p.grad for name, p in model.named_parameters() if "attn.c_attn" in name]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("options", [dict(metric="cosine"), dict(temperature=0.25),
+                                     dict(tol=1e-2, steps=40, alpha=0.95)],
+                         ids=["cosine", "temperature", "tol"])
+def test_options_reach_the_attention_against_the_dense_reference(options, monkeypatch):
+    """Every patch_model option changes what the patched layers compute: their outputs equal
+    the dense p-form with that option (kNN metric / temperature, early stop)."""
+    import math
+
+    import qgfd_pyg.hf as hf
+    from qgfd_pyg import knn_transition
+    from qgfd_pyg.reference import pform, steps_until
+
+    model = gpt2()
+    settings = {"alpha": 0.85, "steps": 4, "k": 3, "metric": "dot", "temperature": 1.0,
+                "tol": None, **options}
+    patch_model(model, **settings)
+    calls = []
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        out = hf.qgfd_attention_function(module, query, key, value, attention_mask, **kwargs)
+        calls.append((query, key, value, kwargs.get("scaling"), out[0]))
+        return out
+
+    transformers.AttentionInterface.register(hf.KEY, recording)
+    try:
+        with torch.no_grad():
+            model(torch.randint(2, VOCAB, (2, 10)))
+    finally:
+        hf.register()
+    assert len(calls) == 2  # both layers
+    for query, key, value, scaling, out in calls:
+        B, H, L, d = query.shape
+        blocked = torch.ones(L, L, dtype=torch.bool).triu(1)
+        scale = scaling if scaling is not None else 1 / math.sqrt(d)
+        p0 = torch.softmax((query.double() @ key.double().mT * scale).masked_fill(
+            blocked, float("-inf")), -1)
+        P = torch.stack([torch.stack([
+            knn_transition(key[b, h], settings["k"], settings["metric"],
+                           settings["temperature"], causal=True).to_dense().double()
+            for h in range(H)]) for b in range(B)])
+        steps = settings["steps"]
+        if settings["tol"] is not None:
+            steps = steps_until(value.reshape(B * H, L, d), P.view(B * H, L, L),
+                                settings["alpha"], steps, settings["tol"])
+            assert steps < settings["steps"]
+        expected = pform(p0, P, settings["alpha"], steps) @ value.double()
+        torch.testing.assert_close(out.double(), expected.transpose(1, 2), atol=1e-5, rtol=0)
