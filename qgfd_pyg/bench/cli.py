@@ -12,7 +12,7 @@ from .runner import RunConfig, default_dir, run_benchmark, summary_text
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m qgfd_pyg.bench",
+        prog="python -m qgfd_pyg.bench", allow_abbrev=False,
         description="QGFD against GAT, APPNP and GCN on one protocol: same splits, seeds, "
                     "optimiser, epoch budget and early stopping for every model.",
         epilog="Example: python -m qgfd_pyg.bench cora --seeds 10; "
