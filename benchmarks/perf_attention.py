@@ -16,8 +16,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-from common import cell, ratio, timed, write_results
+from qgfd_pyg.bench.measure import cell, ratio, timed, write_results
 
+from qgfd_pyg.reference import pform
 from qgfd_pyg.sequence import diffuse_sequence, sequence_transition
 
 
@@ -32,15 +33,13 @@ def sdpa(q, k, v, *_):
 
 
 def dense_pform(q, k, v, alpha, steps, knn):
-    """p0 [B, H, L, L], P dense [B, H, L, L] from the same kNN rule, p_t iterated."""
+    """p0 [B, H, L, L], P dense [B, H, L, L] from the same kNN rule, p_t iterated
+    (qgfd_pyg.reference.pform)."""
     B, H, L, d = k.shape
     P = sequence_transition(k, knn).to_dense().view(B, H, L, B, H, L)
     P = torch.stack([P[b, h, :, b, h] for b in range(B) for h in range(H)]).view(B, H, L, L)
     p0 = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
-    p = p0
-    for _ in range(steps):
-        p = (1 - alpha) * p0 + alpha * p @ P
-    return p @ v
+    return pform(p0, P, alpha, steps) @ v
 
 
 def measure(fn, args, device, repeats):

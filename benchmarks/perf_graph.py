@@ -16,25 +16,19 @@ import math
 import os
 
 import torch
-from common import cell, copy_bandwidth, ratio, timed, write_results
+from qgfd_pyg.bench.measure import cell, copy_bandwidth, ratio, timed, write_results
 from torch_geometric.nn import APPNP, GATConv
 
 from qgfd_pyg import QGFDConv, diffuse, graph_transition
-
-
-def synthetic_graph(n, edges, seed=0):
-    """Random undirected graph with ~``edges`` directed edges (both directions of each pair)."""
-    g = torch.Generator().manual_seed(seed)
-    pairs = torch.randint(0, n, (2, edges // 2), generator=g)
-    pairs = pairs[:, pairs[0] != pairs[1]]
-    return torch.cat([pairs, pairs.flip(0)], dim=1)
+from qgfd_pyg.bench.synthetic import random_graph
+from qgfd_pyg.reference import pform
 
 
 def dense_pform(x, edge_index, conv, P):
     """QGFDConv computed the original way: the seed p0 as dense [H, N, N] matrices, p_t
-    iterated to p_T, then p_T V. Each step p_t P runs as the sparse product P^T p_t^T (the
-    columns of p_t diffused over P^T with qgfd_pyg.diffuse), the fastest way this form allows;
-    a dense P would add O(H N^3) per step."""
+    iterated to p_T (qgfd_pyg.reference.pform, each step p_t P as the sparse product
+    P^T p_t^T, the fastest way this form allows; a dense P would add O(H N^3) per step), then
+    p_T V."""
     N, H, C = x.size(0), conv.heads, conv.out_channels
     q = conv.lin_query(x).view(N, H, C).transpose(0, 1)
     k = conv.lin_key(x).view(N, H, C).transpose(0, 1)
@@ -43,8 +37,7 @@ def dense_pform(x, edge_index, conv, P):
     allowed[edge_index[1], edge_index[0]] = True
     allowed.fill_diagonal_(True)
     p0 = torch.softmax((q @ k.transpose(1, 2) / math.sqrt(C)).masked_fill(~allowed, -math.inf), -1)
-    columns = p0.permute(2, 0, 1).reshape(N, H * N)  # p0^T: node j's column of every query
-    pT = diffuse(columns, P.t(), conv.alpha, conv.steps).view(N, H, N).permute(1, 2, 0)
+    pT = pform(p0, P, conv.alpha, conv.steps)  # [H, N, N]
     return (pT @ v).transpose(0, 1).reshape(N, H * C)
 
 
@@ -184,7 +177,7 @@ def main():
     for label, n, edges, features in graphs:
         if label in done:
             continue
-        edge_index = synthetic_graph(n, edges) if isinstance(edges, int) else edges
+        edge_index = random_graph(n, edges) if isinstance(edges, int) else edges
         x = torch.randn(n, features)
         rows.append(measure_graph(label, x, edge_index, args, device, bandwidth))
         print(json.dumps(rows[-1]), flush=True)

@@ -13,7 +13,7 @@ import json
 import os
 
 import torch
-from common import copy_bandwidth, gather_bandwidth, timed, write_results
+from qgfd_pyg.bench.measure import copy_bandwidth, gather_bandwidth, timed, write_results
 
 from qgfd_pyg import diffuse, graph_transition, set_spmm_backend
 from qgfd_pyg._numba import routines

@@ -15,21 +15,19 @@ evaluates and can write a JSON summary (--out).
 """
 import argparse
 import contextlib
+import gc
 import json
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
-from torch_geometric.data import Data
 from torch_geometric.loader import NeighborLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from qgfd_pyg import QGFDConv  # noqa: E402
+from qgfd_pyg import QGFDConv
+from qgfd_pyg.bench.synthetic import homophilous_graph
 
 
 class Net(torch.nn.Module):
@@ -46,29 +44,9 @@ class Net(torch.nn.Module):
         return self.conv(x, edge_index)
 
 
-def synthetic(num_nodes=400, num_classes=4, features=16, seed=0):
-    """A homophilous random graph with noisy class-dependent features and a 50/25/25 split."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, num_classes, (num_nodes,), generator=g)
-    x = torch.randn(num_nodes, features, generator=g) + 1.5 * F.one_hot(y, features)
-    src = torch.randint(0, num_nodes, (4 * num_nodes,), generator=g)
-    same = torch.stack([torch.nonzero(y == y[s]).view(-1)[
-        torch.randint(0, int((y == y[s]).sum()), (1,), generator=g)] for s in src]).view(-1)
-    other = torch.randint(0, num_nodes, (4 * num_nodes,), generator=g)
-    dst = torch.where(torch.rand(4 * num_nodes, generator=g) < 0.8, same, other)
-    edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
-    order = torch.randperm(num_nodes, generator=g)
-    masks = [torch.zeros(num_nodes, dtype=torch.bool) for _ in range(3)]
-    for mask, part in zip(masks, order.tensor_split([num_nodes // 2, 3 * num_nodes // 4]),
-                          strict=True):
-        mask[part] = True
-    return Data(x=x, y=y, edge_index=edge_index, train_mask=masks[0], val_mask=masks[1],
-                test_mask=masks[2]), num_classes
-
-
 def load(name, root):
     if name == "synthetic":
-        return synthetic()
+        return homophilous_graph()
     from torch_geometric.datasets import Planetoid
     dataset = Planetoid(root, {"cora": "Cora", "citeseer": "CiteSeer"}[name])
     return dataset[0], dataset.num_classes
@@ -143,6 +121,12 @@ def main():
             with open(args.out, "w") as f:
                 json.dump(summary, f)
     if world > 1:
+        # Tear down in order, while every rank is still here: a DDP reducer destroyed at
+        # interpreter exit can deadlock in gloo's destructor (a gloo thread waits for the GIL
+        # while the main thread joins it).
+        dist.barrier()
+        del model, core
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -3,7 +3,7 @@ import random
 import statistics
 import time
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import NodeTask
+from .measure import PeakMemory
 from .models import MODELS, build_model, count_parameters
 
 
@@ -29,47 +30,6 @@ def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> floa
             gap = correct[members].mean() - confidence[members].double().mean()
             ece += float(gap.abs()) * int(members.sum()) / y.numel()
     return ece
-
-
-class PeakMemory:
-    """Peak memory of one run: CUDA allocator peak, or the process's peak RSS on CPU (Linux
-    resets it through /proc/self/clear_refs; it then includes the process's baseline)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                pass
-
-    def read_mb(self) -> Optional[float]:
-        """Peak since the last reset."""
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return self._status("VmHWM:")
-
-    def current_mb(self) -> Optional[float]:
-        """What is held now (allocated on CUDA, resident on CPU)."""
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device) / 2**20
-        return self._status("VmRSS:")
-
-    @staticmethod
-    def _status(field: str) -> Optional[float]:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith(field):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
 
 
 def as_model_input(x: Tensor, max_density: float = 0.1) -> Tensor:

@@ -1,16 +1,55 @@
-"""Helpers shared by the performance scripts: timing, memory, and result files."""
+"""Measuring: peak memory, timing, bandwidth bounds and result files. Shared by the runner and
+the performance scripts in ``benchmarks/``."""
 import json
 import os
 import statistics
-import sys
 import time
+from typing import Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .report import atomic_write
 
-from qgfd_pyg.bench.report import atomic_write  # noqa: E402
-from qgfd_pyg.bench.train import PeakMemory  # noqa: E402
+
+class PeakMemory:
+    """Peak memory of one run: CUDA allocator peak, or the process's peak RSS on CPU (Linux
+    resets it through /proc/self/clear_refs; it then includes the process's baseline)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+
+    def read_mb(self) -> Optional[float]:
+        """Peak since the last reset."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self._status("VmHWM:")
+
+    def current_mb(self) -> Optional[float]:
+        """What is held now (allocated on CUDA, resident on CPU)."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return self._status("VmRSS:")
+
+    @staticmethod
+    def _status(field: str) -> Optional[float]:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(field):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
 
 
 def timed(fn, device: torch.device, repeats: int, warmup: bool = True):
