@@ -7,6 +7,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Tuple
+from unittest import mock
 
 import torch
 from torch import Tensor
@@ -46,8 +47,6 @@ def no_download() -> Iterator[None]:
     from torch_geometric.data import Dataset
     from torch_geometric.data.dataset import files_exist
 
-    original = Dataset._download
-
     def refuse(self) -> None:
         if files_exist(self.raw_paths):
             return
@@ -56,11 +55,8 @@ def no_download() -> Iterator[None]:
                           f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; "
                           f"put the data set's raw files there (nothing is downloaded)")
 
-    Dataset._download = refuse
-    try:
+    with mock.patch.object(Dataset, "_download", refuse):
         yield
-    finally:
-        Dataset._download = original
 
 
 def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
@@ -102,11 +98,8 @@ def _full_torch_load():
         kwargs.setdefault("weights_only", False)
         return original(*args, **kwargs)
 
-    torch.load = load
-    try:
+    with mock.patch.object(torch, "load", load):
         yield
-    finally:
-        torch.load = original
 
 
 def _ogb(root: str, name: str) -> NodeTask:
