@@ -11,7 +11,7 @@ For per-head queries, keys and values ``[B, H, L, d]``,
 which equals :math:`p^{(T)} V` for the seed :math:`p^{(0)} = \mathrm{softmax}(QK^\top/\sqrt{d}
 + \text{mask})` diffused over :math:`\mathbf{P}` (see :mod:`qgfd_pyg.diffusion`).
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ def sequence_transition(keys: Tensor, num_neighbors: int, metric: str = "dot",
 
 def diffuse_sequence(values: Tensor, transition: SparseTensor, alpha: float, steps: int,
                      tol: Optional[float] = None, checkpoint: bool = False
-                     ) -> tuple[Tensor, DiffusionInfo]:
+                     ) -> Tuple[Tensor, DiffusionInfo]:
     """:func:`qgfd_pyg.diffuse` of per-head values ``[B, H, L, d]`` over a
     :func:`sequence_transition`; half-precision values are diffused in float32. Residuals are
     only traced when ``tol`` asks for early stopping (the trace costs a pass per step)."""
