@@ -8,10 +8,10 @@ import torch
 from tiny_data import write_ogbn_arxiv, write_planetoid
 
 from qgfd_pyg.bench import cli, runner
-from qgfd_pyg.bench.data import load_task
 from qgfd_pyg.bench.models import MODELS, InputDropout, build_model
+from qgfd_pyg.bench.metrics import expected_calibration_error
 from qgfd_pyg.bench.report import ResultStore
-from qgfd_pyg.bench.train import expected_calibration_error
+from qgfd_pyg.bench.tasks import load_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ["--seeds", "1", "--epochs", "3", "--patience", "2", "--no-progress"]
@@ -119,13 +119,13 @@ def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
     assert cli.main(["cora", "--out", out, "--models", "gcn"] + SHORT) == 0
     first = read(out, "cora")["runs"][0]
     calls = []
-    real = runner.train_one
+    real = runner.fit
 
     def counting(task, model, seed, *args, **kwargs):
         calls.append((model, seed))
         return real(task, model, seed, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_one", counting)
+    monkeypatch.setattr(runner, "fit", counting)
     argv = ["cora", "--out", out, "--models", "gcn", "--seeds", "2", "--epochs", "3",
             "--patience", "2", "--no-progress", "--resume"]
     assert cli.main(argv) == 0
@@ -133,7 +133,7 @@ def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
     assert calls == [("gcn", 1)]
     assert result["runs"][0] == first and len(result["runs"]) == 2
     # A crash mid-sweep loses no finished seed: the file is rewritten after each run.
-    monkeypatch.setattr(runner, "train_one",
+    monkeypatch.setattr(runner, "fit",
                         lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv[:6] + ["3"] + argv[7:])
@@ -213,8 +213,8 @@ def test_run_benchmark_takes_a_config_and_returns_the_records(tmp_path):
 
 def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
     seen = []
-    real = runner.train_one
-    monkeypatch.setattr(runner, "train_one",
+    real = runner.fit
+    monkeypatch.setattr(runner, "fit",
                         lambda *a: seen.append(a[-1]) or real(*a))
     argv = ["cora", "--out", str(tmp_path), "--models", "gcn", "--seeds", "1", "--epochs", "2"]
     assert cli.main(argv) == 0  # pytest captures stderr: not a terminal

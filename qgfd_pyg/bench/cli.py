@@ -5,24 +5,27 @@ import sys
 from dataclasses import fields
 from typing import List, Optional
 
-from .data import TASKS
-from .models import MODELS, QGFDOptions
+from .models import QGFDOptions
 from .runner import RunConfig, default_dir, run_benchmark, summary_text
+from .tasks import TASKS, task_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qgfd_pyg.bench", allow_abbrev=False,
-        description="QGFD against GAT, APPNP and GCN on one protocol: same splits, seeds, "
-                    "optimiser, epoch budget and early stopping for every model.",
+        description="QGFD against GAT, APPNP and the other baselines on one protocol: same "
+                    "splits, seeds, optimiser, epoch budget and early stopping for every "
+                    "model. Node classification, link prediction and knowledge-graph "
+                    "completion tasks (see --list).",
         epilog="Example: python -m qgfd_pyg.bench cora --seeds 10; "
-               "python -m qgfd_pyg.bench pyg --dataset WebKB:Texas")
+               "python -m qgfd_pyg.bench cora-link; python -m qgfd_pyg.bench wn18rr --quick")
     parser.add_argument("task", nargs="?", help="task name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the tasks and their data")
     parser.add_argument("--dataset",
                         help="for task 'pyg': Class[:name] of torch_geometric.datasets")
-    parser.add_argument("--models", default=",".join(MODELS),
-                        help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated subset of the task's models (default: all; "
+                             "see --list)")
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds 0..N-1 (10)")
     parser.add_argument("--epochs", type=int, default=500, help="maximum epochs per run (500)")
     parser.add_argument("--patience", type=int, default=100,
@@ -37,28 +40,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the finished runs of an earlier, interrupted sweep")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they are drawn only on a terminal anyway)")
-    qgfd = parser.add_argument_group("QGFD hyper-parameters (model 'qgfd')")
+    parser.add_argument("--quick", action="store_true",
+                        help="knowledge-graph tasks: a short budget (for tests and smoke runs)")
+    qgfd = parser.add_argument_group(
+        "QGFD hyper-parameters (model 'qgfd'; defaults are the node tasks', the other kinds "
+        "set their own: see --list)")
     for option in fields(QGFDOptions):
         qgfd.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name,
-                          type=option.type, default=option.default,
-                          choices=option.metadata["choices"],
+                          type=option.type, default=None, choices=option.metadata["choices"],
                           help=f"{option.metadata['help']} ({option.default})")
     return parser
 
 
 def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
     return RunConfig(
-        task=args.task, models=args.models.split(","), seeds=args.seeds, epochs=args.epochs,
+        task=args.task, models=args.models.split(",") if args.models is not None else None,
+        seeds=args.seeds, epochs=args.epochs,
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
-        dataset=args.dataset, qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)},
+        dataset=args.dataset, extra={"quick": True} if args.quick else {},
+        qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)
+              if getattr(args, o.name) is not None},
         command="python -m qgfd_pyg.bench " + " ".join(map(shlex.quote, argv)))
 
 
 def list_tasks() -> str:
-    lines = ["tasks:"] + [f"  {name:<11} {text}" for name, text in TASKS.items()]
-    lines += ["models:"] + [f"  {name:<11} lr={s.lr}, weight_decay={s.weight_decay}, "
-                            f"{s.options} ({s.source})" for name, s in MODELS.items()]
+    task_names()  # registers every kind's tasks
+    lines = []
+    for kind in dict.fromkeys(entry.kind for entry in TASKS.values()):
+        lines += [f"{kind.kind} tasks:"] + [f"  {name:<14} {entry.description}"
+                                            for name, entry in TASKS.items() if entry.kind is kind]
+        lines += [f"  models ({kind.kind}):"] + [
+            f"    {name:<12} lr={s.lr}, weight_decay={s.weight_decay}, {s.options} ({s.source})"
+            for name, s in kind.models.items()]
     return "\n".join(lines)
 
 

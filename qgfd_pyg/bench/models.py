@@ -1,6 +1,6 @@
 """The compared models. Baselines are PyG's own layers with their papers' standard settings."""
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +48,13 @@ class InputDropout(Module):
 class GCN(Module):
     """Kipf & Welling (2017): 2 layers, 16 hidden, dropout 0.5."""
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: int = 16, dropout: float = 0.5):
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 16, dropout: float = 0.5,
+                 cached: bool = True):
         super().__init__()
         self.dropout = dropout
         self.input_dropout = InputDropout(dropout)
-        self.conv1 = GCNConv(in_channels, hidden, cached=True)
-        self.conv2 = GCNConv(hidden, num_classes, cached=True)
+        self.conv1 = GCNConv(in_channels, hidden, cached=cached)
+        self.conv2 = GCNConv(hidden, num_classes, cached=cached)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         x = self.input_dropout(x)
@@ -80,17 +81,33 @@ class GAT(Module):
         return self.conv2(x, edge_index)
 
 
-class APPNPNet(Module):
-    """Gasteiger et al. (2019): MLP with 64 hidden, then K=10 steps of PPR, teleport 0.1."""
+class MLP(Module):
+    """Two linear layers on the features, no graph: the sanity baseline."""
 
     def __init__(self, in_channels: int, num_classes: int, hidden: int = 64,
-                 dropout: float = 0.5, K: int = 10, alpha: float = 0.1):
+                 dropout: float = 0.5):
         super().__init__()
         self.dropout = dropout
         self.input_dropout = InputDropout(dropout)
         self.lin1 = Linear(in_channels, hidden)
         self.lin2 = Linear(hidden, num_classes)
-        self.prop = APPNP(K, alpha, cached=True)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = F.relu(self.lin1(self.input_dropout(x)))
+        return self.lin2(F.dropout(x, self.dropout, self.training))
+
+
+class APPNPNet(Module):
+    """Gasteiger et al. (2019): MLP with 64 hidden, then K=10 steps of PPR, teleport 0.1."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 64,
+                 dropout: float = 0.5, K: int = 10, alpha: float = 0.1, cached: bool = True):
+        super().__init__()
+        self.dropout = dropout
+        self.input_dropout = InputDropout(dropout)
+        self.lin1 = Linear(in_channels, hidden)
+        self.lin2 = Linear(hidden, num_classes)
+        self.prop = APPNP(K, alpha, cached=cached)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         x = self.input_dropout(x)
@@ -132,10 +149,12 @@ class QGFDNet(Module):
     class scores) are diffused over the graph before the seed attention reads them.
 
     ``layers=2`` stacks two QGFDConv layers instead (the GAT shape, heads concatenated in the
-    first), each diffusing over the same transition.
+    first), each diffusing over the same transition. ``cached`` (default: for the graph
+    transition) keeps the first call's transition, for training on one fixed graph.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, **options):
+    def __init__(self, in_channels: int, num_classes: int, cached: Optional[bool] = None,
+                 **options):
         super().__init__()
         o = QGFDOptions(**QGFDOptions.merged(options))
         if o.layers not in (1, 2):
@@ -143,7 +162,8 @@ class QGFDNet(Module):
         self.dropout = o.dropout
         self.input_dropout = InputDropout(o.dropout)
         conv = dict(alpha=o.alpha, steps=o.steps, transition=o.transition, k=o.k,
-                    dropout=o.attn_dropout, cached=o.transition == "graph",
+                    dropout=o.attn_dropout,
+                    cached=o.transition == "graph" if cached is None else cached,
                     attention=o.attention)
         if o.layers == 1:
             self.first = Linear(in_channels, o.hidden)

@@ -4,7 +4,10 @@ import math
 import os
 import statistics
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 # Options that may differ when a sweep is resumed: adding seeds or models extends it.
 EXTENDABLE = ("seeds", "seed_list", "models")
@@ -31,7 +34,10 @@ def atomic_write(path: str, text: str) -> None:
 class ResultStore:
     """Per-seed records of one sweep in ``<out>/<name>.json``, rewritten after every run."""
 
-    def __init__(self, out: str, name: str, config: Dict[str, Any], resume: bool):
+    def __init__(self, out: str, name: str, config: Dict[str, Any], resume: bool,
+                 task: Optional["Task"] = None):
+        self.task = task
+        self.columns = table_columns(task)
         self.json_path = os.path.join(out, f"{name}.json")
         self.md_path = os.path.join(out, f"{name}.md")
         self.config = config
@@ -55,11 +61,14 @@ class ResultStore:
         self.save(environment, complete=False)
 
     def save(self, environment: Dict[str, Any], complete: bool) -> List[Dict[str, Any]]:
-        rows = summarize(self.runs, self.config["models"])
+        rows = summarize(self.runs, self.config["models"], [k for k, _ in self.columns])
         payload = {"config": self.config, "environment": environment, "complete": complete,
                    "summary": rows, "runs": self.runs}
         atomic_write(self.json_path, json.dumps(payload, indent=1) + "\n")
-        atomic_write(self.md_path, markdown(self.config, environment, rows, complete))
+        protocol = self.task.protocol(self.config) if self.task is not None else ""
+        percent = self.task.percent if self.task is not None else True
+        atomic_write(self.md_path, markdown(self.config, environment, rows, complete,
+                                            self.columns, percent, protocol))
         return rows
 
 
@@ -71,7 +80,15 @@ def _mean_std(values: List[float]) -> Dict[str, Optional[float]]:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def summarize(runs: List[Dict[str, Any]], models: List[str]) -> List[Dict[str, Any]]:
+def table_columns(task: Optional["Task"]) -> List[Tuple[str, str]]:
+    """The metric columns of ``task``'s table: (record key, header)."""
+    if task is None:
+        return [("test", "test"), ("val", "val")]
+    return [("test", f"test {task.metric}"), ("val", "val"), *task.columns]
+
+
+def summarize(runs: List[Dict[str, Any]], models: List[str],
+              keys: Sequence[str] = ("test", "val", "ece")) -> List[Dict[str, Any]]:
     rows = []
     for model in models:
         mine = [r for r in runs if r["model"] == model]
@@ -80,9 +97,7 @@ def summarize(runs: List[Dict[str, Any]], models: List[str]) -> List[Dict[str, A
         mems = [r["peak_mem_mb"] for r in mine if r.get("peak_mem_mb") is not None]
         rows.append({
             "model": model, "seeds": len(mine),
-            "test": _mean_std([r["test"] for r in mine]),
-            "val": _mean_std([r["val"] for r in mine]),
-            "ece": _mean_std([r["ece"] for r in mine]),
+            **{key: _mean_std([r.get(key) for r in mine]) for key in keys},
             "params": mine[0]["params"],
             "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in mine),
             "epochs": statistics.median(r["epochs"] for r in mine),
@@ -91,35 +106,41 @@ def summarize(runs: List[Dict[str, Any]], models: List[str]) -> List[Dict[str, A
     return rows
 
 
-def _pct(stat: Dict[str, Optional[float]]) -> str:
+def _format(stat: Dict[str, Optional[float]], percent: bool) -> str:
     if stat["mean"] is None:
         return "n/a"
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+    if percent:
+        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def table(rows: List[Dict[str, Any]], metric: str) -> str:
-    lines = [f"| model | test {metric} (%) | val (%) | ECE (%) | params | s / epoch | "
-             f"epochs (median) | peak memory (MB) | seeds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def table(rows: List[Dict[str, Any]], columns: Sequence[Tuple[str, str]] = (),
+          percent: bool = True) -> str:
+    columns = list(columns) or table_columns(None)
+    unit = " (%)" if percent else ""
+    heads = [f"{header}{unit}" for _, header in columns]
+    lines = ["| model | " + " | ".join(heads) + " | params | s / epoch | epochs (median) | "
+             "peak memory (MB) | seeds |",
+             "| --- " * (len(columns) + 6) + "|"]
     for r in rows:
         mem = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
-        lines.append(f"| {r['model']} | {_pct(r['test'])} | {_pct(r['val'])} | {_pct(r['ece'])} "
-                     f"| {r['params']:,} | {r['sec_per_epoch']:.4f} | {r['epochs']:.0f} | {mem} "
-                     f"| {r['seeds']} |")
+        cells = [_format(r.get(key, {"mean": None}), percent) for key, _ in columns]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['params']:,} "
+                     f"| {r['sec_per_epoch']:.4f} | {r['epochs']:.0f} | {mem} | {r['seeds']} |")
     return "\n".join(lines)
 
 
-def markdown(config: Dict[str, Any], environment: Dict[str, Any], rows, complete: bool) -> str:
+def markdown(config: Dict[str, Any], environment: Dict[str, Any], rows, complete: bool,
+             columns: Sequence[Tuple[str, str]] = (), percent: bool = True,
+             protocol: str = "") -> str:
     state = "" if complete else "\n**Incomplete sweep** (interrupted or still running).\n"
     options = ", ".join(f"{k}={v}" for k, v in config.get("qgfd", {}).items())
     return (f"# {config['task']}: {config['metric']}\n{state}\n"
-            f"{table(rows, 'metric')}\n\n"
-            f"Mean ± std over seeds {config['seed_list']}; test metric at the best validation "
-            f"epoch; ECE over 15 bins on the test predictions; peak memory is "
+            f"{table(rows, columns, percent)}\n\n"
+            f"Mean ± std over seeds {config['seed_list']}; test metrics with the parameters of "
+            f"the best validation epoch; peak memory is "
             f"{environment.get('memory_kind', 'n/a')}.\n\n"
-            f"- protocol: Adam, up to {config['epochs']} epochs, early stopping after "
-            f"{config['patience']} epochs in which neither validation accuracy nor validation "
-            f"loss improved\n"
+            f"- protocol: {protocol}\n"
             f"- qgfd options: {options}\n"
             f"- command: `{environment.get('command', '')}`\n"
             f"- environment: torch {environment.get('torch')}, torch_geometric "

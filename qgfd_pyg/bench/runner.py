@@ -10,14 +10,13 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .data import load_task
-from .models import MODELS, QGFDOptions
-from .report import ResultStore, table
-from .train import train_one
+from .report import ResultStore, table, table_columns
+from .tasks import Task, load_task, task_entry
+from .train import fit
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +32,7 @@ class RunConfig:
 
     Args:
         task: a task name (``python -m qgfd_pyg.bench --list``).
-        models: model names (default: all).
+        models: model names (default: all of the task's kind).
         seeds, epochs, patience: seeds, epoch budget and early-stopping patience per run.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         threads: torch CPU threads (``None``: torch's default).
@@ -41,11 +40,13 @@ class RunConfig:
         resume: keep the finished runs stored under the same options.
         progress: progress bars (drawn only when stderr is a terminal).
         dataset: ``Class[:name]`` for the task ``pyg``.
-        qgfd: overrides of :class:`QGFDOptions` for the model ``qgfd``.
+        qgfd: overrides of the options of the model ``qgfd`` (for node tasks the fields of
+            :class:`~qgfd_pyg.bench.models.QGFDOptions`).
+        extra: options of the task kind (e.g. ``{"quick": True}`` for knowledge graphs).
         command: how the sweep was started (recorded in the results).
     """
     task: str
-    models: Sequence[str] = tuple(MODELS)
+    models: Optional[Sequence[str]] = None
     seeds: int = 10
     epochs: int = 500
     patience: int = 100
@@ -58,6 +59,7 @@ class RunConfig:
     progress: bool = True
     dataset: Optional[str] = None
     qgfd: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
     command: str = ""
 
 
@@ -69,6 +71,8 @@ class Results(NamedTuple):
     metric: str
     json_path: str
     md_path: str
+    columns: Sequence[Tuple[str, str]] = ()
+    percent: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,17 +96,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _check(config: RunConfig) -> List[str]:
-    models = [m.strip() for m in config.models if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
+    """The models to run; a ValueError for bad options (before any data is loaded)."""
+    known = task_entry(config.task).kind.models
+    models = [m.strip() for m in (config.models or known) if m.strip()]
+    unknown = [m for m in models if m not in known]
     if unknown or not models:
-        raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown models {unknown} for task {config.task}; choose from "
+                         f"{', '.join(known)}")
     if min(config.seeds, config.epochs, config.patience) < 1:
         raise ValueError("seeds, epochs and patience must be positive")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be positive (got {config.threads})")
-    if "qgfd" in models:  # bad QGFD options fail here, before any run
-        MODELS["qgfd"].build(4, 2, **QGFDOptions.merged(config.qgfd))
     return models
+
+
+def model_options(task: Task, model: str, qgfd: Dict[str, Any]) -> Dict[str, Any]:
+    """The options ``model`` is built with: its spec's, with the QGFD overrides for qgfd."""
+    return {**task.models[model].options, **(qgfd if model == "qgfd" else {})}
 
 
 def run_benchmark(config: RunConfig) -> Results:
@@ -113,12 +123,15 @@ def run_benchmark(config: RunConfig) -> Results:
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    qgfd = QGFDOptions.merged(config.qgfd)
-    task = load_task(config.task, config.root, config.dataset)
+    task = load_task(config.task, config.root, config.dataset, config.extra)
+    options = {m: model_options(task, m, config.qgfd) for m in models}
+    for model in models:  # bad options fail here, before any run
+        task.check_options(model, options[model])
+    qgfd = model_options(task, "qgfd", config.qgfd) if "qgfd" in task.models else {}
     seeds = list(range(config.seeds))
     stored = {"task": task.name, "metric": task.metric, "models": models, "seeds": config.seeds,
               "seed_list": seeds, "epochs": config.epochs, "patience": config.patience,
-              "device": device.type, "qgfd": qgfd}
+              "device": device.type, "qgfd": qgfd, **task.stored_config()}
     environment = {"command": config.command or f"run_benchmark({asdict(config)})",
                    "torch": torch.__version__, "torch_geometric": _pyg_version(),
                    "device": str(device), "threads": torch.get_num_threads(),
@@ -126,7 +139,7 @@ def run_benchmark(config: RunConfig) -> Results:
                    "memory_kind": "the CUDA allocator's peak" if device.type == "cuda"
                    else "the process's peak resident set (includes its ~baseline)"}
     name = config.name or task.name.replace(":", "-")
-    store = ResultStore(config.out, name, stored, config.resume)
+    store = ResultStore(config.out, name, stored, config.resume, task)
     skipped = sum(store.done(m, s) for m in models for s in seeds)
     if skipped:
         print(f"resuming: {skipped} finished runs kept from {store.json_path}", file=sys.stderr)
@@ -135,20 +148,20 @@ def run_benchmark(config: RunConfig) -> Results:
         for seed in seeds:
             if store.done(model, seed):
                 continue
-            record = train_one(task, model, seed, qgfd if model == "qgfd" else {},
-                               config.epochs, config.patience, device, bars)
+            record = fit(task, model, seed, options[model], config.epochs, config.patience,
+                         device, bars)
             store.add(record, environment)
-            print(f"{model:>6} seed {seed}: test {100 * record['test']:.1f}  "
-                  f"val {100 * record['val']:.1f}  epochs {record['epochs']}", file=sys.stderr)
+            print(f"{model:>8} seed {seed}: test {record['test']:.4f}  "
+                  f"val {record['val']:.4f}  epochs {record['epochs']}", file=sys.stderr)
     rows = store.save(environment, complete=True)
     return Results(rows, list(store.runs), task.name, task.metric, store.json_path,
-                   store.md_path)
+                   store.md_path, table_columns(task), task.percent)
 
 
 def summary_text(config: RunConfig, results: Results) -> str:
     """The table the CLI prints."""
     return (f"\n{results.task} ({results.metric}), {config.seeds} seeds\n\n"
-            f"{table(results.summary, 'metric')}\n\n"
+            f"{table(results.summary, results.columns, results.percent)}\n\n"
             f"written: {results.json_path}, {results.md_path}")
 
 

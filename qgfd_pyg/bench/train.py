@@ -1,35 +1,22 @@
-"""One training run under the shared protocol, and the metrics it reports."""
+"""The one fit loop of the runner, shared by every task kind, and its helpers."""
+import copy
+import math
 import random
 import statistics
 import time
 import warnings
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.nn import Module
 
-from .data import NodeTask
 from .measure import PeakMemory
-from .models import MODELS, build_model, count_parameters
+from .models import ModelSpec, count_parameters
 
-
-def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> float:
-    """ECE with equal-width confidence bins: sum_b |acc_b - conf_b| * n_b / n."""
-    if y.numel() == 0:
-        return float("nan")
-    confidence, prediction = probs.max(dim=1)
-    correct = (prediction == y).double()
-    edges = torch.linspace(0, 1, bins + 1, dtype=probs.dtype, device=probs.device)
-    which = torch.bucketize(confidence, edges[1:-1], right=True)  # bin b = (e_b, e_{b+1}]
-    ece = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            gap = correct[members].mean() - confidence[members].double().mean()
-            ece += float(gap.abs()) * int(members.sum()) / y.numel()
-    return ece
+if TYPE_CHECKING:
+    from .tasks import Task
 
 
 def as_model_input(x: Tensor, max_density: float = 0.1) -> Tensor:
@@ -50,27 +37,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_one(task: NodeTask, model_name: str, seed: int, overrides: Dict[str, Any],
-              max_epochs: int, patience: int, device: torch.device,
-              progress: bool = False) -> Dict[str, Any]:
-    """Trains ``model_name`` once; returns the record of the best validation epoch.
+def make_optimizer(model: Module, spec: ModelSpec) -> torch.optim.Optimizer:
+    """Adam with the model's learning rate and weight decay (every kind, every model)."""
+    return torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
 
-    Protocol (the same for every model; GAT's): Adam, full-batch training, evaluation after
-    each epoch, early stopping once neither the validation metric nor the validation loss has
-    improved for ``patience`` epochs. The kept epoch is the one with the best validation metric
-    (ties broken by lower validation loss); its test metric is reported.
+
+def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_epochs: int,
+        patience: int, device: torch.device, progress: bool = False) -> Dict[str, Any]:
+    """Trains ``model_name`` on ``task`` once; returns the record of the best validation epoch.
+
+    The one fit loop of every task kind: after each training epoch the validation metrics are
+    computed; training stops once neither the validation metric nor the validation loss (where
+    the kind has one) has improved for ``patience`` epochs. The kept epoch is the one with the
+    best validation metric (ties broken by the lower validation loss); the test metrics are
+    computed once, with that epoch's parameters restored.
     """
-    spec = MODELS[model_name]
     seed_everything(seed)
-    train_idx, val_idx, test_idx = (idx.to(device) for idx in task.split(seed))
-    data = task.data.to(device)
-    x, edge_index, y = as_model_input(data.x), data.edge_index, data.y
-    model = build_model(model_name, x.size(1), task.num_classes, overrides).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    experiment = task.setup(model_name, seed, options, device)
+    model = experiment.model
     memory = PeakMemory(device)
     memory.reset()
-
     best: Dict[str, Any] = {"val": -float("inf"), "val_loss": float("inf")}
+    best_state = None
     lowest_val_loss = float("inf")
     epoch_seconds, waited = [], 0
     bar = None
@@ -80,36 +68,25 @@ def train_one(task: NodeTask, model_name: str, seed: int, overrides: Dict[str, A
                    mininterval=0.5, unit="ep")
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        model.train()
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x, edge_index)[train_idx], y[train_idx])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{model_name} seed {seed}: loss is {loss.item()} "
-                                     f"at epoch {epoch}")
-        loss.backward()
-        optimizer.step()
+        loss = experiment.train_epoch()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{model_name} seed {seed}: loss is {loss} at epoch {epoch}")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds.append(time.perf_counter() - start)
 
-        model.eval()
-        with torch.no_grad():
-            out = model(x, edge_index)
-        pred = out.argmax(dim=1)
-        val = task.evaluate(y[val_idx], pred[val_idx])
-        val_loss = float(F.cross_entropy(out[val_idx], y[val_idx]))
+        scores = experiment.evaluate("val")
+        val, val_loss = scores["metric"], scores.get("loss", float("nan"))
         if val > best["val"] or (val == best["val"] and val_loss < best["val_loss"]):
-            probs = out[test_idx].softmax(dim=1)
-            best = {"val": val, "val_loss": val_loss, "best_epoch": epoch,
-                     "test": task.evaluate(y[test_idx], pred[test_idx]),
-                     "ece": expected_calibration_error(probs, y[test_idx]),
-                     "train_loss": float(loss.detach())}
+            best = {"val": val, "val_loss": val_loss, "best_epoch": epoch, "train_loss": loss}
+            best_state = copy.deepcopy(model.state_dict())
             waited = 0
         elif val_loss < lowest_val_loss:
             waited = 0
         else:
             waited += 1
-        lowest_val_loss = min(lowest_val_loss, val_loss)
+        if not math.isnan(val_loss):
+            lowest_val_loss = min(lowest_val_loss, val_loss)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(val=f"{best['val']:.3f}", refresh=False)
@@ -117,6 +94,12 @@ def train_one(task: NodeTask, model_name: str, seed: int, overrides: Dict[str, A
             break
     if bar is not None:
         bar.close()
-    return {"model": model_name, "seed": seed, **best, "epochs": epoch,
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test = experiment.evaluate("test")
+    test.pop("loss", None)
+    return {"model": model_name, "seed": seed, "val": best["val"], "val_loss": best["val_loss"],
+            "best_epoch": best.get("best_epoch"), "test": test.pop("metric"), **test,
+            "train_loss": best.get("train_loss"), "epochs": epoch,
             "sec_per_epoch": statistics.median(epoch_seconds),
             "peak_mem_mb": memory.read_mb(), "params": count_parameters(model)}

@@ -1,0 +1,1 @@
+"""Knowledge-graph completion (placeholder while being written)."""

@@ -1,0 +1,173 @@
+"""Node classification: data through PyG's / OGB's own dataset classes, official splits."""
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .data import full_torch_load
+from .metrics import accuracy, expected_calibration_error
+from .models import MODELS, QGFDOptions
+from .tasks import Experiment, Task, register
+from .train import as_model_input, make_optimizer
+
+
+class NodeTask(Task):
+    """A loaded node-classification task. ``split(seed)`` gives (train, val, test) indices.
+
+    Args:
+        name: the task's name.
+        data: ``x``, ``edge_index`` and ``y`` ``[N]`` (long).
+        num_classes: number of classes.
+        metric: what ``evaluate`` measures.
+        evaluate: ``(y_true [n], y_pred [n]) -> float``.
+        masks: train / val / test boolean masks, ``[N]`` or ``[N, S]`` for ``S`` fixed splits.
+    """
+    kind = "node"
+    models = MODELS
+    columns = (("ece", "ECE"),)
+
+    def __init__(self, name: str, data: Data, num_classes: int, metric: str,
+                 evaluate: Callable[[Tensor, Tensor], float], masks: Tuple[Tensor, ...]):
+        self.name, self.data, self.num_classes = name, data, num_classes
+        self.metric, self.evaluate, self.masks = metric, evaluate, masks
+
+    @property
+    def num_splits(self) -> int:
+        return 1 if self.masks[0].dim() == 1 else self.masks[0].size(1)
+
+    def split(self, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Index tensors of the split used with ``seed`` (datasets with several fixed splits
+        rotate through them: split ``seed % num_splits``)."""
+        column = seed % self.num_splits
+        return tuple((m if m.dim() == 1 else m[:, column]).nonzero().view(-1) for m in self.masks)
+
+    def check_options(self, model: str, options: Dict[str, Any]) -> None:
+        if model == "qgfd":
+            QGFDOptions.merged(options)
+        self.models[model].build(4, 2, **options)
+
+    def setup(self, model: str, seed: int, options: Dict[str, Any],
+              device: torch.device) -> "NodeExperiment":
+        return NodeExperiment(self, model, seed, options, device)
+
+    def protocol(self, config: Dict[str, Any]) -> str:
+        return (f"Adam, full batch, up to {config['epochs']} epochs, early stopping after "
+                f"{config['patience']} epochs in which neither validation accuracy nor "
+                f"validation loss improved; ECE over 15 equal-width confidence bins")
+
+
+class NodeExperiment(Experiment):
+    """Full-batch training with cross-entropy on the training nodes (GAT's protocol)."""
+
+    def __init__(self, task: NodeTask, model: str, seed: int, options: Dict[str, Any],
+                 device: torch.device):
+        self.task = task
+        self.idx = dict(zip(("train", "val", "test"), (i.to(device) for i in task.split(seed))))
+        data = task.data.to(device)
+        self.x, self.edge_index, self.y = as_model_input(data.x), data.edge_index, data.y
+        spec = task.models[model]
+        self.model = spec.build(self.x.size(1), task.num_classes, **options).to(device)
+        self.optimizer = make_optimizer(self.model, spec)
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        self.optimizer.zero_grad()
+        idx = self.idx["train"]
+        loss = F.cross_entropy(self.model(self.x, self.edge_index)[idx], self.y[idx])
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> Dict[str, float]:
+        self.model.eval()
+        idx = self.idx[split]
+        out = self.model(self.x, self.edge_index)[idx]
+        y = self.y[idx]
+        result = {"metric": self.task.evaluate(y, out.argmax(dim=1)),
+                  "loss": float(F.cross_entropy(out, y))}
+        if split == "test":
+            result["ece"] = expected_calibration_error(out.softmax(dim=1), y)
+        return result
+
+
+_PLANETOID = {"cora": ("Cora", "140/500/1000", "ships in datasets/Cora"),
+              "citeseer": ("CiteSeer", "120/500/1000", "ships in datasets/CiteSeer"),
+              "pubmed": ("PubMed", "60/500/1000", "raw files go to --root/PubMed/raw")}
+
+
+def _register_planetoid(task: str) -> None:
+    name, sizes, where = _PLANETOID[task]
+    register(task, NodeTask, f"Planetoid {name}, public split ({sizes}), row-normalised "
+                           f"features; {where}")(lambda root, dataset, extra: planetoid(root, name))
+
+
+for _task in _PLANETOID:
+    _register_planetoid(_task)
+
+
+def planetoid(root: str, name: str) -> NodeTask:
+    """The standard Planetoid protocol: public split, row-normalised bag-of-words features."""
+    import torch_geometric.transforms as T
+    from torch_geometric.datasets import Planetoid
+
+    dataset = Planetoid(root, name, split="public", transform=T.NormalizeFeatures())
+    data = dataset[0]
+    return NodeTask(name.lower(), data, dataset.num_classes, "accuracy", accuracy,
+                    (data.train_mask, data.val_mask, data.test_mask))
+
+
+@register("ogbn-arxiv", NodeTask, "OGB ogbn-arxiv, time split, OGB Evaluator (accuracy); raw "
+                                "files go to --root/ogbn_arxiv")
+def ogbn(root: str, dataset: Optional[str] = None, extra=None, name: str = "ogbn-arxiv"
+         ) -> NodeTask:
+    from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
+    from torch_geometric.utils import to_undirected
+
+    with full_torch_load():
+        ogb_set = PygNodePropPredDataset(name, root=root)
+        split = ogb_set.get_idx_split()
+    data = ogb_set[0]
+    n = data.num_nodes
+    data.edge_index = to_undirected(data.edge_index, num_nodes=n)  # as OGB's arxiv baselines
+    data.x, data.y = data.x.float(), data.y.view(-1)
+    masks = []
+    for key in ("train", "valid", "test"):
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[split[key]] = True
+        masks.append(mask)
+    evaluator = Evaluator(name)
+
+    def evaluate(y_true: Tensor, y_pred: Tensor) -> float:
+        result = evaluator.eval({"y_true": y_true.view(-1, 1), "y_pred": y_pred.view(-1, 1)})
+        return float(result[evaluator.eval_metric])
+
+    return NodeTask(name, data, ogb_set.num_classes, f"{evaluator.eval_metric} (OGB Evaluator)",
+                    evaluate, tuple(masks))
+
+
+@register("pyg", NodeTask, "any torch_geometric.datasets class that provides train/val/test "
+                         "masks: --dataset Class[:name] (e.g. WebKB:Texas, "
+                         "WikipediaNetwork:chameleon, Planetoid:Cora); with S fixed splits, "
+                         "seed s uses split s % S")
+def pyg_dataset(root: str, spec: Optional[str], extra=None) -> NodeTask:
+    import torch_geometric.datasets as datasets
+
+    if not spec:
+        raise ValueError("task 'pyg' needs --dataset Class[:name], e.g. --dataset WebKB:Texas")
+    class_name, _, name = spec.partition(":")
+    cls = getattr(datasets, class_name, None)
+    if cls is None or not isinstance(cls, type):
+        raise ValueError(f"torch_geometric.datasets has no dataset class {class_name!r}")
+    dataset = cls(root, name) if name else cls(os.path.join(root, class_name))
+    data = dataset[0]
+    masks = [getattr(data, key, None) for key in ("train_mask", "val_mask", "test_mask")]
+    if any(mask is None for mask in masks):
+        raise ValueError(f"{spec} provides no train/val/test masks; the benchmark only uses "
+                         f"splits that a dataset ships with")
+    if masks[1].dim() != masks[0].dim():  # e.g. one val mask shared by several train masks
+        masks = [m if m.dim() == 2 else m.view(-1, 1).expand_as(masks[0]) for m in masks]
+    return NodeTask(spec, data, dataset.num_classes, "accuracy", accuracy, tuple(masks))

@@ -1,0 +1,128 @@
+"""The task registry: what a task kind brings to the shared runner.
+
+A task kind (node classification, link prediction, knowledge-graph completion) is a
+:class:`Task` subclass: its data, its model table, how one model is trained for one epoch and
+evaluated (:class:`Experiment`), and the metrics its table shows. Everything else (the CLI,
+seeds, the fit loop with early stopping, progress bars, the result files, ``--resume``, the
+summary table and ``--list``) is shared and lives in :mod:`~qgfd_pyg.bench.runner`,
+:mod:`~qgfd_pyg.bench.train` and :mod:`~qgfd_pyg.bench.report`.
+
+A new task is a loader registered with :func:`register`; a new task kind is data plus a small
+:class:`Task` subclass.
+"""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+
+import torch
+from torch.nn import Module
+
+from .models import ModelSpec
+
+
+class Experiment(ABC):
+    """One model on one seed of a task: the trainable ``model``, a training epoch, evaluation.
+
+    The shared fit loop (:func:`qgfd_pyg.bench.train.fit`) calls :meth:`train_epoch` and
+    :meth:`evaluate` ``("val")`` once per epoch, keeps the parameters of the best validation
+    epoch and finally reports :meth:`evaluate` ``("test")`` with them.
+    """
+    model: Module
+
+    @abstractmethod
+    def train_epoch(self) -> float:
+        """One epoch of training; returns the training loss."""
+
+    @abstractmethod
+    def evaluate(self, split: str) -> Dict[str, float]:
+        """Metrics on ``split`` (``"val"`` or ``"test"``): ``"metric"`` (the task's main
+        metric, higher is better), ``"loss"`` where the kind has a validation loss, and the
+        further columns of :attr:`Task.columns`."""
+
+
+class Task(ABC):
+    """A loaded task of one kind.
+
+    Attributes:
+        name: the task's name (the result files' stem).
+        metric: what ``"metric"`` (the ``test`` / ``val`` columns) measures.
+        kind: the kind's name (``"node"``, ``"link"``, ``"kg"``).
+        models: the kind's model table (name -> :class:`ModelSpec`); ``"qgfd"`` takes the
+            runner's QGFD options.
+        columns: further record keys shown in the table, with their headers.
+        percent: whether the table shows the metrics as percentages.
+    """
+    kind: ClassVar[str]
+    models: ClassVar[Dict[str, ModelSpec]]
+    columns: ClassVar[Sequence[Tuple[str, str]]] = ()
+    percent: ClassVar[bool] = True
+    name: str
+    metric: str
+
+    @abstractmethod
+    def setup(self, model: str, seed: int, options: Dict[str, Any],
+              device: torch.device) -> Experiment:
+        """Builds ``model`` with ``options`` (its spec's options with the user's overrides
+        applied) for ``seed``'s split, on ``device``."""
+
+    def check_options(self, model: str, options: Dict[str, Any]) -> None:
+        """Raises a ValueError for options ``model`` cannot be built with (called before any
+        run, so that a typo fails before anything is trained or written)."""
+
+    def stored_config(self) -> Dict[str, Any]:
+        """What, beyond the shared options, a resumed sweep must share with the stored one."""
+        return {}
+
+    def protocol(self, config: Dict[str, Any]) -> str:
+        """One Markdown line on the training protocol (for the result file)."""
+        return (f"Adam, up to {config['epochs']} epochs, early stopping after "
+                f"{config['patience']} epochs without a better validation {self.metric}")
+
+
+@dataclass
+class TaskEntry:
+    kind: Type[Task]
+    description: str
+    load: Callable[[str, Optional[str], Dict[str, Any]], Task]  # (root, dataset, extra)
+
+
+TASKS: Dict[str, TaskEntry] = {}
+
+
+def register(name: str, kind: Type[Task], description: str):
+    """Decorator: registers ``load(root, dataset, extra) -> Task`` as the loader of ``name``."""
+    def wrap(load):
+        TASKS[name] = TaskEntry(kind, description, load)
+        return load
+    return wrap
+
+
+def task_names() -> List[str]:
+    _import_kinds()
+    return list(TASKS)
+
+
+def task_entry(name: str) -> TaskEntry:
+    """The registered entry of ``name`` (a ValueError naming the known tasks otherwise)."""
+    _import_kinds()
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def load_task(name: str, root: str, dataset: Optional[str] = None,
+              extra: Optional[Dict[str, Any]] = None) -> Task:
+    """Loads the registered task ``name`` from ``root`` (nothing is downloaded; missing raw
+    files are a :class:`~qgfd_pyg.bench.data.MissingData` error)."""
+    from .data import no_download
+
+    entry = task_entry(name)
+    with no_download():
+        return entry.load(root, dataset, extra or {})
+
+
+def _import_kinds() -> None:
+    # each kind registers its tasks on import; node first, so that --list starts with it
+    from . import node  # noqa: F401
+    from . import link  # noqa: F401
+    from . import kg  # noqa: F401
