@@ -76,3 +76,76 @@ def write_ogbn_arxiv(root: str, n: int = 300, features: int = 16, num_classes: i
     with open(os.path.join(base, "RELEASE_v1.txt"), "w") as f:
         f.write("tiny generated stand-in for tests\n")
     return n
+
+
+def write_ogbl(root: str, name: str = "ogbl-collab", n: int = 120, seed: int = 0) -> int:
+    """OGB's raw layout of an ``ogbl-*`` link data set (csv.gz graph, split dicts as .pt)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    short = name.replace("-", "_")
+    base = os.path.join(root, short)
+    split_name = "time" if name == "ogbl-collab" else "target"
+    raw, split = os.path.join(base, "raw"), os.path.join(base, "split", split_name)
+    os.makedirs(raw, exist_ok=True)
+    os.makedirs(split, exist_ok=True)
+    group = rng.integers(0, 4, n)  # edges mostly inside four groups: learnable
+    pairs = set()
+    while len(pairs) < 4 * n:
+        i = int(rng.integers(n))
+        same = np.flatnonzero(group == group[i])
+        j = int(rng.choice(same)) if rng.random() < 0.9 else int(rng.integers(n))
+        if i != j:
+            pairs.add((min(i, j), max(i, j)))
+    edges = np.array(sorted(pairs))[rng.permutation(len(pairs))]
+    parts = np.split(edges, [int(0.8 * len(edges)), int(0.9 * len(edges))])
+
+    def write(file, array):
+        pd.DataFrame(array).to_csv(os.path.join(raw, file), header=False, index=False,
+                                   compression="gzip")
+
+    write("edge.csv.gz", parts[0])
+    write("num-node-list.csv.gz", np.array([[n]]))
+    write("num-edge-list.csv.gz", np.array([[len(parts[0])]]))
+    if name == "ogbl-collab":
+        feats = rng.normal(0, 1, (n, 8)) + np.eye(4, 8)[group] * 2
+        write("node-feat.csv.gz", feats.astype(np.float32))
+        write("edge_weight.csv.gz", np.ones((len(parts[0]), 1), dtype=np.int64))
+        write("edge_year.csv.gz", rng.integers(2000, 2018, (len(parts[0]), 1)))
+    torch.save({"edge": parts[0]}, os.path.join(split, "train.pt"))
+    for key, part in (("valid", parts[1]), ("test", parts[2])):
+        neg = rng.integers(0, n, (3 * len(part), 2))
+        torch.save({"edge": part, "edge_neg": neg}, os.path.join(split, f"{key}.pt"))
+    with open(os.path.join(base, "RELEASE_v1.txt"), "w") as f:
+        f.write("tiny generated stand-in for tests\n")
+    return n
+
+
+WN18RR_RELATIONS = ("_hypernym", "_derivationally_related_form", "_member_meronym",
+                    "_also_see")
+
+
+def write_kg(raw: str, relations=WN18RR_RELATIONS, n: int = 40, seed: int = 0) -> None:
+    """``train/valid/test.txt`` with tab-separated (head, relation, tail) lines, as WN18RR and
+    FB15k-237 ship them: chains of relation 0 (a hierarchy) whose relation-1 links are
+    symmetric, so that held-out triples follow from training ones."""
+    rng = np.random.default_rng(seed)
+    names = [f"{10000000 + 37 * i:08d}" for i in range(n)]
+    triples = set()
+    for i in range(1, n):
+        triples.add((names[i], relations[0], names[int(rng.integers(0, i))]))
+    for _ in range(2 * n):
+        i, j = (int(x) for x in rng.integers(0, n, 2))
+        if i != j:
+            triples.add((names[i], relations[1], names[j]))
+            triples.add((names[j], relations[1], names[i]))
+    for _ in range(n // 2):
+        i, j = (int(x) for x in rng.integers(0, n, 2))
+        triples.add((names[i], relations[2 + (i % (len(relations) - 2))], names[j]))
+    triples = sorted(triples)
+    order = rng.permutation(len(triples))
+    cut = [int(0.8 * len(order)), int(0.9 * len(order))]
+    os.makedirs(raw, exist_ok=True)
+    for name, idx in zip(("train", "valid", "test"), np.split(order, cut), strict=True):
+        with open(os.path.join(raw, f"{name}.txt"), "w") as f:
+            f.writelines("\t".join(triples[k]) + "\n" for k in sorted(idx))

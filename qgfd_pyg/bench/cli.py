@@ -27,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated subset of the task's models (default: all; "
                              "see --list)")
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds 0..N-1 (10)")
-    parser.add_argument("--epochs", type=int, default=500, help="maximum epochs per run (500)")
-    parser.add_argument("--patience", type=int, default=100,
-                        help="early-stopping patience in epochs (100)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="maximum epochs per run (node and link tasks: 500; kg: 10)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early-stopping patience in epochs (node and link: 100; kg: 3)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--root", default=default_dir("datasets"), help="data root")

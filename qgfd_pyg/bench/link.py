@@ -21,7 +21,7 @@ from torch_geometric.utils import negative_sampling, to_undirected
 
 from .data import full_torch_load
 from .metrics import link_metrics
-from .models import GAT, GCN, MLP, APPNPNet, ModelSpec, QGFDNet, QGFDOptions
+from .models import GAT, GCN, MLP, APPNPNet, ModelSpec, QGFDNet
 from .tasks import Experiment, Task, register
 from .train import as_model_input, make_optimizer
 
@@ -70,11 +70,6 @@ class LinkTask(Task):
         self.columns = tuple((key, key.upper() if key in ("auc", "ap", "mrr")
                               else key.replace("hits", "Hits")) for key in keys if key != metric)
 
-    def check_options(self, model: str, options: Dict[str, Any]) -> None:
-        if model == "qgfd":
-            QGFDOptions.merged(options)
-        self.models[model].build(4, 2, **options)
-
     def setup(self, model: str, seed: int, options: Dict[str, Any],
               device: torch.device) -> "LinkExperiment":
         return LinkExperiment(self, model, seed, options, device)
@@ -103,7 +98,7 @@ class LinkExperiment(Experiment):
         self.task, self.device = task, device
         self.splits = dict(zip(("train", "val", "test"), (
             LinkSplit(*(None if t is None else t.to(device) for t in s))
-            for s in task.splits(seed))))
+            for s in task.splits(seed)), strict=True))
         x = task.data.x
         self.x = None if x is None else as_model_input(x.to(device))
         embedding = Embedding(task.data.num_nodes, 128) if x is None else None

@@ -9,7 +9,7 @@ from torch_geometric.data import Data
 
 from .data import full_torch_load
 from .metrics import accuracy, expected_calibration_error
-from .models import MODELS, QGFDOptions
+from .models import MODELS
 from .tasks import Experiment, Task, register
 from .train import as_model_input, make_optimizer
 
@@ -44,11 +44,6 @@ class NodeTask(Task):
         column = seed % self.num_splits
         return tuple((m if m.dim() == 1 else m[:, column]).nonzero().view(-1) for m in self.masks)
 
-    def check_options(self, model: str, options: Dict[str, Any]) -> None:
-        if model == "qgfd":
-            QGFDOptions.merged(options)
-        self.models[model].build(4, 2, **options)
-
     def setup(self, model: str, seed: int, options: Dict[str, Any],
               device: torch.device) -> "NodeExperiment":
         return NodeExperiment(self, model, seed, options, device)
@@ -65,7 +60,8 @@ class NodeExperiment(Experiment):
     def __init__(self, task: NodeTask, model: str, seed: int, options: Dict[str, Any],
                  device: torch.device):
         self.task = task
-        self.idx = dict(zip(("train", "val", "test"), (i.to(device) for i in task.split(seed))))
+        self.idx = dict(zip(("train", "val", "test"), (i.to(device) for i in task.split(seed)),
+                            strict=True))
         data = task.data.to(device)
         self.x, self.edge_index, self.y = as_model_input(data.x), data.edge_index, data.y
         spec = task.models[model]

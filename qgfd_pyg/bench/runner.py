@@ -33,7 +33,8 @@ class RunConfig:
     Args:
         task: a task name (``python -m qgfd_pyg.bench --list``).
         models: model names (default: all of the task's kind).
-        seeds, epochs, patience: seeds, epoch budget and early-stopping patience per run.
+        seeds, epochs, patience: seeds, epoch budget and early-stopping patience per run
+            (``None``: the task kind's budget, e.g. 500 / 100 for node and link tasks).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         threads: torch CPU threads (``None``: torch's default).
         root, out, name: data root, result folder and result file stem (default: the task).
@@ -48,8 +49,8 @@ class RunConfig:
     task: str
     models: Optional[Sequence[str]] = None
     seeds: int = 10
-    epochs: int = 500
-    patience: int = 100
+    epochs: Optional[int] = None
+    patience: Optional[int] = None
     device: str = "cpu"
     threads: Optional[int] = None
     root: str = field(default_factory=lambda: default_dir("datasets"))
@@ -95,19 +96,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _check(config: RunConfig) -> List[str]:
-    """The models to run; a ValueError for bad options (before any data is loaded)."""
-    known = task_entry(config.task).kind.models
+def _check(config: RunConfig) -> Tuple[List[str], int, int]:
+    """The models to run and the epoch budget (the kind's where ``config`` leaves it open);
+    a ValueError for bad options (before any data is loaded)."""
+    kind = task_entry(config.task).kind
+    known = kind.models
+    budget = kind.default_budget(config.extra)
+    epochs = budget[0] if config.epochs is None else config.epochs
+    patience = budget[1] if config.patience is None else config.patience
     models = [m.strip() for m in (config.models or known) if m.strip()]
     unknown = [m for m in models if m not in known]
     if unknown or not models:
         raise ValueError(f"unknown models {unknown} for task {config.task}; choose from "
                          f"{', '.join(known)}")
-    if min(config.seeds, config.epochs, config.patience) < 1:
+    if min(config.seeds, epochs, patience) < 1:
         raise ValueError("seeds, epochs and patience must be positive")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be positive (got {config.threads})")
-    return models
+    return models, epochs, patience
 
 
 def model_options(task: Task, model: str, qgfd: Dict[str, Any]) -> Dict[str, Any]:
@@ -119,7 +125,7 @@ def run_benchmark(config: RunConfig) -> Results:
     """Trains every model of ``config`` on every seed under the shared protocol and returns
     the records (also written to ``<out>/<name>.json`` and ``.md`` after each run). Bad
     configurations and missing data are ValueErrors, raised before anything is written."""
-    models = _check(config)
+    models, epochs, patience = _check(config)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -130,7 +136,7 @@ def run_benchmark(config: RunConfig) -> Results:
     qgfd = model_options(task, "qgfd", config.qgfd) if "qgfd" in task.models else {}
     seeds = list(range(config.seeds))
     stored = {"task": task.name, "metric": task.metric, "models": models, "seeds": config.seeds,
-              "seed_list": seeds, "epochs": config.epochs, "patience": config.patience,
+              "seed_list": seeds, "epochs": epochs, "patience": patience,
               "device": device.type, "qgfd": qgfd, **task.stored_config()}
     environment = {"command": config.command or f"run_benchmark({asdict(config)})",
                    "torch": torch.__version__, "torch_geometric": _pyg_version(),
@@ -148,8 +154,7 @@ def run_benchmark(config: RunConfig) -> Results:
         for seed in seeds:
             if store.done(model, seed):
                 continue
-            record = fit(task, model, seed, options[model], config.epochs, config.patience,
-                         device, bars)
+            record = fit(task, model, seed, options[model], epochs, patience, device, bars)
             store.add(record, environment)
             print(f"{model:>8} seed {seed}: test {record['test']:.4f}  "
                   f"val {record['val']:.4f}  epochs {record['epochs']}", file=sys.stderr)

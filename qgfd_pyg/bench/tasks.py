@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import torch
 from torch.nn import Module
 
-from .models import ModelSpec
+from .models import ModelSpec, QGFDOptions
 
 
 class Experiment(ABC):
@@ -51,11 +51,13 @@ class Task(ABC):
             runner's QGFD options.
         columns: further record keys shown in the table, with their headers.
         percent: whether the table shows the metrics as percentages.
+        budget: the kind's default (epochs, early-stopping patience).
     """
     kind: ClassVar[str]
     models: ClassVar[Dict[str, ModelSpec]]
     columns: ClassVar[Sequence[Tuple[str, str]]] = ()
     percent: ClassVar[bool] = True
+    budget: ClassVar[Tuple[int, int]] = (500, 100)
     name: str
     metric: str
 
@@ -67,7 +69,16 @@ class Task(ABC):
 
     def check_options(self, model: str, options: Dict[str, Any]) -> None:
         """Raises a ValueError for options ``model`` cannot be built with (called before any
-        run, so that a typo fails before anything is trained or written)."""
+        run, so that a typo fails before anything is trained or written). By default the
+        model is built once on a tiny input; the QGFD options are checked by name first."""
+        if model == "qgfd":
+            QGFDOptions.merged(options)
+        self.models[model].build(4, 2, **options)
+
+    @classmethod
+    def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
+        """(epochs, patience) where the user sets none; ``extra`` are the kind's options."""
+        return cls.budget
 
     def stored_config(self) -> Dict[str, Any]:
         """What, beyond the shared options, a resumed sweep must share with the stored one."""

@@ -1,0 +1,227 @@
+"""Link prediction and knowledge-graph completion in the runner: metrics on hand-made cases,
+the KG models against brute-force computations, and every task end to end on short budgets
+(tiny data in the real on-disk formats where the real data do not ship)."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from tiny_data import WN18RR_RELATIONS, write_kg, write_ogbl
+
+from qgfd_pyg.bench import cli
+from qgfd_pyg.bench.kg import (KGGraph, KGQGFD, Filter, PyGKGE, Triples, filtered_ranking,
+                               queries)
+from qgfd_pyg.bench.metrics import hits_at, link_metrics, ranking
+from qgfd_pyg.bench.tasks import load_task
+
+SHORT = ["--seeds", "1", "--epochs", "2", "--patience", "1", "--no-progress"]
+
+
+def read(out, name):
+    with open(os.path.join(out, f"{name}.json")) as f:
+        return json.load(f)
+
+
+def test_link_metrics_on_hand_made_scores():
+    perfect = link_metrics(torch.tensor([5.0, 4.0, 3.0]), torch.tensor([1.0, 0.0]), ks=(1, 2))
+    assert perfect == {"auc": 1.0, "ap": 1.0, "hits@1": 1.0, "hits@2": 1.0, "mrr": 1.0}
+    # positives 3 and 1 against negatives 2 and 0: pairs won 3 of 4; ranks 1 and 2
+    m = link_metrics(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 0.0]), ks=(1, 2))
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["ap"] == pytest.approx((1 / 1 + 2 / 3) / 2)  # precision at each positive
+    assert m["hits@1"] == pytest.approx(0.5)  # above the best negative (2): only 3
+    assert m["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+    # a tie counts half: rank 1.5 between the optimistic 1 and the pessimistic 2
+    assert ranking(torch.tensor([2.0]), torch.tensor([[2.0, 0.0]]))["mrr"] == pytest.approx(1 / 1.5)
+    assert hits_at(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 0.0, -1.0]), 3) == 1.0
+
+
+def test_filtered_ranking_ignores_the_other_true_answers():
+    train = torch.tensor([[0, 0, 1], [0, 0, 2], [3, 1, 0]])
+    f = Filter(Triples(train, torch.tensor([[0, 0, 3]]), torch.tensor([[1, 0, 2]])), 4, 2)
+    # (0, r0, ?) -> {1, 2, 3}; (2, r0^-1, ?) -> {0, 1}; (0, r1^-1, ?) -> {3}
+    mask = f.mask(torch.tensor([0, 2, 0]), torch.tensor([0, 2, 3]), 4)
+    assert mask.tolist() == [[False, True, True, True], [True, True, False, False],
+                             [False, False, False, True]]
+    scores = torch.tensor([[0.0, 5.0, 4.0, 3.0]])  # answer 3 is only third unfiltered
+    filtered = filtered_ranking(scores, torch.tensor([3]), mask[:1])
+    assert filtered["mrr"] == 1.0 and filtered["hits@1"] == 1.0
+    unfiltered = filtered_ranking(scores, torch.tensor([3]), torch.zeros(1, 4, dtype=torch.bool))
+    assert unfiltered["mrr"] == pytest.approx(1 / 3) and unfiltered["hits@3"] == 1.0
+    # a wrong candidate above the answer still counts
+    worse = filtered_ranking(torch.tensor([[9.0, 5.0, 4.0, 3.0]]), torch.tensor([3]), mask[:1])
+    assert worse["mrr"] == pytest.approx(1 / 2)
+
+
+def test_queries_and_graph_without_a_batch_of_triples():
+    train = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 0]])
+    q = queries(train, 2)
+    assert q.tolist() == [[0, 0, 1], [1, 1, 2], [2, 0, 0], [1, 2, 0], [2, 3, 1], [0, 2, 2]]
+    graph = KGGraph.from_triples(train, 2).without(torch.tensor([1]))
+    edges = sorted(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist(), strict=True))
+    assert edges == [(0, 1, 0), (0, 2, 2), (1, 0, 2), (2, 0, 0)]
+
+
+def _dense_transition(graph, logits, relation, n):
+    """Brute force: each node's out-edges and its self loop, weights exp(A[r, rho])."""
+    P = torch.zeros(n, n, dtype=torch.float64)
+    for u in range(n):
+        outs = [(v, rho) for s, v, rho in zip(graph.src.tolist(), graph.dst.tolist(),
+                                               graph.rel.tolist(), strict=True) if s == u]
+        outs.append((u, logits.size(1) - 1))
+        weights = [math.exp(float(logits[relation, rho])) for _, rho in outs]
+        for (v, _), w in zip(outs, weights, strict=True):
+            P[u, v] += w / sum(weights)
+    return P
+
+
+def test_kg_qgfd_equals_the_dense_computation():
+    n, r = 6, 2
+    train = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [5, 1, 2]])
+    graph = KGGraph.from_triples(train, r)
+    model = KGQGFD(n, r, hidden=8, alpha=0.7, steps=4).double().eval()
+    torch.nn.init.normal_(model.edge_logits)
+    torch.nn.init.normal_(model.out.weight)
+    entity, relation = torch.tensor([0, 3]), torch.tensor([1, 1])
+    E, W = model.entity.weight, model.relation.weight
+    P = _dense_transition(graph, model.edge_logits.detach(), 1, n)
+    V = E @ model.value.weight.t()
+    Z = V
+    for _ in range(4):  # Z_{t+1} = (1 - a) V + a P Z_t
+        Z = 0.3 * V + 0.7 * P @ Z
+    q = E[entity] * W[relation]
+    p0 = torch.softmax(q @ E.t() / math.sqrt(8), dim=-1)
+    expected = (q + (p0 @ Z) @ model.out.weight.t()) @ E.t()
+    torch.testing.assert_close(model(entity, relation, graph), expected)
+    # alpha = 0: one-hop attention over the entities' values, no diffusion
+    model.alpha = 0.0
+    expected0 = (q + (p0 @ V) @ model.out.weight.t()) @ E.t()
+    torch.testing.assert_close(model(entity, relation, graph), expected0)
+    with pytest.raises(ValueError, match="one relation"):
+        model(entity, torch.tensor([0, 1]), graph)
+    model.alpha = 0.7
+    model.train()
+    model(entity, relation, graph).sum().backward()
+    assert model.edge_logits.grad.abs().sum() > 0  # the transition is learnt
+
+
+@pytest.mark.parametrize("cls", ["DistMult", "RotatE"])
+def test_pyg_kge_scores_of_all_candidates_equal_the_models_own(cls):
+    from torch_geometric.nn import kge
+
+    n, r = 7, 3
+    model = PyGKGE(getattr(kge, cls)(n, r, 4), r)
+    entity, relation = torch.tensor([0, 5, 2, 6]), torch.tensor([0, 2, 3, 5])
+    got = model(entity, relation)
+    for i, (e, q) in enumerate(zip(entity.tolist(), relation.tolist(), strict=True)):
+        cand = torch.arange(n)
+        fixed = torch.full((n,), e)
+        rel = torch.full((n,), q % r)
+        own = model.kge(fixed, rel, cand) if q < r else model.kge(cand, rel, fixed)
+        torch.testing.assert_close(got[i], own, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model._chunked(entity, relation % r, relation >= r), got,
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_link_tasks_end_to_end(tmp_path, capsys):
+    out = str(tmp_path)
+    assert cli.main(["cora-link", "--out", out] + SHORT) == 0
+    result = read(out, "cora-link")
+    assert [row["model"] for row in result["summary"]] == ["qgfd", "gat", "appnp", "gcn", "mlp"]
+    for run in result["runs"]:
+        assert 0.0 <= run["test"] <= 1.0 and run["epochs"] <= 2
+        assert {"ap", "hits@20", "hits@50", "hits@100", "mrr"} <= set(run)
+    printed = capsys.readouterr().out
+    assert "| qgfd |" in printed and "Hits@100" in printed
+    assert cli.main(["citeseer-link", "--out", out, "--models", "gcn"] + SHORT) == 0
+    assert read(out, "citeseer-link")["config"]["metric"] == "auc"
+
+
+def test_link_split_is_fixed_per_seed_and_disjoint():
+    task = load_task("cora-link", os.path.join(os.path.dirname(__file__), "..", "datasets"))
+    a, b, c = task.splits(0), task.splits(0), task.splits(1)
+    assert torch.equal(a[2].pos, b[2].pos) and not torch.equal(a[2].pos, c[2].pos)
+    train, val, test = a
+
+    def edges(t):
+        return {tuple(sorted(e)) for e in t.t().tolist()}
+    assert not edges(train.pos) & edges(test.pos) and not edges(val.pos) & edges(test.pos)
+    assert not edges(train.edge_index) & edges(test.pos)  # no test edge to pass messages
+    total = len(edges(train.pos)) + len(edges(val.pos)) + len(edges(test.pos))
+    assert len(edges(test.pos)) == pytest.approx(0.1 * total, abs=2)
+
+
+@pytest.mark.parametrize("name,metric", [("ogbl-collab", "hits@50"), ("ogbl-ddi", "hits@20")])
+def test_ogbl_on_tiny_data_in_ogb_format(tmp_path, name, metric):
+    write_ogbl(str(tmp_path), name)
+    out = str(tmp_path / "out")
+    assert cli.main([name, "--root", str(tmp_path), "--out", out, "--models", "gcn,qgfd"]
+                    + SHORT) == 0
+    result = read(out, name)
+    assert result["config"]["metric"] == metric
+    assert all(0.0 <= r["test"] <= 1.0 for r in result["runs"])
+
+
+def _kg_root(tmp_path, folder="WN18RR", relations=WN18RR_RELATIONS):
+    write_kg(str(tmp_path / folder / "raw"), relations)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("task,folder,relations", [
+    ("wn18rr", "WN18RR", WN18RR_RELATIONS),
+    ("fb15k-237", "FB15k-237", ("/people/parent", "/people/spouse", "/film/genre", "/a/b"))])
+def test_kg_tasks_end_to_end_on_tiny_data(tmp_path, task, folder, relations):
+    root = _kg_root(tmp_path, folder, relations)
+    out = str(tmp_path / "out")
+    assert cli.main([task, "--root", root, "--out", out, "--quick"] + SHORT) == 0
+    result = read(out, task)
+    assert [row["model"] for row in result["summary"]] == ["qgfd", "gat", "appnp", "distmult",
+                                                           "rotate"]
+    assert result["config"]["quick"] is True and result["config"]["metric"] == "filtered MRR"
+    for run in result["runs"]:
+        assert 0.0 < run["test"] <= 1.0 and run["hits@1"] <= run["hits@3"] <= run["hits@10"]
+
+
+def test_kg_default_budget_and_options(tmp_path, capsys):
+    root = _kg_root(tmp_path)
+    out = str(tmp_path / "out")
+    argv = ["wn18rr", "--root", root, "--out", out, "--quick", "--seeds", "1", "--no-progress",
+            "--models", "qgfd", "--alpha", "0.3"]
+    assert cli.main(argv) == 0
+    config = read(out, "wn18rr")["config"]
+    assert (config["epochs"], config["patience"]) == (2, 1)  # the --quick budget
+    assert config["qgfd"]["alpha"] == 0.3 and config["qgfd"]["steps"] == 3
+    capsys.readouterr()
+    assert cli.main(argv + ["--transition", "knn"]) == 2  # a node-task option
+    assert "do not apply" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    ("00000001\t_hypernym\n", "expected 3 tab-separated fields"),
+    ("00000001\t_no_such_relation\t00000002\n", "unknown relation")])
+def test_corrupted_raw_files_are_one_line_exit_2_and_keep_results(tmp_path, capsys, corrupt,
+                                                                  message):
+    root = _kg_root(tmp_path)
+    out = tmp_path / "out"
+    argv = ["wn18rr", "--root", root, "--out", str(out), "--quick", "--models", "distmult"]
+    assert cli.main(argv + SHORT) == 0
+    before = (out / "wn18rr.json").read_text()
+    raw = tmp_path / "WN18RR" / "raw"  # PyG's processed copy exists: checked all the same
+    with open(raw / "test.txt", "a") as f:
+        f.write(corrupt)
+    capsys.readouterr()
+    assert cli.main(argv + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "test.txt" in err[0]
+    assert (out / "wn18rr.json").read_text() == before
+
+
+@pytest.mark.parametrize("task", ["fb15k-237", "ogbl-collab", "ogbl-ddi", "wn18rr"])
+def test_missing_link_and_kg_data_is_one_line_exit_2(task, tmp_path, capsys):
+    root, out = tmp_path / "data", tmp_path / "out"
+    root.mkdir()
+    assert cli.main([task, "--root", str(root), "--out", str(out)] + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and str(root) in err[0]
+    assert not out.exists()
