@@ -222,3 +222,41 @@ def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
     assert cli.main(argv + ["--name", "tty"]) == 0
     assert cli.main(argv + ["--name", "off", "--no-progress"]) == 0
     assert seen == [False, True, False]
+
+
+def test_fit_reports_the_test_metrics_of_the_best_validation_epoch():
+    """The shared fit loop, on a scripted task: the parameter counts the epochs, validation
+    peaks at epoch 2, and the test metrics must be computed with epoch 2's parameters."""
+    from qgfd_pyg.bench.tasks import Experiment, Task
+    from qgfd_pyg.bench.train import fit
+
+    val_by_epoch = {1: 0.5, 2: 0.9, 3: 0.7, 4: 0.6, 5: 0.95}
+
+    class Scripted(Experiment):
+        def __init__(self):
+            self.model = torch.nn.Linear(1, 1, bias=False)
+            torch.nn.init.zeros_(self.model.weight)
+
+        def train_epoch(self):
+            with torch.no_grad():
+                self.model.weight += 1.0
+            return 1.0 / float(self.model.weight)
+
+        def evaluate(self, split):
+            epoch = int(self.model.weight)
+            if split == "val":
+                return {"metric": val_by_epoch[epoch]}
+            return {"metric": 10.0 * epoch, "extra": -epoch}
+
+    class ScriptedTask(Task):
+        kind, models, name, metric = "scripted", {}, "scripted", "m"
+
+        def setup(self, model, seed, options, device):
+            return Scripted()
+
+    record = fit(ScriptedTask(), "x", 0, {}, 5, 2, torch.device("cpu"))
+    assert record["epochs"] == 4  # no better validation for 2 epochs after epoch 2
+    assert (record["best_epoch"], record["val"], record["test"], record["extra"]) == \
+        (2, 0.9, 20.0, -2)
+    assert record["train_loss"] == 0.5 and record["params"] == 1
+    assert fit(ScriptedTask(), "x", 0, {}, 5, 5, torch.device("cpu"))["test"] == 50.0

@@ -147,7 +147,11 @@ def test_link_split_is_fixed_per_seed_and_disjoint():
     def edges(t):
         return {tuple(sorted(e)) for e in t.t().tolist()}
     assert not edges(train.pos) & edges(test.pos) and not edges(val.pos) & edges(test.pos)
-    assert not edges(train.edge_index) & edges(test.pos)  # no test edge to pass messages
+    # messages never pass over the edges being scored; the test graph adds the val edges
+    assert not edges(train.edge_index) & (edges(test.pos) | edges(val.pos))
+    assert not edges(val.edge_index) & (edges(test.pos) | edges(val.pos))
+    assert not edges(test.edge_index) & edges(test.pos)
+    assert edges(test.edge_index) == edges(train.edge_index) | edges(val.pos)
     total = len(edges(train.pos)) + len(edges(val.pos)) + len(edges(test.pos))
     assert len(edges(test.pos)) == pytest.approx(0.1 * total, abs=2)
 
@@ -225,3 +229,32 @@ def test_missing_link_and_kg_data_is_one_line_exit_2(task, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0] and str(root) in err[0]
     assert not out.exists()
+
+
+def test_kg_training_batches_share_a_relation_and_hide_their_own_edges(tmp_path):
+    task = load_task("wn18rr", _kg_root(tmp_path))
+    task.batch_size = 8
+    experiment = task.setup("qgfd", 0, task.models["qgfd"].options, torch.device("cpu"))
+    batches = experiment.batches()
+    seen = torch.cat(batches)
+    assert sorted(seen.tolist()) == list(range(experiment.train.size(0)))  # each query once
+    assert all(experiment.train[b, 1].unique().numel() == 1 for b in batches)
+    assert max(b.numel() for b in batches) == 8
+    calls = []
+    real = experiment.model.forward
+
+    def record(entity, relation, graph):
+        calls.append((entity, relation, graph))
+        return real(entity, relation, graph)
+
+    experiment.model.forward = record
+    experiment.train_epoch()
+    train = task.triples.train
+    for entity, relation, graph in calls:
+        edges = set(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist(), strict=True))
+        assert len(edges) == 2 * train.size(0) - 2 * entity.numel()
+        for e, q in zip(entity.tolist(), relation.tolist(), strict=True):
+            # the query's own fact, in neither direction
+            match = [tuple(t) for t in queries(train, task.num_relations).tolist()
+                     if t[0] == e and t[1] == q]
+            assert all((h, a, r) not in edges for h, r, a in match) or len(match) > 1
