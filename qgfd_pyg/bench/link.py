@@ -22,7 +22,7 @@ from torch_geometric.utils import negative_sampling, to_undirected
 from .data import full_torch_load
 from .metrics import link_metrics
 from .models import GAT, GCN, MLP, APPNPNet, ModelSpec, QGFDNet
-from .tasks import Experiment, Task, register
+from .tasks import FullBatchExperiment, Task, register
 from .train import as_model_input, make_optimizer
 
 _BUDGET = "2 layers, 128 hidden, 64-dimensional embeddings, dot-product decoder"
@@ -92,7 +92,7 @@ class LinkEncoder(Module):
         return self.net(self.embedding.weight if x is None else x, edge_index)
 
 
-class LinkExperiment(Experiment):
+class LinkExperiment(FullBatchExperiment):
     def __init__(self, task: LinkTask, model: str, seed: int, options: Dict[str, Any],
                  device: torch.device):
         self.task, self.device = task, device
@@ -117,17 +117,11 @@ class LinkExperiment(Experiment):
                     neg_score, torch.zeros_like(neg_score)) * neg_score.numel()
                 ) / (pos_score.numel() + neg_score.numel())
 
-    def train_epoch(self) -> float:
+    def training_loss(self) -> Tensor:
         split = self.splits["train"]
-        self.model.train()
-        self.optimizer.zero_grad()
         neg = negative_sampling(split.edge_index, num_nodes=self.task.data.num_nodes,
                                 num_neg_samples=split.pos.size(1))
-        z = self.model(self.x, split.edge_index)
-        loss = self._loss(z, split.pos, neg)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        return self._loss(self.model(self.x, split.edge_index), split.pos, neg)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:

@@ -10,7 +10,7 @@ from torch_geometric.data import Data
 from .data import full_torch_load
 from .metrics import accuracy, expected_calibration_error
 from .models import MODELS
-from .tasks import Experiment, Task, register
+from .tasks import FullBatchExperiment, Task, register
 from .train import as_model_input, make_optimizer
 
 
@@ -54,7 +54,7 @@ class NodeTask(Task):
                 f"validation loss improved; ECE over 15 equal-width confidence bins")
 
 
-class NodeExperiment(Experiment):
+class NodeExperiment(FullBatchExperiment):
     """Full-batch training with cross-entropy on the training nodes (GAT's protocol)."""
 
     def __init__(self, task: NodeTask, model: str, seed: int, options: Dict[str, Any],
@@ -68,14 +68,9 @@ class NodeExperiment(Experiment):
         self.model = spec.build(self.x.size(1), task.num_classes, **options).to(device)
         self.optimizer = make_optimizer(self.model, spec)
 
-    def train_epoch(self) -> float:
-        self.model.train()
-        self.optimizer.zero_grad()
+    def training_loss(self) -> Tensor:
         idx = self.idx["train"]
-        loss = F.cross_entropy(self.model(self.x, self.edge_index)[idx], self.y[idx])
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        return F.cross_entropy(self.model(self.x, self.edge_index)[idx], self.y[idx])
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
+from torch import Tensor
 from torch.nn import Module
 
 from .models import ModelSpec, QGFDOptions
@@ -38,6 +39,23 @@ class Experiment(ABC):
         """Metrics on ``split`` (``"val"`` or ``"test"``): ``"metric"`` (the task's main
         metric, higher is better), ``"loss"`` where the kind has a validation loss, and the
         further columns of :attr:`Task.columns`."""
+
+
+class FullBatchExperiment(Experiment):
+    """One optimiser step on the whole graph per epoch (node and link tasks)."""
+    optimizer: torch.optim.Optimizer
+
+    @abstractmethod
+    def training_loss(self) -> Tensor:
+        """The loss of one training step, with the model in training mode."""
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss = self.training_loss()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
 
 
 class Task(ABC):
