@@ -83,6 +83,7 @@ def test_kg_qgfd_equals_the_dense_computation():
     model = KGQGFD(n, r, hidden=8, alpha=0.7, steps=4).double().eval()
     torch.nn.init.normal_(model.edge_logits)
     torch.nn.init.normal_(model.out.weight)
+    torch.nn.init.normal_(model.anchor)
     entity, relation = torch.tensor([0, 3]), torch.tensor([1, 1])
     E, W = model.entity.weight, model.relation.weight
     P = _dense_transition(graph, model.edge_logits.detach(), 1, n)
@@ -91,7 +92,10 @@ def test_kg_qgfd_equals_the_dense_computation():
     for _ in range(4):  # Z_{t+1} = (1 - a) V + a P Z_t
         Z = 0.3 * V + 0.7 * P @ Z
     q = E[entity] * W[relation]
-    p0 = torch.softmax(q @ E.t() / math.sqrt(8), dim=-1)
+    logits = q @ E.t() / math.sqrt(8)
+    for i, (e, r) in enumerate(zip(entity.tolist(), relation.tolist(), strict=True)):
+        logits[i, e] = logits[i, e] + model.anchor[r]  # the seed's bonus on the query entity
+    p0 = torch.softmax(logits, dim=-1)
     expected = (q + (p0 @ Z) @ model.out.weight.t()) @ E.t()
     torch.testing.assert_close(model(entity, relation, graph), expected)
     # alpha = 0: one-hop attention over the entities' values, no diffusion
@@ -104,6 +108,7 @@ def test_kg_qgfd_equals_the_dense_computation():
     model.train()
     model(entity, relation, graph).sum().backward()
     assert model.edge_logits.grad.abs().sum() > 0  # the transition is learnt
+    assert model.anchor.grad[1] != 0 and model.anchor.grad[0] == 0
 
 
 @pytest.mark.parametrize("cls", ["DistMult", "RotatE"])
@@ -258,3 +263,44 @@ def test_kg_training_batches_share_a_relation_and_hide_their_own_edges(tmp_path)
             match = [tuple(t) for t in queries(train, task.num_relations).tolist()
                      if t[0] == e and t[1] == q]
             assert all((h, a, r) not in edges for h, r, a in match) or len(match) > 1
+
+
+def test_countries_auc_pr_against_a_direct_computation(tmp_path):
+    task = load_task("countries-s2", os.path.join(os.path.dirname(__file__), "..", "datasets"))
+    regions = task.regions
+    answer = regions[torch.tensor([0, 3, 1])]
+    entity = torch.tensor([10, 11, 12])
+    scores = torch.full((3, task.num_entities), -5.0)
+    # region scores per query (columns: the five regions in order)
+    scores[:, regions] = torch.tensor([[0.9, 0.1, 0.3, 0.2, 0.0],
+                                       [0.8, 0.2, 0.1, 0.7, 0.0],
+                                       [0.6, 0.5, 0.4, 0.3, 0.2]])
+    relation = torch.full((3,), task.locatedin)
+    got = task.reduce([task.batch_metrics(entity, relation, answer, scores)])["metric"]
+    # by hand: 15 pairs, positives at 0.9, 0.7 and 0.5; ranked 0.9+ 0.8 0.7+ 0.6 0.5+ ...
+    # precision at each positive: 1/1, 2/3, 3/5
+    assert got == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    with pytest.raises(ValueError, match="regions"):
+        task.batch_metrics(entity, relation, torch.tensor([0, 1, 2]), scores)
+    assert task.eval_queries("test").size(0) == 24  # locatedin of the test countries only
+
+
+def test_countries_end_to_end_and_unknown_entities(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    data = os.path.join(os.path.dirname(__file__), "..", "datasets")
+    assert cli.main(["countries-s1", "--root", data, "--out", out, "--quick",
+                     "--models", "qgfd,attention,distmult"] + SHORT) == 0
+    result = read(out, "countries-s1")
+    assert result["config"]["metric"] == "AUC-PR"
+    assert all(0.0 < r["test"] <= 1.0 for r in result["runs"])
+    raw = tmp_path / "kg" / "countries_S1"
+    raw.mkdir(parents=True)
+    for name in ("train", "valid", "test"):
+        text = open(os.path.join(data, "kg", "countries_S1", f"{name}.txt")).read()
+        if name == "test":
+            text += "atlantis\tlocatedin\teurope\n"
+        (raw / f"{name}.txt").write_text(text)
+    capsys.readouterr()
+    assert cli.main(["countries-s1", "--root", str(tmp_path), "--out", out] + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'atlantis'" in err[0] and "test.txt" in err[0]

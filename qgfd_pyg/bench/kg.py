@@ -119,6 +119,10 @@ class KGGraph(NamedTuple):
     def edge_index(self) -> Tensor:
         return torch.stack([self.src, self.dst])
 
+    def adj_t(self, num_nodes: int) -> SparseTensor:
+        """The transposed adjacency (row: target), for layers that multiply by it."""
+        return SparseTensor(row=self.dst, col=self.src, sparse_sizes=(num_nodes, num_nodes))
+
 
 class KGQGFD(Module):
     r"""QGFD for knowledge-graph queries (see the module docstring): the query
@@ -156,6 +160,8 @@ class KGQGFD(Module):
         self.relation = Embedding(2 * num_relations, hidden)
         self.value = Linear(hidden, hidden, bias=False)
         self.out = Linear(hidden, hidden, bias=False)
+        # the seed's extra logit on the query's own entity, per query relation
+        self.anchor = Parameter(torch.empty(2 * num_relations))
         # A[r, rho]; the last column is the self loop
         self.edge_logits = Parameter(torch.zeros(2 * num_relations, 2 * num_relations + 1))
         self.reset_parameters()
@@ -166,6 +172,8 @@ class KGQGFD(Module):
         self.value.reset_parameters()
         torch.nn.init.zeros_(self.out.weight)  # starts as DistMult
         torch.nn.init.zeros_(self.edge_logits)
+        # about half the seed's mass on the anchor at the start
+        torch.nn.init.constant_(self.anchor, math.log(self.entity.num_embeddings))
 
     def transition(self, graph: KGGraph, relation: int) -> SparseTensor:
         """:math:`P_r` over the graph's edges and a self loop per entity."""
@@ -189,8 +197,10 @@ class KGQGFD(Module):
         emb = self.entity.weight
         query = F.dropout(self.entity(entity) * self.relation(relation), self.dropout,
                           self.training)
-        attention = (query @ emb.t() / math.sqrt(emb.size(1))).softmax(dim=-1)
-        read = F.dropout(attention @ values, self.dropout, self.training)
+        logits = query @ emb.t() / math.sqrt(emb.size(1))
+        rows = torch.arange(entity.numel(), device=entity.device)
+        logits = logits.index_put((rows, entity), logits[rows, entity] + self.anchor[relation])
+        read = F.dropout(logits.softmax(dim=-1) @ values, self.dropout, self.training)
         return (query + self.out(read)) @ emb.t()
 
     def forward(self, entity: Tensor, relation: Tensor, graph: KGGraph) -> Tensor:
@@ -205,8 +215,10 @@ class KGQGFD(Module):
 class EncoderDistMult(Module):
     """Learnt entity embeddings through a graph encoder, then DistMult over all entities."""
 
-    def __init__(self, encoder: Module, num_entities: int, num_relations: int, hidden: int):
+    def __init__(self, encoder: Module, num_entities: int, num_relations: int, hidden: int,
+                 sparse: bool = False):
         super().__init__()
+        self.sparse = sparse  # pass the graph as a SparseTensor (one product per step)
         self.entity = Embedding(num_entities, hidden)
         self.relation = Embedding(2 * num_relations, hidden)
         self.encoder = encoder
@@ -216,7 +228,9 @@ class EncoderDistMult(Module):
     per_relation = False
 
     def prepare(self, graph: KGGraph, relation: int) -> Tensor:
-        return self.encoder(self.entity.weight, graph.edge_index)
+        n = self.entity.num_embeddings
+        return self.encoder(self.entity.weight,
+                            graph.adj_t(n) if self.sparse else graph.edge_index)
 
     def score(self, entity: Tensor, relation: Tensor, z: Tensor) -> Tensor:
         return (z[entity] * self.relation(relation)) @ z.t()
@@ -295,7 +309,7 @@ def _encoder(kind: str, num_entities: int, num_relations: int, hidden: int = 128
         net = GAT(hidden, hidden, hidden=hidden // heads, heads=heads, **options)
     else:
         net = APPNPNet(hidden, hidden, hidden=hidden, cached=False, **options)
-    return EncoderDistMult(net, num_entities, num_relations, hidden)
+    return EncoderDistMult(net, num_entities, num_relations, hidden, sparse=kind == "appnp")
 
 
 _SAME = "128 dimensions, batches of 512 queries"
@@ -311,6 +325,9 @@ KG_MODELS: Dict[str, ModelSpec] = {
                           "torch_geometric.nn.kge.DistMult, its own loss; " + _SAME),
     "rotate": ModelSpec(partial(_kge, "RotatE"), 0.005, 0.0, dict(hidden=128, margin=9.0),
                         "torch_geometric.nn.kge.RotatE, its own loss; " + _SAME),
+    "attention": ModelSpec(KGQGFD, 0.005, 0.0, dict(hidden=128, alpha=0.0, steps=3, dropout=0.2),
+                           "the qgfd model with alpha = 0: one-hop attention, the control; "
+                           + _SAME),
 }
 
 
@@ -364,6 +381,30 @@ class KGTask(Task):
               device: torch.device) -> "KGExperiment":
         return KGExperiment(self, model, seed, options, device)
 
+    def eval_queries(self, split: str) -> Tensor:
+        """``[n, 3]`` (entity, query relation, answer) of ``split``: both directions of every
+        triple, the fixed subset of :attr:`val_queries` / :attr:`test_queries` if set."""
+        triples = self.triples.valid if split == "val" else self.triples.test
+        items = queries(triples, self.num_relations)
+        limit = self.val_queries if split == "val" else self.test_queries
+        if limit and limit < items.size(0):  # one subset for all models and seeds
+            chosen = torch.Generator().manual_seed(0 if split == "val" else 1)
+            items = items[torch.randperm(items.size(0), generator=chosen)[:limit]]
+        return items
+
+    def batch_metrics(self, entity: Tensor, relation: Tensor, answer: Tensor,
+                      scores: Tensor) -> Any:
+        """What one evaluation batch contributes (reduced by :meth:`reduce`)."""
+        true = self.filter.mask(entity, relation, self.num_entities)
+        return answer.numel(), filtered_ranking(scores, answer, true)
+
+    def reduce(self, parts: List[Any]) -> Dict[str, float]:
+        """The metrics of a split from its batches' contributions; ``"metric"`` is the main."""
+        total = sum(n for n, _ in parts)
+        out = {key: sum(n * m[key] for n, m in parts) / total for key in parts[0][1]}
+        out["metric"] = out.pop("mrr")
+        return out
+
     def protocol(self, config: Dict[str, Any]) -> str:
         subset = (f"{self.val_queries} validation queries" if self.val_queries
                   else "all validation queries")
@@ -387,14 +428,8 @@ class KGExperiment(Experiment):
         self.train = queries(task.triples.train, r).to(device)
         self.train_ids = torch.arange(task.triples.train.size(0)).repeat(2).to(device)
         self.graph = KGGraph.from_triples(task.triples.train.to(device), r)
-        chosen = torch.Generator().manual_seed(0)  # one validation subset for all models
-        val = queries(task.triples.valid, r)
-        if task.val_queries and task.val_queries < val.size(0):
-            val = val[torch.randperm(val.size(0), generator=chosen)[:task.val_queries]]
-        test = queries(task.triples.test, r)
-        if task.test_queries and task.test_queries < test.size(0):
-            test = test[torch.randperm(test.size(0), generator=chosen)[:task.test_queries]]
-        self.eval_queries = {"val": val.to(device), "test": test.to(device)}
+        self.eval_queries = {split: task.eval_queries(split).to(device)
+                             for split in ("val", "test")}
 
     def batches(self) -> List[Tensor]:
         """Shuffled query indices in batches that share one query relation."""
@@ -430,7 +465,7 @@ class KGExperiment(Experiment):
     def evaluate(self, split: str) -> Dict[str, float]:
         self.model.eval()
         items = self.eval_queries[split]
-        sums: Dict[str, float] = {}
+        parts = []
         # one relation per batch (the QGFD transition is per query relation)
         order = torch.argsort(items[:, 1], stable=True)
         items = items[order]
@@ -442,20 +477,17 @@ class KGExperiment(Experiment):
                 state = self.model.prepare(self.graph, int(chunk[0, 1]))
             for batch in chunk.split(self.task.batch_size):
                 e, q, a = batch.unbind(1)
-                scores = self.model.score(e, q, state)
-                true = self.task.filter.mask(e, q, self.task.num_entities)
-                for key, value in filtered_ranking(scores, a, true).items():
-                    sums[key] = sums.get(key, 0.0) + value * batch.size(0)
-        out = {key: value / items.size(0) for key, value in sums.items()}
-        out["metric"] = out.pop("mrr")
-        return out
+                parts.append(self.task.batch_metrics(e, q, a, self.model.score(e, q, state)))
+        return self.task.reduce(parts)
 
 
-def read_triples(raw_dir: str, relations: Optional[Sequence[str]] = None
+def read_triples(raw_dir: str, relations: Optional[Sequence[str]] = None,
+                 known_entities: bool = False
                  ) -> Tuple[Dict[str, List[Tuple[str, str, str]]], List[str]]:
     """Reads ``train/valid/test.txt`` (tab-separated head, relation, tail) and checks them:
-    three fields per line, and every relation of valid/test known from train (or from
-    ``relations``); a ValueError naming the file and line otherwise."""
+    three fields per line, every relation of valid/test known from train (or from
+    ``relations``) and, with ``known_entities``, every entity of valid/test seen in train; a
+    ValueError naming the file and line otherwise."""
     names = ("train", "valid", "test")
     missing = [f"{n}.txt" for n in names if not os.path.isfile(os.path.join(raw_dir, f"{n}.txt"))]
     if missing:
@@ -478,12 +510,30 @@ def read_triples(raw_dir: str, relations: Optional[Sequence[str]] = None
         out[name] = rows
     known = list(relations) if relations is not None else sorted({r for _, r, _ in out["train"]})
     allowed = set(known)
+    entities = {x for h, _, t in out["train"] for x in (h, t)}
     for name in names:
-        for number, (_, r, _) in enumerate(out[name], 1):
+        for number, (h, r, t) in enumerate(out[name], 1):
+            where = f"{os.path.join(raw_dir, name + '.txt')}: triple {number}"
             if r not in allowed:
-                raise ValueError(f"{os.path.join(raw_dir, name + '.txt')}: triple {number} has "
-                                 f"the unknown relation {r!r}")
+                raise ValueError(f"{where} has the unknown relation {r!r}")
+            unknown = [x for x in (h, t) if x not in entities]
+            if known_entities and unknown:
+                raise ValueError(f"{where} has the entity {unknown[0]!r}, which no training "
+                                 f"triple has")
     return out, known
+
+
+def index_triples(rows: Dict[str, List[Tuple[str, str, str]]], relations: Sequence[str]
+                  ) -> Tuple[Triples, List[str]]:
+    """Integer triples of the three splits and the entity names (in order of appearance)."""
+    entity_id: Dict[str, int] = {}
+    relation_id = {r: i for i, r in enumerate(relations)}
+    out = []
+    for name in ("train", "valid", "test"):
+        ids = [(entity_id.setdefault(h, len(entity_id)), relation_id[r],
+                entity_id.setdefault(t, len(entity_id))) for h, r, t in rows[name]]
+        out.append(torch.tensor(ids, dtype=torch.long).view(-1, 3))
+    return Triples(*out), list(entity_id)
 
 
 @register("wn18rr", KGTask, "WordNet18RR through PyG's WordNet18RR (40,943 entities, 11 "
@@ -514,3 +564,78 @@ def fb15k_237(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTas
     num_relations = int(torch.cat([t[:, 1] for t in triples]).max()) + 1
     return KGTask("fb15k-237", Triples(*triples), splits[0].num_nodes, num_relations,
                   quick=bool(extra.get("quick")))
+
+
+REGIONS = ("africa", "americas", "asia", "europe", "oceania")
+
+
+class CountriesTask(KGTask):
+    """Countries S1-S3 (Bouchard et al. 2015): ``locatedin(country, ?)`` for the held-out
+    countries, ranked over the five regions; AUC-PR over all (country, region) pairs, as NTP,
+    NeuralLP, MINERVA and CTP report it. Training as for the other knowledge graphs."""
+    metric = "AUC-PR"
+    columns = ()
+    percent = True
+    budget = (100, 20)
+
+    def __init__(self, name: str, triples: Triples, entities: List[str], relations: List[str],
+                 quick: bool = False):
+        super().__init__(name, triples, len(entities), len(relations), quick=quick,
+                         val_queries=0)
+        self.test_queries = None
+        missing = [r for r in REGIONS if r not in entities]
+        if missing or "locatedin" not in relations:
+            raise ValueError(f"{name}: not a Countries split (missing {missing or 'locatedin'})")
+        self.regions = torch.tensor([entities.index(r) for r in REGIONS])
+        self.locatedin = relations.index("locatedin")
+
+    @classmethod
+    def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
+        return (3, 1) if extra.get("quick") else cls.budget
+
+    def eval_queries(self, split: str) -> Tensor:
+        triples = self.triples.valid if split == "val" else self.triples.test
+        if not bool((triples[:, 1] == self.locatedin).all()):
+            raise ValueError(f"{self.name}: {split} triples must all be locatedin")
+        return triples
+
+    def batch_metrics(self, entity: Tensor, relation: Tensor, answer: Tensor,
+                      scores: Tensor) -> Any:
+        regions = self.regions.to(scores.device)
+        truth = answer.view(-1, 1) == regions.view(1, -1)
+        if not bool(truth.any(dim=1).all()):
+            raise ValueError(f"{self.name}: an answer is not one of the regions {REGIONS}")
+        return scores[:, regions].cpu(), truth.cpu()
+
+    def reduce(self, parts: List[Any]) -> Dict[str, float]:
+        from sklearn.metrics import average_precision_score
+
+        scores = torch.cat([p[0] for p in parts]).view(-1).double().numpy()
+        truth = torch.cat([p[1] for p in parts]).view(-1).numpy()
+        return {"metric": float(average_precision_score(truth, scores))}
+
+    def protocol(self, config: Dict[str, Any]) -> str:
+        return (f"Adam, batches of {self.batch_size} queries of one relation with their own "
+                f"edges taken out of the graph, up to {config['epochs']} epochs, early stopping "
+                f"after {config['patience']} epochs without a better validation AUC-PR; test "
+                f"AUC-PR of locatedin(country, region) over the five regions")
+
+
+def _register_countries(level: int) -> None:
+    hops = {1: "1 hop: a neighbour's or the subregion's region",
+            2: "2 hops: the country's own subregion is hidden too",
+            3: "3 hops: its neighbours' regions are hidden too"}[level]
+
+    @register(f"countries-s{level}", CountriesTask,
+              f"Countries S{level} ({hops}); AUC-PR over (country, region); ships in "
+              f"datasets/kg/countries_S{level}")
+    def load(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> CountriesTask:
+        rows, relations = read_triples(os.path.join(root, "kg", f"countries_S{level}"),
+                                       known_entities=True)
+        triples, entities = index_triples(rows, relations)
+        return CountriesTask(f"countries-s{level}", triples, entities, relations,
+                             quick=bool(extra.get("quick")))
+
+
+for _level in (1, 2, 3):
+    _register_countries(_level)
