@@ -234,6 +234,7 @@ def test_fit_reports_the_test_metrics_of_the_best_validation_epoch():
     from qgfd_pyg.bench.train import fit
 
     val_by_epoch = {1: 0.5, 2: 0.9, 3: 0.7, 4: 0.6, 5: 0.95}
+    progress_seen = []
 
     class Scripted(Experiment):
         def __init__(self):
@@ -241,6 +242,7 @@ def test_fit_reports_the_test_metrics_of_the_best_validation_epoch():
             torch.nn.init.zeros_(self.model.weight)
 
         def train_epoch(self):
+            progress_seen.append(self.progress)
             with torch.no_grad():
                 self.model.weight += 1.0
             return 1.0 / float(self.model.weight)
@@ -263,6 +265,9 @@ def test_fit_reports_the_test_metrics_of_the_best_validation_epoch():
         (2, 0.9, 20.0, -2)
     assert record["train_loss"] == 0.5 and record["params"] == 1
     assert fit(ScriptedTask(), "x", 0, {}, 5, 5, torch.device("cpu"))["test"] == 50.0
+    assert not any(progress_seen)  # the experiment draws its own bars only with progress
+    fit(ScriptedTask(), "x", 0, {}, 1, 1, torch.device("cpu"), progress=True)
+    assert progress_seen[-1] is True
 
 
 @pytest.mark.parametrize("name", ["cora", "citeseer"])

@@ -304,3 +304,23 @@ def test_countries_end_to_end_and_unknown_entities(tmp_path, capsys):
     assert cli.main(["countries-s1", "--root", str(tmp_path), "--out", out] + SHORT) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'atlantis'" in err[0] and "test.txt" in err[0]
+
+
+def test_kg_epochs_draw_batch_bars_only_with_progress(tmp_path, monkeypatch):
+    import tqdm
+
+    drawn = []
+
+    class Bar(list):
+        def __init__(self, iterable, **kwargs):
+            drawn.append(kwargs.get("unit"))
+            super().__init__(iterable)
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    task = load_task("wn18rr", _kg_root(tmp_path), extra={"quick": True})
+    experiment = task.setup("distmult", 0, task.models["distmult"].options, torch.device("cpu"))
+    experiment.train_epoch()
+    assert drawn == []
+    experiment.progress = True
+    experiment.train_epoch()
+    assert drawn == ["batch"]

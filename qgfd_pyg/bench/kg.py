@@ -445,7 +445,12 @@ class KGExperiment(Experiment):
     def train_epoch(self) -> float:
         self.model.train()
         total, count = 0.0, 0
-        for idx in self.batches():
+        batches = self.batches()
+        if self.progress:
+            from tqdm import tqdm
+            batches = tqdm(batches, desc=f"{self.name} epoch", leave=False, mininterval=0.5,
+                           unit="batch")
+        for idx in batches:
             e, q, a = self.train[idx].unbind(1)
             self.optimizer.zero_grad()
             if isinstance(self.model, PyGKGE):  # its own loss on the batch's triples

@@ -26,9 +26,11 @@ class Experiment(ABC):
 
     The shared fit loop (:func:`qgfd_pyg.bench.train.fit`) calls :meth:`train_epoch` and
     :meth:`evaluate` ``("val")`` once per epoch, keeps the parameters of the best validation
-    epoch and finally reports :meth:`evaluate` ``("test")`` with them.
+    epoch and finally reports :meth:`evaluate` ``("test")`` with them. ``progress`` is set
+    when progress bars are drawn (for kinds whose epochs are long enough to need their own).
     """
     model: Module
+    progress: bool = False
 
     @abstractmethod
     def train_epoch(self) -> float:

@@ -54,6 +54,7 @@ def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_e
     """
     seed_everything(seed)
     experiment = task.setup(model_name, seed, options, device)
+    experiment.progress = progress
     model = experiment.model
     memory = PeakMemory(device)
     memory.reset()
