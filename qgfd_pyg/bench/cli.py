@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the finished runs of an earlier, interrupted sweep")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they are drawn only on a terminal anyway)")
+    parser.add_argument("--kg", default=None,
+                        help="path-qa: the knowledge graph questions come from (kinship, "
+                             "nations, umls, wn18rr; default kinship)")
     parser.add_argument("--quick", action="store_true",
                         help="knowledge-graph tasks: a short budget (for tests and smoke runs)")
     qgfd = parser.add_argument_group(
@@ -59,7 +62,8 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         seeds=args.seeds, epochs=args.epochs,
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
-        dataset=args.dataset, extra={"quick": True} if args.quick else {},
+        dataset=args.dataset,
+        extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg)) if v},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)
               if getattr(args, o.name) is not None},
         command="python -m qgfd_pyg.bench " + " ".join(map(shlex.quote, argv)))

@@ -487,12 +487,13 @@ class KGExperiment(Experiment):
 
 
 def read_triples(raw_dir: str, relations: Optional[Sequence[str]] = None,
-                 known_entities: bool = False
+                 known_entities: bool = False, columns: str = "hrt"
                  ) -> Tuple[Dict[str, List[Tuple[str, str, str]]], List[str]]:
     """Reads ``train/valid/test.txt`` (tab-separated head, relation, tail) and checks them:
     three fields per line, every relation of valid/test known from train (or from
     ``relations``) and, with ``known_entities``, every entity of valid/test seen in train; a
-    ValueError naming the file and line otherwise."""
+    ValueError naming the file and line otherwise. ``columns`` is the files' column order
+    (``"hrt"``, or ``"rht"`` as kinship and nations ship)."""
     names = ("train", "valid", "test")
     missing = [f"{n}.txt" for n in names if not os.path.isfile(os.path.join(raw_dir, f"{n}.txt"))]
     if missing:
@@ -511,7 +512,8 @@ def read_triples(raw_dir: str, relations: Optional[Sequence[str]] = None,
                 if len(fields) != 3 or not all(x.strip() for x in fields):
                     raise ValueError(f"{path}:{number}: expected 3 tab-separated fields "
                                      f"(head, relation, tail), got {len(fields)}")
-                rows.append(tuple(x.strip() for x in fields))
+                fields = dict(zip(columns, (x.strip() for x in fields), strict=True))
+                rows.append((fields["h"], fields["r"], fields["t"]))
         out[name] = rows
     known = list(relations) if relations is not None else sorted({r for _, r, _ in out["train"]})
     allowed = set(known)

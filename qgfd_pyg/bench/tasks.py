@@ -157,3 +157,4 @@ def _import_kinds() -> None:
     from . import node  # noqa: F401
     from . import link  # noqa: F401
     from . import kg  # noqa: F401
+    from . import qa  # noqa: F401
