@@ -58,11 +58,13 @@ def kernel_coefficients(kernel: str, steps: int, alpha: float = 0.85,
 def _num_nodes(transition: Transition) -> int:
     if isinstance(transition, SparseTensor):
         rows, cols = transition.sparse_sizes()
-    elif isinstance(transition, Tensor) and transition.dim() == 2:
-        rows, cols = transition.shape
+    elif isinstance(transition, Tensor) and (transition.dim() == 2 or (
+            transition.dim() == 3 and transition.layout == torch.strided)):
+        rows, cols = transition.shape[-2:]
     else:
-        raise ValueError(f"transition must be a SparseTensor or an [N, N] tensor "
-                         f"(got {getattr(transition, 'shape', type(transition).__name__)})")
+        raise ValueError(f"transition must be a SparseTensor, an [N, N] tensor or a dense "
+                         f"[B, N, N] batch (got "
+                         f"{getattr(transition, 'shape', type(transition).__name__)})")
     if rows != cols:
         raise ValueError(f"transition must be square (got {rows} x {cols})")
     return rows
@@ -145,8 +147,10 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     forward steps again during the backward pass instead.
 
     Args:
-        values (torch.Tensor): values :math:`V` with the nodes first, ``[N, *]``.
-        transition (SparseTensor or torch.Tensor): row-stochastic :math:`P` ``[N, N]``.
+        values (torch.Tensor): values :math:`V` with the nodes first, ``[N, *]`` (``[B, N, *]``
+            for a batch of transitions).
+        transition (SparseTensor or torch.Tensor): row-stochastic :math:`P` ``[N, N]``, or a
+            dense batch ``[B, N, N]``, one transition per item (e.g. one per query).
         alpha (float): diffusion weight in ``[0, 1]``; ``0`` returns ``values`` unchanged.
         steps (int): number of steps :math:`T \ge 0`.
         tol (float, optional): early-stopping threshold on :math:`\max |Z_{t+1} - Z_t|`.
@@ -157,8 +161,9 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
             ``transition``).
 
     Shapes:
-        - **input:** values :math:`(N, *)`, transition :math:`(N, N)`
-        - **output:** :math:`(N, *)`, and a :class:`DiffusionInfo` if ``return_info``
+        - **input:** values :math:`(N, *)`, transition :math:`(N, N)`; or values
+          :math:`(B, N, *)`, transition :math:`(B, N, N)`
+        - **output:** the shape of the values, and a :class:`DiffusionInfo` if ``return_info``
     """
     alpha = check_alpha(alpha)
     steps = check_steps(steps)
@@ -167,8 +172,14 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     if not isinstance(values, Tensor) or values.dim() < 1:
         raise ValueError("values must be a tensor with the nodes along its first dimension")
     n = _num_nodes(transition)
-    if values.size(0) != n:
-        raise ValueError(f"values have {values.size(0)} rows but the transition is {n} x {n}")
+    batch = transition.shape[:1] if isinstance(transition, Tensor) and transition.dim() == 3 \
+        else ()
+    if batch and (values.dim() < 2 or values.size(0) != batch[0]):
+        raise ValueError(f"a batch of {batch[0]} transitions needs values [{batch[0]}, N, *] "
+                         f"(got {tuple(values.shape)})")
+    if values.size(len(batch)) != n:
+        raise ValueError(f"values have {values.size(len(batch))} rows but the transition is "
+                         f"{n} x {n}")
     theta, tail = kernel_coefficients(kernel, steps, alpha, heat_time)
     if kernel == "ppr" and alpha == 0.0:
         steps = 0  # plain attention: Z = V exactly, no products needed
@@ -176,7 +187,7 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
         return (values, DiffusionInfo()) if return_info else values
 
     shape = values.shape
-    x = values.reshape(n, -1)
+    x = values.reshape(*batch, n, -1)
     track = return_info or tol is not None
     if not needs_value_grad(transition):
         infos: List[DiffusionInfo] = []

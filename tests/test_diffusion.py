@@ -177,3 +177,29 @@ def test_reused_buffers_leave_inputs_alone_and_match_dense():
     (g_dense,) = torch.autograd.grad((diffuse(V, P.to_dense(), 0.9, 9) * G).sum(), V)
     torch.testing.assert_close(g, g_dense)
     assert torch.equal(G, G_before) and torch.equal(V.detach(), V_before)
+
+
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_a_batch_of_dense_transitions_equals_the_p_form_per_item(needs_grad):
+    """One transition per item (e.g. per query): p0_b Z_b equals the dense p-form's
+    p_T,b V_b for every item, values and gradients."""
+    from qgfd_pyg.reference import pform
+
+    torch.manual_seed(3)
+    B, N, d, Lq = 3, 7, 4, 2
+    P = torch.rand(B, N, N, dtype=torch.float64)
+    P = (P * (torch.rand(B, N, N) < 0.5)).add(torch.eye(N)).div_(1.0)
+    P = P / P.sum(-1, keepdim=True)
+    P.requires_grad_(needs_grad)
+    V = torch.randn(B, N, d, dtype=torch.float64, requires_grad=True)
+    p0 = torch.softmax(torch.randn(B, Lq, N, dtype=torch.float64), -1)
+    got = p0 @ diffuse(V, P, alpha=0.7, steps=5)
+    expected = torch.stack([pform(p0[b], P[b], 0.7, 5) @ V[b] for b in range(B)])
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn_like(got)
+    grads = torch.autograd.grad((got * weights).sum(), [V] + ([P] if needs_grad else []))
+    ref = torch.autograd.grad((expected * weights).sum(), [V] + ([P] if needs_grad else []))
+    for a, b in zip(grads, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="batch of 3"):
+        diffuse(torch.randn(N, d, dtype=torch.float64), P.detach())

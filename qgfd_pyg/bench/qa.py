@@ -140,6 +140,8 @@ class PathQGFD(Module):
         dropout: dropout on the question and the read-out.
     """
 
+    dense_up_to = 2048  # entities up to which the transitions are dense [B, N, N]
+
     def __init__(self, num_entities: int, num_relations: int, hidden: int = 64,
                  alpha: float = 0.7, steps: int = 4, dropout: float = 0.1):
         super().__init__()
@@ -180,12 +182,18 @@ class PathQGFD(Module):
             rel = torch.cat([graph.rel, loops.new_full((n,), self.edge_logits.size(1) - 1)])
             mask = (path >= 0).unsqueeze(-1).to(emb.dtype)
             per_question = (self.edge_logits[path.clamp_min(0)] * mask).sum(1)  # [B, 2R+1]
-            offset = (rows * n).view(-1, 1)
-            block_src = (src.view(1, -1) + offset).view(-1)
-            weight = softmax(per_question[:, rel].reshape(-1), block_src, num_nodes=b * n)
-            P = SparseTensor(row=block_src, col=(dst.view(1, -1) + offset).view(-1),
-                             value=weight, sparse_sizes=(b * n, b * n))
-            z = diffuse(values.repeat(b, 1), P, self.alpha, self.steps).view(b, n, -1)
+            weight = softmax(per_question[:, rel], src, num_nodes=n, dim=1)  # [B, E + N]
+            if n <= self.dense_up_to:  # one dense [N, N] transition per question
+                P = values.new_zeros(b, n, n).index_put(
+                    (rows.view(-1, 1).expand_as(weight), src.expand_as(weight),
+                     dst.expand_as(weight)), weight, accumulate=True)
+                z = diffuse(values.expand(b, n, -1), P, self.alpha, self.steps)
+            else:  # a block-diagonal sparse batch
+                offset = (rows * n).view(-1, 1)
+                P = SparseTensor(row=(src.view(1, -1) + offset).view(-1),
+                                 col=(dst.view(1, -1) + offset).view(-1),
+                                 value=weight.reshape(-1), sparse_sizes=(b * n, b * n))
+                z = diffuse(values.repeat(b, 1), P, self.alpha, self.steps).view(b, n, -1)
             read = torch.einsum("bn,bnd->bd", seed, z)
         else:
             read = seed @ values
