@@ -1,0 +1,129 @@
+"""Path questions (MetaQA-style): the generator against hand-made answers, the splits, the
+metrics on hand-made scores, the task end to end, and bad input."""
+import os
+
+import pytest
+import torch
+
+from qgfd_pyg.bench import cli
+from qgfd_pyg.bench.qa import follow, adjacency, generate_questions, load_kg, path_metrics
+from qgfd_pyg.bench.tasks import load_task
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "datasets")
+SHORT = ["--seeds", "1", "--epochs", "2", "--patience", "1", "--no-progress"]
+
+
+def test_two_hop_answers_are_exactly_the_reachable_entities():
+    # 0 -r0-> 1, 0 -r0-> 2, 1 -r1-> 3, 2 -r1-> 4, 2 -r1-> 0, 5 -r1-> 3
+    triples = torch.tensor([[0, 0, 1], [0, 0, 2], [1, 1, 3], [2, 1, 4], [2, 1, 0], [5, 1, 3]])
+    adj = adjacency(triples, 2)
+    assert follow(adj, 0, [0, 1]) == {3, 4, 0}
+    assert follow(adj, 3, [3]) == {1, 5}  # inverse of r1 (relation 1 + 2)
+    assert follow(adj, 3, [3, 2]) == {0}  # 3 <-r1- 1 <-r0- 0
+    assert follow(adj, 4, [0]) == set()
+    questions = generate_questions(triples, 6, 2, per_hop=50, hops=(2,), seed=0)
+    for i in range(questions.anchor.numel()):
+        anchor = int(questions.anchor[i])
+        path = [r for r in questions.path[i].tolist() if r >= 0]
+        assert len(path) == 2 and int(questions.hops[i]) == 2
+        assert questions.answers(i) == sorted(follow(adj, anchor, path) - {anchor})
+    keys = {(int(a), tuple(p.tolist())) for a, p in zip(questions.anchor, questions.path,
+                                                         strict=True)}
+    assert len(keys) == questions.anchor.numel()  # no question twice
+    again = generate_questions(triples, 6, 2, per_hop=50, hops=(2,), seed=0)
+    assert torch.equal(again.path, questions.path)  # deterministic
+    with pytest.raises(ValueError, match="no path questions"):
+        generate_questions(torch.tensor([[0, 0, 0]]), 1, 1, hops=(1,))
+
+
+def test_splits_share_no_question_and_are_fixed_per_seed():
+    task = load_task("path-qa", DATA, extra={"quick": True})
+    splits = task.split(0)
+
+    def keys(q):
+        return {(int(a), tuple(p.tolist())) for a, p in zip(q.anchor, q.path, strict=True)}
+    assert not keys(splits["test"]) & keys(splits["train"])
+    assert not keys(splits["val"]) & keys(splits["train"])
+    total = task.questions.anchor.numel()
+    assert sum(len(keys(s)) for s in splits.values()) == total
+    assert keys(task.split(0)["test"]) == keys(splits["test"]) != keys(task.split(1)["test"])
+
+
+def test_kg_files_are_read_in_their_column_order():
+    train, full, n, r = load_kg(DATA, "kinship")  # relation, head, tail
+    assert (n, r) == (104, 25) and train.size(0) == 8548 and full.size(0) == 10686
+    _, _, n, r = load_kg(DATA, "umls")  # head, relation, tail
+    assert (n, r) == (135, 46)
+    with pytest.raises(ValueError, match="unknown --kg"):
+        load_kg(DATA, "freebase")
+
+
+def test_path_metrics_on_hand_made_scores():
+    scores = torch.tensor([[0.9, 0.5, 0.1, 0.3],
+                           [0.9, 0.5, 0.1, 0.3],
+                           [0.2, 0.2, 0.2, 0.0]])
+    answers = torch.tensor([[True, False, False, False],
+                            [False, False, True, True],   # best answer 0.3: rank 3
+                            [False, True, False, False]])  # tied with two others: rank 2
+    hits, rr = path_metrics(scores, answers)
+    assert hits.tolist() == [1.0, 0.0, 0.0]
+    assert rr.tolist() == pytest.approx([1.0, 1 / 3, 1 / 2])
+
+
+def test_path_qa_end_to_end_and_bad_input(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert cli.main(["path-qa", "--kg", "nations", "--root", DATA, "--out", out, "--quick"]
+                    + SHORT) == 0
+    import json
+    with open(os.path.join(out, "path-qa-nations.json")) as f:
+        result = json.load(f)
+    assert [r["model"] for r in result["summary"]] == ["qgfd", "attention", "gat", "appnp"]
+    for run in result["runs"]:
+        assert 0.0 <= run["test"] <= 1.0
+        assert all(f"mrr_{k}hop" in run for k in (1, 2, 3))
+    before = open(os.path.join(out, "path-qa-nations.json")).read()
+    capsys.readouterr()
+    assert cli.main(["path-qa", "--kg", "nope", "--root", DATA, "--out", out] + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown --kg" in err[0]
+    assert open(os.path.join(out, "path-qa-nations.json")).read() == before
+
+
+def test_path_qgfd_equals_the_dense_computation_on_both_paths():
+    import math
+
+    from qgfd_pyg.bench.kg import KGGraph
+    from qgfd_pyg.bench.qa import PathQGFD
+    n, r = 5, 2
+    train = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [1, 0, 3]])
+    graph = KGGraph.from_triples(train, r)
+    model = PathQGFD(n, r, hidden=6, alpha=0.6, steps=3, dropout=0.0).double().eval()
+    for p in (model.edge_logits, model.out.weight, model.anchor):
+        torch.nn.init.normal_(p)
+    anchor, path = torch.tensor([0, 3]), torch.tensor([[0, 3, -1], [2, -1, -1]])
+    E, W = model.entity.weight, model.relation.weight
+    V = E @ model.value.weight.t()
+    expected = []
+    for a, p in zip(anchor.tolist(), path.tolist(), strict=True):
+        rels = [x for x in p if x >= 0]
+        logits = sum(model.edge_logits[x] for x in rels).detach()
+        P = torch.zeros(n, n, dtype=torch.float64)  # brute force, self loops included
+        for u in range(n):
+            outs = [(v, rho) for s, v, rho in zip(graph.src.tolist(), graph.dst.tolist(),
+                                                   graph.rel.tolist(), strict=True) if s == u]
+            outs.append((u, 2 * r))
+            total = sum(math.exp(float(logits[rho])) for _, rho in outs)
+            for v, rho in outs:
+                P[u, v] += math.exp(float(logits[rho])) / total
+        Z = V
+        for _ in range(3):
+            Z = 0.4 * V + 0.6 * P @ Z
+        q = E[a] * torch.stack([W[x] for x in rels]).prod(0)
+        seed_logits = q @ E.t() / math.sqrt(6)
+        seed_logits[a] += model.anchor
+        read = torch.softmax(seed_logits, -1) @ Z
+        expected.append((q + model.out(read)) @ E.t())
+    expected = torch.stack(expected)
+    torch.testing.assert_close(model(anchor, path, graph), expected)
+    model.dense_up_to = 0  # the block-diagonal sparse path
+    torch.testing.assert_close(model(anchor, path, graph), expected)
