@@ -97,9 +97,10 @@ def needs_value_grad(transition: Transition) -> bool:
 def spmm(transition: Transition, x: Tensor, transpose: bool = False,
          out: Optional[Tensor] = None) -> Tensor:
     """``P @ x`` (or ``P^T @ x``) for a SparseTensor, torch sparse or dense ``[N, N]`` ``P``
-    and ``x`` of shape ``[N, d]`` (or a dense batch: ``P`` ``[B, N, N]``, ``x`` ``[B, N, d]``). ``out``, a spare ``[N, d]`` tensor that nothing else uses,
-    may be written and returned instead of a new tensor (the numba routine does: a fresh
-    output costs its page faults, about a fifth of a product at 10^6 nodes)."""
+    and ``x`` of shape ``[N, d]`` (or a dense batch: ``P`` ``[B, N, N]``, ``x``
+    ``[B, N, d]``). ``out``, a spare ``[N, d]`` tensor that nothing else uses, may be written
+    and returned instead of a new tensor (the numba routine does: a fresh output costs its
+    page faults, about a fifth of a product at 10^6 nodes)."""
     if x.size(-1) == 0:  # torch_sparse divides by the width
         return x.new_zeros(x.shape)
     if isinstance(transition, SparseTensor):
