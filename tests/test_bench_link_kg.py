@@ -324,3 +324,15 @@ def test_kg_epochs_draw_batch_bars_only_with_progress(tmp_path, monkeypatch):
     experiment.progress = True
     experiment.train_epoch()
     assert drawn == ["batch"]
+
+
+def test_list_shows_every_task_once_under_its_kind(capsys):
+    from qgfd_pyg.bench.tasks import task_names
+
+    assert cli.main(["--list"]) == 0
+    text = capsys.readouterr().out
+    for kind in ("node", "link", "kg", "qa"):
+        assert text.count(f"{kind} tasks:") == 1 and text.count(f"models ({kind}):") == 1
+    for name in task_names():
+        assert sum(line.split()[0] == name for line in text.splitlines() if line.strip()) == 1
+    assert text.index("countries-s3") < text.index("qa tasks:")

@@ -72,12 +72,16 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
 def list_tasks() -> str:
     task_names()  # registers every kind's tasks
     lines = []
-    for kind in dict.fromkeys(entry.kind for entry in TASKS.values()):
-        lines += [f"{kind.kind} tasks:"] + [f"  {name:<14} {entry.description}"
-                                            for name, entry in TASKS.items() if entry.kind is kind]
-        lines += [f"  models ({kind.kind}):"] + [
-            f"    {name:<12} lr={s.lr}, weight_decay={s.weight_decay}, {s.options} ({s.source})"
-            for name, s in kind.models.items()]
+    kinds = {}  # kind name -> its first Task class (countries share the kg kind's table)
+    for entry in TASKS.values():
+        kinds.setdefault(entry.kind.kind, entry.kind)
+    for name, kind in kinds.items():
+        lines += [f"{name} tasks:"] + [f"  {task:<14} {entry.description}"
+                                       for task, entry in TASKS.items()
+                                       if entry.kind.kind == name]
+        lines += [f"  models ({name}):"] + [
+            f"    {model:<12} lr={s.lr}, weight_decay={s.weight_decay}, {s.options} ({s.source})"
+            for model, s in kind.models.items()]
     return "\n".join(lines)
 
 
