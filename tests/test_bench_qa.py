@@ -127,3 +127,55 @@ def test_path_qgfd_equals_the_dense_computation_on_both_paths():
     torch.testing.assert_close(model(anchor, path, graph), expected)
     model.dense_up_to = 0  # the block-diagonal sparse path
     torch.testing.assert_close(model(anchor, path, graph), expected)
+
+
+def _write_metaqa(folder, extra_test_line=""):
+    folder.mkdir(parents=True, exist_ok=True)
+    kb = ["Top Hat|directed_by|Mark Sandrich", "Top Hat|starred_actors|Ginger Rogers",
+          "Kitty Foyle|starred_actors|Ginger Rogers", "Kitty Foyle|directed_by|Sam Wood",
+          "Our Town|directed_by|Sam Wood", "Swing Time|starred_actors|Ginger Rogers",
+          "Swing Time|directed_by|George Stevens"]
+    (folder / "kb.txt").write_text("\n".join(kb) + "\n")
+    train = ["what movies did [Ginger Rogers] act in\tTop Hat|Kitty Foyle|Swing Time",
+             "who directed [Top Hat]\tMark Sandrich", "who directed [Our Town]\tSam Wood",
+             "who directed [Swing Time]\tGeorge Stevens"]
+    (folder / "qa_train.txt").write_text("\n".join(train) + "\n")
+    (folder / "qa_dev.txt").write_text("who directed [Kitty Foyle]\tSam Wood\n")
+    (folder / "qa_test.txt").write_text("which films star [Ginger Rogers]\tTop Hat|Kitty Foyle|"
+                                        "Swing Time\n" + extra_test_line)
+
+
+def test_metaqa_layout_is_read_and_runs(tmp_path, capsys):
+    from qgfd_pyg.bench.qa import read_metaqa
+
+    _write_metaqa(tmp_path / "metaqa")
+    task = read_metaqa(str(tmp_path / "metaqa"))
+    assert (task.num_entities, task.num_relations) == (8, 2)
+    train = task.split(0)["train"]
+    # entities numbered in kb order: Top Hat 0, Mark Sandrich 1, Ginger Rogers 2, Kitty Foyle 3
+    assert train.anchor.tolist()[:2] == [2, 0]
+    assert train.answers(0) == [0, 3, 6] and train.answers(1) == [1]
+    words = train.path[0][train.path[0] >= 0].tolist()
+    assert len(words) == 6 and len(set(words)) == 6  # what movies did <e> act in
+    test = task.split(0)["test"]
+    assert 0 in test.path[0].tolist()  # "which", "films", "star" unseen in training: <unk>
+    out = str(tmp_path / "out")
+    argv = ["path-qa", "--metaqa", str(tmp_path / "metaqa"), "--out", out] + SHORT
+    assert cli.main(argv) == 0
+    import json
+    with open(os.path.join(out, "path-qa-metaqa.json")) as f:
+        assert len(json.load(f)["runs"]) == 4
+
+
+@pytest.mark.parametrize("line,message", [
+    ("who directed Top Hat\tMark Sandrich\n", "expected 'question with [anchor]"),
+    ("who directed [Top Hat]\n", "expected 'question with [anchor]"),
+    ("who directed [Top Hat]\tNobody Known\n", "'Nobody Known' is not in kb.txt")])
+def test_malformed_metaqa_lines_are_one_line_exit_2(tmp_path, capsys, line, message):
+    _write_metaqa(tmp_path / "metaqa", line)
+    capsys.readouterr()
+    assert cli.main(["path-qa", "--metaqa", str(tmp_path / "metaqa"), "--out",
+                     str(tmp_path / "out")] + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "qa_test.txt:2" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kg", default=None,
                         help="path-qa: the knowledge graph questions come from (kinship, "
                              "nations, umls, wn18rr; default kinship)")
+    parser.add_argument("--metaqa", default=None,
+                        help="path-qa: a folder with MetaQA's kb.txt and qa_{train,dev,test}.txt")
     parser.add_argument("--quick", action="store_true",
                         help="knowledge-graph tasks: a short budget (for tests and smoke runs)")
     qgfd = parser.add_argument_group(
@@ -63,7 +65,8 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
         dataset=args.dataset,
-        extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg)) if v},
+        extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg),
+                                 ("metaqa", args.metaqa)) if v},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)
               if getattr(args, o.name) is not None},
         command="python -m qgfd_pyg.bench " + " ".join(map(shlex.quote, argv)))

@@ -138,23 +138,28 @@ class PathQGFD(Module):
         alpha: diffusion weight in ``[0, 1]`` (``0``: one-hop attention, no diffusion).
         steps: diffusion steps ``T``.
         dropout: dropout on the question and the read-out.
+        vocab: size of the question vocabulary when questions are token ids (MetaQA) rather
+            than relation paths.
     """
 
     dense_up_to = 2048  # entities up to which the transitions are dense [B, N, N]
 
     def __init__(self, num_entities: int, num_relations: int, hidden: int = 64,
-                 alpha: float = 0.7, steps: int = 4, dropout: float = 0.1):
+                 alpha: float = 0.7, steps: int = 4, dropout: float = 0.1,
+                 vocab: Optional[int] = None):
         super().__init__()
         if not 0.0 <= alpha <= 1.0 or steps < 0 or hidden < 1:
             raise ValueError(f"need 0 <= alpha <= 1, steps >= 0, hidden >= 1 (got alpha={alpha},"
                              f" steps={steps}, hidden={hidden})")
         self.alpha, self.steps, self.dropout = alpha, steps, dropout
         self.entity = Embedding(num_entities, hidden)
-        self.relation = Embedding(2 * num_relations, hidden)
+        # the question's words: its relations (path-qa) or its tokens (MetaQA, vocab)
+        self.relation = Embedding(vocab or 2 * num_relations, hidden)
         self.value = Linear(hidden, hidden, bias=False)
         self.out = Linear(hidden, hidden, bias=False)
         self.anchor = Parameter(torch.empty(()))
-        self.edge_logits = Parameter(torch.empty(2 * num_relations, 2 * num_relations + 1))
+        self.edge_logits = Parameter(torch.empty(vocab or 2 * num_relations,
+                                                 2 * num_relations + 1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -204,10 +209,11 @@ class PathQGFD(Module):
 class EncoderPathScorer(Module):
     """Entity embeddings through a graph encoder, then the DistMult path scorer."""
 
-    def __init__(self, encoder: Module, num_entities: int, num_relations: int, hidden: int):
+    def __init__(self, encoder: Module, num_entities: int, num_relations: int, hidden: int,
+                 vocab: Optional[int] = None):
         super().__init__()
         self.entity = Embedding(num_entities, hidden)
-        self.relation = Embedding(2 * num_relations, hidden)
+        self.relation = Embedding(vocab or 2 * num_relations, hidden)
         self.encoder = encoder
         torch.nn.init.xavier_uniform_(self.entity.weight)
         torch.nn.init.normal_(self.relation.weight, 1.0, 0.1)
@@ -218,13 +224,13 @@ class EncoderPathScorer(Module):
 
 
 def _encoder(kind: str, num_entities: int, num_relations: int, hidden: int = 64,
-             **options) -> EncoderPathScorer:
+             vocab: Optional[int] = None, **options) -> EncoderPathScorer:
     if kind == "gat":
         heads = options.pop("heads", 4)
         net = GAT(hidden, hidden, hidden=hidden // heads, heads=heads, **options)
     else:
         net = APPNPNet(hidden, hidden, hidden=hidden, cached=True, **options)
-    return EncoderPathScorer(net, num_entities, num_relations, hidden)
+    return EncoderPathScorer(net, num_entities, num_relations, hidden, vocab)
 
 
 _SAME = "64 dimensions, batches of 128 questions"
@@ -251,6 +257,7 @@ class PathQATask(Task):
     columns = tuple((f"{m}_{k}hop", f"{label} {k}-hop") for k in (1, 2, 3)
                     for m, label in (("hits@1", "Hits@1"), ("mrr", "MRR"))) + (("mrr", "MRR"),)
     budget = (200, 20)
+    vocab: Optional[int] = None  # token vocabulary of text questions (MetaQA)
 
     def __init__(self, name: str, graph_triples: Tensor, questions: Questions,
                  num_entities: int, num_relations: int, quick: bool = False,
@@ -317,7 +324,8 @@ class PathQAExperiment(Experiment):
                  device: torch.device):
         self.task, self.device, self.name = task, device, model
         spec = task.models[model]
-        self.model = spec.build(task.num_entities, task.num_relations, **options).to(device)
+        self.model = spec.build(task.num_entities, task.num_relations, vocab=task.vocab,
+                                **options).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr,
                                           weight_decay=spec.weight_decay)
         self.graph = KGGraph.from_triples(task.graph_triples.to(device), task.num_relations)
@@ -380,10 +388,102 @@ def load_kg(root: str, name: str) -> Tuple[Tensor, Tensor, int, int]:
 @register("path-qa", PathQATask,
           "MetaQA-style k-hop path questions (k = 1, 2, 3) generated from --kg KG "
           "(kinship, nations, umls, wn18rr; default kinship); answers in the full graph, "
-          "models see the training graph; Hits@1 and MRR per hop")
+          "models see the training graph; Hits@1 and MRR per hop; --metaqa DIR reads "
+          "MetaQA's kb.txt and qa_{train,dev,test}.txt instead")
 def path_qa(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> PathQATask:
+    if extra.get("metaqa"):
+        return read_metaqa(extra["metaqa"], quick=bool(extra.get("quick")))
     name = extra.get("kg") or "kinship"
     train, full, n, r = load_kg(root, name)
     quick = bool(extra.get("quick"))
     questions = generate_questions(full, n, r, per_hop=60 if quick else 1000)
     return PathQATask(f"path-qa-{name}", train, questions, n, r, quick=quick)
+
+
+class MetaQATask(PathQATask):
+    """MetaQA's own layout: ``kb.txt`` (``head|relation|tail``) and
+    ``qa_{train,dev,test}.txt`` (a question with its anchor in ``[brackets]``, a tab, the
+    answers joined by ``|``). A question is its anchor and its words (the anchor's replaced
+    by ``<e>``), which take the place of the relation path in the same models; the files'
+    splits are used as they are."""
+
+    def __init__(self, name: str, graph_triples: Tensor, splits: Dict[str, Questions],
+                 num_entities: int, num_relations: int, vocab: int, quick: bool = False):
+        everything = splits["train"]
+        super().__init__(name, graph_triples, everything, num_entities, num_relations, quick)
+        self.fixed, self.vocab = splits, vocab
+
+    def split(self, seed: int) -> Dict[str, Questions]:
+        return self.fixed
+
+    def protocol(self, config: Dict[str, Any]) -> str:
+        return super().protocol(config).replace("questions split 80/10/10 per seed",
+                                                "MetaQA's train/dev/test files")
+
+
+def _tokens(text: str) -> List[str]:
+    return [w for w in "".join(c.lower() if c.isalnum() else " " for c in text).split()]
+
+
+def read_metaqa(folder: str, quick: bool = False) -> MetaQATask:
+    """Reads MetaQA's ``kb.txt`` and ``qa_{train,dev,test}.txt`` from ``folder``; a
+    ValueError naming the file and line for a malformed line or an entity the KB lacks."""
+    from .data import MissingData
+
+    files = ["kb.txt"] + [f"qa_{s}.txt" for s in ("train", "dev", "test")]
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise MissingData(f"MetaQA not found: {folder} lacks {', '.join(missing)}; put "
+                          f"MetaQA's kb.txt and qa_*.txt there (nothing is downloaded)")
+    entity: Dict[str, int] = {}
+    relation: Dict[str, int] = {}
+    triples = []
+    path = os.path.join(folder, "kb.txt")
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("|")
+            if len(fields) != 3 or not all(x.strip() for x in fields):
+                raise ValueError(f"{path}:{number}: expected head|relation|tail")
+            h, r, t = (x.strip() for x in fields)
+            triples.append((entity.setdefault(h, len(entity)),
+                            relation.setdefault(r, len(relation)),
+                            entity.setdefault(t, len(entity))))
+    words: Dict[str, int] = {"<unk>": 0}
+    splits = {}
+    for split, file in (("train", "qa_train.txt"), ("val", "qa_dev.txt"),
+                        ("test", "qa_test.txt")):
+        path = os.path.join(folder, file)
+        rows = []
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                question, tab, answers = line.rstrip("\n").partition("\t")
+                start, end = question.find("["), question.find("]")
+                if not tab or start < 0 or end < start or not answers.strip():
+                    raise ValueError(f"{path}:{number}: expected 'question with [anchor]<TAB>"
+                                     f"answer|answer...'")
+                names = [question[start + 1:end].strip()] + [
+                    a.strip() for a in answers.split("|") if a.strip()]
+                unknown = [x for x in names if x not in entity]
+                if unknown:
+                    raise ValueError(f"{path}:{number}: entity {unknown[0]!r} is not in kb.txt")
+                tokens = _tokens(question[:start]) + ["<e>"] + _tokens(question[end + 1:])
+                ids = [words.setdefault(w, len(words)) if split == "train" else
+                       words.get(w, 0) for w in tokens]
+                rows.append((entity[names[0]], ids, sorted({entity[a] for a in names[1:]})))
+        if not rows:
+            raise ValueError(f"{path}: no questions")
+        if quick:
+            rows = rows[:200]
+        length = max(len(ids) for _, ids, _ in rows)
+        splits[split] = Questions(
+            torch.tensor([a for a, _, _ in rows]),
+            torch.tensor([ids + [-1] * (length - len(ids)) for _, ids, _ in rows]),
+            torch.zeros(len(rows), dtype=torch.long),
+            torch.tensor([0] + [len(a) for _, _, a in rows]).cumsum(0),
+            torch.tensor([x for _, _, a in rows for x in a], dtype=torch.long))
+    return MetaQATask("path-qa-metaqa", torch.tensor(triples).view(-1, 3), splits, len(entity),
+                      len(relation), len(words), quick=quick)
