@@ -336,3 +336,15 @@ def test_list_shows_every_task_once_under_its_kind(capsys):
     for name in task_names():
         assert sum(line.split()[0] == name for line in text.splitlines() if line.strip()) == 1
     assert text.index("countries-s3") < text.index("qa tasks:")
+
+
+@pytest.mark.parametrize("model", ["qgfd", "distmult"])
+def test_kg_training_epochs_step_the_optimiser_and_lower_the_loss(tmp_path, model):
+    task = load_task("wn18rr", _kg_root(tmp_path))
+    task.batch_size = 16
+    experiment = task.setup(model, 0, task.models[model].options, torch.device("cpu"))
+    before = [p.detach().clone() for p in experiment.model.parameters()]
+    losses = [experiment.train_epoch() for _ in range(15)]
+    assert any(not torch.equal(a, b) for a, b in zip(before, experiment.model.parameters(),
+                                                     strict=True))
+    assert losses[-1] < 0.9 * losses[0], losses

@@ -39,7 +39,7 @@ from ..diffusion import diffuse
 from .data import MissingData
 from .metrics import ranking
 from .models import GAT, APPNPNet, ModelSpec
-from .tasks import Experiment, Task, register
+from .tasks import MiniBatchExperiment, Task, register
 
 
 class Triples(NamedTuple):
@@ -416,7 +416,7 @@ class KGTask(Task):
                 + ("; --quick budget" if self.quick else ""))
 
 
-class KGExperiment(Experiment):
+class KGExperiment(MiniBatchExperiment):
     def __init__(self, task: KGTask, model: str, seed: int, options: Dict[str, Any],
                  device: torch.device):
         self.task, self.device, self.name = task, device, model
@@ -442,29 +442,18 @@ class KGExperiment(Experiment):
         out = [out[i] for i in torch.randperm(len(out)).tolist()]
         return out[:self.task.train_batches] if self.task.train_batches else out
 
-    def train_epoch(self) -> float:
-        self.model.train()
-        total, count = 0.0, 0
-        batches = self.batches()
-        if self.progress:
-            from tqdm import tqdm
-            batches = tqdm(batches, desc=f"{self.name} epoch", leave=False, mininterval=0.5,
-                           unit="batch")
-        for idx in batches:
-            e, q, a = self.train[idx].unbind(1)
-            self.optimizer.zero_grad()
-            if isinstance(self.model, PyGKGE):  # its own loss on the batch's triples
-                r = self.task.num_relations
-                inverse = q >= r
-                head, tail = torch.where(inverse, a, e), torch.where(inverse, e, a)
-                loss = self.model.kge.loss(head, q % r, tail)
-            else:
-                graph = self.graph.without(self.train_ids[idx])
-                loss = F.cross_entropy(self.model(e, q, graph), a)
-            loss.backward()
-            self.optimizer.step()
-            total, count = total + float(loss.detach()) * idx.numel(), count + idx.numel()
-        return total / max(count, 1)
+    def train_batches(self) -> List[Tensor]:
+        return self.batches()
+
+    def batch_loss(self, idx: Tensor) -> Tensor:
+        e, q, a = self.train[idx].unbind(1)
+        if isinstance(self.model, PyGKGE):  # its own loss on the batch's triples
+            r = self.task.num_relations
+            inverse = q >= r
+            head, tail = torch.where(inverse, a, e), torch.where(inverse, e, a)
+            return self.model.kge.loss(head, q % r, tail)
+        graph = self.graph.without(self.train_ids[idx])
+        return F.cross_entropy(self.model(e, q, graph), a)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:

@@ -30,7 +30,7 @@ from torch_sparse import SparseTensor
 from ..diffusion import diffuse
 from .kg import KGGraph, index_triples, read_triples
 from .models import GAT, APPNPNet, ModelSpec
-from .tasks import Experiment, Task, register
+from .tasks import MiniBatchExperiment, Task, register
 
 MAX_HOPS = 3
 # name -> (folder under --root, column order of its files)
@@ -319,7 +319,7 @@ def path_metrics(scores: Tensor, answers: Tensor) -> Tuple[Tensor, Tensor]:
     return (rank == 1).double(), 1.0 / rank
 
 
-class PathQAExperiment(Experiment):
+class PathQAExperiment(MiniBatchExperiment):
     def __init__(self, task: PathQATask, model: str, seed: int, options: Dict[str, Any],
                  device: torch.device):
         self.task, self.device, self.name = task, device, model
@@ -337,21 +337,16 @@ class PathQAExperiment(Experiment):
         batches = list(order.split(self.task.batch_size))
         return batches[:4] if self.task.quick and shuffle else batches
 
-    def train_epoch(self) -> float:
-        self.model.train()
+    def train_batches(self) -> List[Tensor]:
+        return self._batches(self.splits["train"], shuffle=True)
+
+    def batch_loss(self, idx: Tensor) -> Tensor:
         questions = self.splits["train"]
-        total, count = 0.0, 0
-        for idx in self._batches(questions, shuffle=True):
-            target = answer_mask(questions, idx, self.task.num_entities).to(self.device)
-            target = target.double() / target.sum(1, keepdim=True)
-            self.optimizer.zero_grad()
-            scores = self.model(questions.anchor[idx].to(self.device),
-                                questions.path[idx].to(self.device), self.graph)
-            loss = -(target.to(scores.dtype) * scores.log_softmax(-1)).sum(1).mean()
-            loss.backward()
-            self.optimizer.step()
-            total, count = total + float(loss.detach()) * idx.numel(), count + idx.numel()
-        return total / max(count, 1)
+        target = answer_mask(questions, idx, self.task.num_entities).to(self.device)
+        target = target.double() / target.sum(1, keepdim=True)
+        scores = self.model(questions.anchor[idx].to(self.device),
+                            questions.path[idx].to(self.device), self.graph)
+        return -(target.to(scores.dtype) * scores.log_softmax(-1)).sum(1).mean()
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:

@@ -60,6 +60,35 @@ class FullBatchExperiment(Experiment):
         return float(loss.detach())
 
 
+class MiniBatchExperiment(Experiment):
+    """Several optimiser steps per epoch, one per batch of training items (KG queries,
+    questions); a batch bar is drawn when ``progress`` is set."""
+    optimizer: torch.optim.Optimizer
+
+    @abstractmethod
+    def train_batches(self) -> List[Tensor]:
+        """This epoch's batches: index tensors into the training items."""
+
+    @abstractmethod
+    def batch_loss(self, idx: Tensor) -> Tensor:
+        """The mean loss of one batch, with the model in training mode."""
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        batches = self.train_batches()
+        if self.progress:
+            from tqdm import tqdm
+            batches = tqdm(batches, desc="epoch", leave=False, mininterval=0.5, unit="batch")
+        total, count = 0.0, 0
+        for idx in batches:
+            self.optimizer.zero_grad()
+            loss = self.batch_loss(idx)
+            loss.backward()
+            self.optimizer.step()
+            total, count = total + float(loss.detach()) * idx.numel(), count + idx.numel()
+        return total / max(count, 1)
+
+
 class Task(ABC):
     """A loaded task of one kind.
 
