@@ -35,6 +35,7 @@ from torch.nn import Embedding, Linear, Module, Parameter
 from torch_geometric.utils import softmax
 from torch_sparse import SparseTensor
 
+from .._checks import check_alpha, check_positive_int, check_steps
 from ..diffusion import diffuse
 from .data import MissingData
 from .metrics import ranking
@@ -152,10 +153,8 @@ class KGQGFD(Module):
     def __init__(self, num_entities: int, num_relations: int, hidden: int = 128,
                  alpha: float = 0.5, steps: int = 3, dropout: float = 0.0):
         super().__init__()
-        if not 0.0 <= alpha <= 1.0 or steps < 0 or hidden < 1:
-            raise ValueError(f"need 0 <= alpha <= 1, steps >= 0, hidden >= 1 (got alpha={alpha},"
-                             f" steps={steps}, hidden={hidden})")
-        self.alpha, self.steps, self.dropout = alpha, steps, dropout
+        self.alpha, self.steps, self.dropout = check_alpha(alpha), check_steps(steps), dropout
+        hidden = check_positive_int("hidden", hidden)
         self.entity = Embedding(num_entities, hidden)
         self.relation = Embedding(2 * num_relations, hidden)
         self.value = Linear(hidden, hidden, bias=False)
@@ -315,7 +314,8 @@ def _encoder(kind: str, num_entities: int, num_relations: int, hidden: int = 128
 _SAME = "128 dimensions, batches of 512 queries"
 KG_MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(KGQGFD, 0.005, 0.0, dict(hidden=128, alpha=0.5, steps=3, dropout=0.2),
-                      "DistMult seed diffused over a query-conditioned transition; " + _SAME),
+                      "DistMult query read-out of entity values diffused over a query-conditioned "
+                      "transition; " + _SAME),
     "gat": ModelSpec(partial(_encoder, "gat"), 0.005, 0.0,
                      dict(hidden=128, heads=4, dropout=0.2), "GAT encoder + DistMult; " + _SAME),
     "appnp": ModelSpec(partial(_encoder, "appnp"), 0.005, 0.0,
@@ -369,13 +369,7 @@ class KGTask(Task):
                 "val_queries": self.val_queries, "test_queries": self.test_queries,
                 "train_batches": self.train_batches}
 
-    def check_options(self, model: str, options: Dict[str, Any]) -> None:
-        known = set(self.models[model].options)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"options {unknown} do not apply to the knowledge-graph model "
-                             f"{model!r} (it takes {', '.join(sorted(known))})")
-        self.models[model].build(3, 2, **options)
+    check_options = Task.check_known_options
 
     def setup(self, model: str, seed: int, options: Dict[str, Any],
               device: torch.device) -> "KGExperiment":

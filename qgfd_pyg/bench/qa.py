@@ -27,6 +27,7 @@ from torch.nn import Embedding, Linear, Module, Parameter
 from torch_geometric.utils import softmax
 from torch_sparse import SparseTensor
 
+from .._checks import check_alpha, check_positive_int, check_steps
 from ..diffusion import diffuse
 from .kg import KGGraph, index_triples, read_triples
 from .models import GAT, APPNPNet, ModelSpec
@@ -148,10 +149,8 @@ class PathQGFD(Module):
                  alpha: float = 0.7, steps: int = 4, dropout: float = 0.1,
                  vocab: Optional[int] = None):
         super().__init__()
-        if not 0.0 <= alpha <= 1.0 or steps < 0 or hidden < 1:
-            raise ValueError(f"need 0 <= alpha <= 1, steps >= 0, hidden >= 1 (got alpha={alpha},"
-                             f" steps={steps}, hidden={hidden})")
-        self.alpha, self.steps, self.dropout = alpha, steps, dropout
+        self.alpha, self.steps, self.dropout = check_alpha(alpha), check_steps(steps), dropout
+        hidden = check_positive_int("hidden", hidden)
         self.entity = Embedding(num_entities, hidden)
         # the question's words: its relations (path-qa) or its tokens (MetaQA, vocab)
         self.relation = Embedding(vocab or 2 * num_relations, hidden)
@@ -275,11 +274,7 @@ class PathQATask(Task):
         return {"quick": self.quick, "questions": int(self.questions.anchor.numel()),
                 "batch_size": self.batch_size}
 
-    def check_options(self, model: str, options: Dict[str, Any]) -> None:
-        unknown = sorted(set(options) - set(self.models[model].options))
-        if unknown:
-            raise ValueError(f"options {unknown} do not apply to the path-qa model {model!r}")
-        self.models[model].build(3, 2, **options)
+    check_options = Task.check_known_options
 
     def split(self, seed: int) -> Dict[str, Questions]:
         """80/10/10 of the questions, fixed per seed."""

@@ -124,6 +124,16 @@ class Task(ABC):
             QGFDOptions.merged(options)
         self.models[model].build(4, 2, **options)
 
+    def check_known_options(self, model: str, options: Dict[str, Any]) -> None:
+        """:meth:`check_options` for kinds whose models take only their spec's options: any
+        other name is a ValueError; then the model is built once on a tiny graph."""
+        known = set(self.models[model].options)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"options {unknown} do not apply to the {self.kind} model "
+                             f"{model!r} (it takes {', '.join(sorted(known))})")
+        self.models[model].build(3, 2, **options)
+
     @classmethod
     def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
         """(epochs, patience) where the user sets none; ``extra`` are the kind's options."""
