@@ -11,7 +11,7 @@ from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import add_self_loops as add_loops
 from torch_geometric.utils import coalesce, is_torch_sparse_tensor, remove_self_loops, softmax
-from torch_sparse import SparseTensor
+from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
                       check_positive_float, check_positive_int, check_steps)

@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as recompute
-from torch_sparse import SparseTensor
+from torch_geometric.typing import SparseTensor
 
 from ._checks import check_alpha, check_choice, check_positive_float, check_steps
 from .spmm import Transition, needs_value_grad, spmm

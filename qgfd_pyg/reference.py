@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch_sparse import SparseTensor
+from torch_geometric.typing import SparseTensor
 
 
 def dense_transition(edge_index: Tensor, num_nodes: int, edge_weight: Optional[Tensor] = None,

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_sparse import SparseTensor
+from torch_geometric.typing import SparseTensor
 
 from .diffusion import DiffusionInfo, diffuse
 from .transition import graph_transition, knn_transition

@@ -20,11 +20,13 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_sparse import SparseTensor
-from torch_sparse import matmul as sparse_matmul
+from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
 from . import _numba
 from ._checks import check_choice
+
+if WITH_TORCH_SPARSE:  # a SparseTensor transition exists only where torch-sparse does
+    from torch_sparse import matmul as sparse_matmul
 
 Transition = Union[SparseTensor, Tensor]
 SPMM_BACKENDS = ("auto", "numba", "torch", "torch_sparse")
@@ -36,6 +38,8 @@ def set_spmm_backend(name: str) -> None:
     ``"auto"`` (default), ``"numba"``, ``"torch"`` or ``"torch_sparse"`` (see
     :mod:`qgfd_pyg.spmm`; timings in ``benchmarks/results/perf_spmm.md``)."""
     name = check_choice("backend", name, SPMM_BACKENDS)
+    if name == "torch_sparse" and not WITH_TORCH_SPARSE:
+        raise ValueError("backend 'torch_sparse' needs the torch-sparse package")
     if name == "numba" and _numba.routines() is None:
         raise ValueError("backend 'numba' needs the numba package (pip install qgfd-pyg[fast])")
     _backend["name"] = name
@@ -84,6 +88,16 @@ def _torch_csr(transition: SparseTensor, transpose: bool, dtype: torch.dtype) ->
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(rowptr, col, value.to(dtype), transition.sparse_sizes(),
                                        check_invariants=False)  # built by torch_sparse
+
+
+def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int) -> Transition:
+    """The ``[size, size]`` matrix holding ``value`` at ``(row, col)`` (duplicates add up):
+    a :class:`torch_sparse.SparseTensor` where torch-sparse is installed, else a coalesced
+    torch sparse COO tensor. Both differentiate w.r.t. ``value`` through :func:`spmm`."""
+    if WITH_TORCH_SPARSE:
+        return SparseTensor(row=row, col=col, value=value, sparse_sizes=(size, size))
+    return torch.sparse_coo_tensor(torch.stack([row, col]), value, (size, size),
+                                   check_invariants=False).coalesce()
 
 
 def needs_value_grad(transition: Transition) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, Hashable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 from torch_geometric.utils import coalesce, scatter
-from torch_sparse import SparseTensor
+from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_choice, check_edge_index, check_edge_weight, check_positive_float,
                       check_positive_int)

@@ -227,7 +227,7 @@ def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
     assert seen == [False, True, False]
 
 
-def test_fit_reports_the_test_metrics_of_the_best_validation_epoch():
+def test_fit_reports_the_test_metrics_of_the_best_validation_epoch(monkeypatch):
     """The shared fit loop, on a scripted task: the parameter counts the epochs, validation
     peaks at epoch 2, and the test metrics must be computed with epoch 2's parameters."""
     from qgfd_pyg.bench.tasks import Experiment, Task
@@ -268,6 +268,15 @@ def test_fit_reports_the_test_metrics_of_the_best_validation_epoch():
     assert not any(progress_seen)  # the experiment draws its own bars only with progress
     fit(ScriptedTask(), "x", 0, {}, 1, 1, torch.device("cpu"), progress=True)
     assert progress_seen[-1] is True
+
+    # a wall-clock budget: a fake clock that moves 1 s per reading; 4 readings per epoch
+    # (start of training, epoch start and end, the budget check) put epoch 2's check at 6 s
+    import qgfd_pyg.bench.train as train
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(train.time, "perf_counter", lambda: float(next(clock)))
+    timed = fit(ScriptedTask(), "x", 0, {}, 5, 5, torch.device("cpu"), max_seconds=5.5)
+    assert (timed["epochs"], timed["best_epoch"], timed["test"]) == (2, 2, 20.0)
 
 
 @pytest.mark.parametrize("name", ["cora", "citeseer"])

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from torch import Tensor
 from tiny_data import WN18RR_RELATIONS, write_kg, write_ogbl
 
 from qgfd_pyg.bench import cli
@@ -76,7 +77,18 @@ def _dense_transition(graph, logits, relation, n):
     return P
 
 
-def test_kg_qgfd_equals_the_dense_computation():
+@pytest.fixture(params=["torch_sparse", "torch"])
+def sparse_backend(request, monkeypatch):
+    """Runs a test with transitions as SparseTensors and as torch sparse tensors (what
+    :func:`qgfd_pyg.spmm.sparse_matrix` builds where torch-sparse is not installed)."""
+    import qgfd_pyg.spmm
+
+    if request.param == "torch":
+        monkeypatch.setattr(qgfd_pyg.spmm, "WITH_TORCH_SPARSE", False)
+    return request.param
+
+
+def test_kg_qgfd_equals_the_dense_computation(sparse_backend):
     n, r = 6, 2
     train = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [5, 1, 2]])
     graph = KGGraph.from_triples(train, r)
@@ -87,6 +99,8 @@ def test_kg_qgfd_equals_the_dense_computation():
     entity, relation = torch.tensor([0, 3]), torch.tensor([1, 1])
     E, W = model.entity.weight, model.relation.weight
     P = _dense_transition(graph, model.edge_logits.detach(), 1, n)
+    built = model.transition(graph, 1)
+    assert isinstance(built, Tensor) == (sparse_backend == "torch")
     V = E @ model.value.weight.t()
     Z = V
     for _ in range(4):  # Z_{t+1} = (1 - a) V + a P Z_t
@@ -204,6 +218,15 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--transition", "knn"]) == 2  # a node-task option
     assert "do not apply" in capsys.readouterr().err
+    assert cli.main(argv + ["--max-minutes", "0"]) == 2
+    assert "max_minutes must be positive" in capsys.readouterr().err
+    # a wall-clock budget every epoch passes: one epoch per run, stated in the results
+    assert cli.main(argv + ["--max-minutes", "1e-9", "--epochs", "5", "--patience", "5",
+                            "--name", "timed"]) == 0
+    timed = read(out, "timed")
+    assert timed["config"]["max_minutes"] == 1e-9 and timed["runs"][0]["epochs"] == 1
+    assert "at most 1e-09 minutes" in open(os.path.join(out, "timed.md")).read()
+    assert "max_minutes" not in config  # absent unless set: earlier result files resume
 
 
 @pytest.mark.parametrize("corrupt,message", [

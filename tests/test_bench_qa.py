@@ -89,7 +89,8 @@ def test_path_qa_end_to_end_and_bad_input(tmp_path, capsys):
     assert open(os.path.join(out, "path-qa-nations.json")).read() == before
 
 
-def test_path_qgfd_equals_the_dense_computation_on_both_paths():
+@pytest.mark.parametrize("torch_sparse", [True, False])
+def test_path_qgfd_equals_the_dense_computation_on_both_paths(torch_sparse, monkeypatch):
     import math
 
     from qgfd_pyg.bench.kg import KGGraph
@@ -125,8 +126,14 @@ def test_path_qgfd_equals_the_dense_computation_on_both_paths():
         expected.append((q + model.out(read)) @ E.t())
     expected = torch.stack(expected)
     torch.testing.assert_close(model(anchor, path, graph), expected)
-    model.dense_up_to = 0  # the block-diagonal sparse path
+    model.dense_up_to = 0  # the block-diagonal sparse path (without torch-sparse: torch's)
+    import qgfd_pyg.spmm
+
+    monkeypatch.setattr(qgfd_pyg.spmm, "WITH_TORCH_SPARSE", torch_sparse)
     torch.testing.assert_close(model(anchor, path, graph), expected)
+    model.train()
+    model(anchor, path, graph).sum().backward()
+    assert model.edge_logits.grad.abs().sum() > 0  # the transitions are learnt
 
 
 def _write_metaqa(folder, extra_test_line=""):

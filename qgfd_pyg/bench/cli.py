@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="maximum epochs per run (node and link tasks: 500; kg: 10)")
     parser.add_argument("--patience", type=int, default=None,
                         help="early-stopping patience in epochs (node and link: 100; kg: 3)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="wall-clock budget per run (training + validation); a run stops "
+                             "after the epoch that passes it (default: none)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--root", default=default_dir("datasets"), help="data root")
@@ -64,7 +67,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         seeds=args.seeds, epochs=args.epochs,
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
-        dataset=args.dataset,
+        dataset=args.dataset, max_minutes=args.max_minutes,
         extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg),
                                  ("metaqa", args.metaqa)) if v},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, Linear, Module, Parameter
 from torch_geometric.utils import softmax
-from torch_sparse import SparseTensor
 
 from .._checks import check_alpha, check_positive_int, check_steps
 from ..diffusion import diffuse
+from ..spmm import sparse_matrix
 from .kg import KGGraph, index_triples, read_triples
 from .models import GAT, APPNPNet, ModelSpec
 from .tasks import MiniBatchExperiment, Task, register
@@ -194,9 +194,8 @@ class PathQGFD(Module):
                 z = diffuse(values.expand(b, n, -1), P, self.alpha, self.steps)
             else:  # a block-diagonal sparse batch
                 offset = (rows * n).view(-1, 1)
-                P = SparseTensor(row=(src.view(1, -1) + offset).view(-1),
-                                 col=(dst.view(1, -1) + offset).view(-1),
-                                 value=weight.reshape(-1), sparse_sizes=(b * n, b * n))
+                P = sparse_matrix((src.view(1, -1) + offset).view(-1),
+                                  (dst.view(1, -1) + offset).view(-1), weight.reshape(-1), b * n)
                 z = diffuse(values.repeat(b, 1), P, self.alpha, self.steps).view(b, n, -1)
             read = torch.einsum("bn,bnd->bd", seed, z)
         else:

@@ -140,7 +140,10 @@ def markdown(config: Dict[str, Any], environment: Dict[str, Any], rows, complete
             f"Mean ± std over seeds {config['seed_list']}; test metrics with the parameters of "
             f"the best validation epoch; peak memory is "
             f"{environment.get('memory_kind', 'n/a')}.\n\n"
-            f"- protocol: {protocol}\n"
+            f"- protocol: {protocol}"
+            + (f"; at most {config['max_minutes']:g} minutes of training and validation per "
+               f"run (stops after the epoch that passes it)" if config.get("max_minutes")
+               else "") + "\n"
             f"- qgfd options: {options}\n"
             f"- command: `{environment.get('command', '')}`\n"
             f"- environment: torch {environment.get('torch')}, torch_geometric "

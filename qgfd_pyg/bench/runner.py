@@ -45,6 +45,8 @@ class RunConfig:
             :class:`~qgfd_pyg.bench.models.QGFDOptions`).
         extra: options of the task kind (e.g. ``{"quick": True}`` for knowledge graphs).
         command: how the sweep was started (recorded in the results).
+        max_minutes: a wall-clock budget per run (training and validation): a run stops
+            after the first epoch that ends past it, like early stopping (``None``: none).
     """
     task: str
     models: Optional[Sequence[str]] = None
@@ -62,6 +64,7 @@ class RunConfig:
     qgfd: Dict[str, Any] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    max_minutes: Optional[float] = None
 
 
 class Results(NamedTuple):
@@ -111,6 +114,8 @@ def _check(config: RunConfig) -> Tuple[List[str], int, int]:
                          f"{', '.join(known)}")
     if min(config.seeds, epochs, patience) < 1:
         raise ValueError("seeds, epochs and patience must be positive")
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise ValueError(f"max_minutes must be positive (got {config.max_minutes})")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be positive (got {config.threads})")
     return models, epochs, patience
@@ -138,6 +143,8 @@ def run_benchmark(config: RunConfig) -> Results:
     stored = {"task": task.name, "metric": task.metric, "models": models, "seeds": config.seeds,
               "seed_list": seeds, "epochs": epochs, "patience": patience,
               "device": device.type, "qgfd": qgfd, **task.stored_config()}
+    if config.max_minutes is not None:  # only when set: earlier result files still resume
+        stored["max_minutes"] = config.max_minutes
     environment = {"command": config.command or f"run_benchmark({asdict(config)})",
                    "torch": torch.__version__, "torch_geometric": _pyg_version(),
                    "device": str(device), "threads": torch.get_num_threads(),
@@ -154,7 +161,8 @@ def run_benchmark(config: RunConfig) -> Results:
         for seed in seeds:
             if store.done(model, seed):
                 continue
-            record = fit(task, model, seed, options[model], epochs, patience, device, bars)
+            record = fit(task, model, seed, options[model], epochs, patience, device, bars,
+                         None if config.max_minutes is None else 60.0 * config.max_minutes)
             store.add(record, environment)
             print(f"{model:>8} seed {seed}: test {record['test']:.4f}  "
                   f"val {record['val']:.4f}  epochs {record['epochs']}", file=sys.stderr)

@@ -5,7 +5,7 @@ import random
 import statistics
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -43,14 +43,17 @@ def make_optimizer(model: Module, spec: ModelSpec) -> torch.optim.Optimizer:
 
 
 def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_epochs: int,
-        patience: int, device: torch.device, progress: bool = False) -> Dict[str, Any]:
+        patience: int, device: torch.device, progress: bool = False,
+        max_seconds: Optional[float] = None) -> Dict[str, Any]:
     """Trains ``model_name`` on ``task`` once; returns the record of the best validation epoch.
 
     The one fit loop of every task kind: after each training epoch the validation metrics are
     computed; training stops once neither the validation metric nor the validation loss (where
     the kind has one) has improved for ``patience`` epochs. The kept epoch is the one with the
     best validation metric (ties broken by the lower validation loss); the test metrics are
-    computed once, with that epoch's parameters restored.
+    computed once, with that epoch's parameters restored. With ``max_seconds``, training
+    also stops after the first epoch that ends past that much wall-clock time (training and
+    validation, counted from the start of the first epoch).
     """
     seed_everything(seed)
     experiment = task.setup(model_name, seed, options, device)
@@ -63,6 +66,7 @@ def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_e
     lowest_val_loss = float("inf")
     epoch_seconds, waited = [], 0
     bar = None
+    started = time.perf_counter()
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=max_epochs, desc=f"{model_name} seed {seed}", leave=False,
@@ -91,7 +95,8 @@ def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_e
         if bar is not None:
             bar.update(1)
             bar.set_postfix(val=f"{best['val']:.3f}", refresh=False)
-        if waited >= patience:
+        if waited >= patience or (max_seconds is not None
+                                  and time.perf_counter() - started >= max_seconds):
             break
     if bar is not None:
         bar.close()
