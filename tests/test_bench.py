@@ -218,7 +218,7 @@ def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
     seen = []
     real = runner.fit
     monkeypatch.setattr(runner, "fit",
-                        lambda *a: seen.append(a[-1]) or real(*a))
+                        lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
     argv = ["cora", "--out", str(tmp_path), "--models", "gcn", "--seeds", "1", "--epochs", "2"]
     assert cli.main(argv) == 0  # pytest captures stderr: not a terminal
     monkeypatch.setattr(runner.sys.stderr, "isatty", lambda: True, raising=False)

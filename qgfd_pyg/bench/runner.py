@@ -162,7 +162,8 @@ def run_benchmark(config: RunConfig) -> Results:
             if store.done(model, seed):
                 continue
             record = fit(task, model, seed, options[model], epochs, patience, device, bars,
-                         None if config.max_minutes is None else 60.0 * config.max_minutes)
+                         max_seconds=None if config.max_minutes is None
+                         else 60.0 * config.max_minutes)
             store.add(record, environment)
             print(f"{model:>8} seed {seed}: test {record['test']:.4f}  "
                   f"val {record['val']:.4f}  epochs {record['epochs']}", file=sys.stderr)
