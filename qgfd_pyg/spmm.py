@@ -108,6 +108,20 @@ def needs_value_grad(transition: Transition) -> bool:
     return transition.requires_grad
 
 
+def _gather_spmm(transition: Tensor, x: Tensor, transpose: bool) -> Tensor:
+    """``P @ x`` for a torch sparse ``P`` whose entries need gradients, one gather and one
+    scatter over the entries: autograd then keeps ``[nnz, d]`` products, where the backward
+    of ``torch.sparse.mm`` w.r.t. the entries builds a dense ``[N, N]`` matrix."""
+    coo = transition if transition.layout == torch.sparse_coo else transition.to_sparse_coo()
+    coo = coo.coalesce()
+    row, col = coo.indices()
+    if transpose:
+        row, col = col, row
+    messages = coo.values().to(x.dtype).unsqueeze(-1) * x[col]
+    return x.new_zeros(transition.size(1 if transpose else 0), x.size(1)).index_add(
+        0, row, messages)
+
+
 def spmm(transition: Transition, x: Tensor, transpose: bool = False,
          out: Optional[Tensor] = None) -> Tensor:
     """``P @ x`` (or ``P^T @ x``) for a SparseTensor, torch sparse or dense ``[N, N]`` ``P``
@@ -125,5 +139,7 @@ def spmm(transition: Transition, x: Tensor, transpose: bool = False,
             return _numba_spmm(_csr(transition, transpose), x, out)
         return torch.sparse.mm(_torch_csr(transition, transpose, x.dtype), x)
     if transition.layout != torch.strided:
+        if transition.requires_grad:
+            return _gather_spmm(transition, x, transpose)
         return torch.sparse.mm(transition.t() if transpose else transition, x)
     return (transition.mT if transpose else transition) @ x

@@ -97,3 +97,34 @@ def test_numba_backend_without_numba_is_a_clear_error(monkeypatch):
     assert get_spmm_backend() == "auto"
     P, V = random_transition(), torch.randn(20, 3)  # "auto" falls back to torch's CSR product
     torch.testing.assert_close(diffuse(V, P, 0.5, 2), diffuse(V, P.to_dense(), 0.5, 2))
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_torch_sparse_entries_with_gradients_match_dense_and_keep_no_dense_matrix(layout,
+                                                                                  transpose):
+    """Learnt entries of a torch sparse transition (what ``sparse_matrix`` builds without
+    torch-sparse): value and both gradients as the dense product's, with duplicates adding
+    up, and autograd keeps ``[nnz, d]``-sized tensors, not a dense ``[N, N]`` one."""
+    from autograd_memory import saved_bytes
+
+    n, d = 300, 4
+    index = torch.tensor([[0, 0, 2, 3, 3, 299], [1, 1, 2, 0, 299, 5]])  # (0, 1) twice
+    entries = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(n, d, dtype=torch.float64)
+
+    def product():
+        P = torch.sparse_coo_tensor(index, entries, (n, n)).coalesce()
+        return spmm(P if layout == torch.sparse_coo else P.to_sparse_csr(), x, transpose)
+
+    saved, out = saved_bytes(product)
+    assert saved < n * n * 8 / 10
+    dense = torch.zeros(n, n, dtype=torch.float64).index_put(tuple(index), entries,
+                                                               accumulate=True)
+    expected = (dense.T if transpose else dense) @ x
+    torch.testing.assert_close(out, expected)
+    got = torch.autograd.grad((out * weights).sum(), (entries, x))
+    want = torch.autograd.grad((expected * weights).sum(), (entries, x))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)

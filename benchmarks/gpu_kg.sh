@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The knowledge-graph tables on one GPU in one go: wn18rr (every KG model, 1 seed) and
+# path-qa on kinship (every model, 10 seeds), each model in its own process, all at once.
+# Every run has a wall-clock budget (--max-minutes) instead of a fixed number of epochs, the
+# same for every model of a table; results land in $OUT/<task>-<model>/ and are merged with
+#   python benchmarks/merge_results.py benchmarks/results/wn18rr.json DIR/wn18rr-*/wn18rr.json
+#
+#   OUT=/tmp/gpu WN_MINUTES=5.5 QA_MINUTES=0.5 bash benchmarks/gpu_kg.sh
+#   SMOKE=1 DEVICE=cpu bash benchmarks/gpu_kg.sh      # the same commands on the --quick budget
+#
+# PY may name another interpreter command; wheels in .whl/ (e.g. ogb for a machine without
+# it) are installed first.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${OUT:?set OUT to the output folder}"
+py=${PY:-python3}
+device=${DEVICE:-cuda}
+wn=${WN_MINUTES:-5.5}
+qa=${QA_MINUTES:-0.5}
+qa_seeds=${QA_SEEDS:-10}
+export PYTHONUNBUFFERED=1 OUTDATED_IGNORE=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+quick=()
+[ -n "${SMOKE:-}" ] && quick=(--quick --epochs 2 --patience 1)
+common=(--device "$device" --threads 1 --no-progress "${quick[@]}")
+mkdir -p "$out"
+# the first load processes the raw files; the processes below then only read them
+$py -c "from qgfd_pyg.bench.tasks import load_task; load_task('wn18rr', 'datasets', None, {})" \
+    || exit 1
+pids=()
+for model in qgfd gat appnp distmult rotate attention; do
+    $py -m qgfd_pyg.bench wn18rr --models "$model" --seeds 1 --epochs 1000 --patience 5 \
+        --max-minutes "$wn" --out "$out/wn18rr-$model" "${common[@]}" \
+        >"$out/wn18rr-$model.log" 2>&1 &
+    pids+=($!)
+done
+for model in qgfd attention gat appnp; do
+    $py -m qgfd_pyg.bench path-qa --kg kinship --models "$model" --seeds "$qa_seeds" \
+        --max-minutes "$qa" --out "$out/path-qa-$model" "${common[@]}" \
+        >"$out/path-qa-$model.log" 2>&1 &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+tail -n 3 "$out"/*.log
+exit $status
