@@ -18,6 +18,8 @@ device=${DEVICE:-cuda}
 wn=${WN_MINUTES:-5.5}
 qa=${QA_MINUTES:-0.5}
 qa_seeds=${QA_SEEDS:-10}
+qa_kg=${QA_KG:-kinship}
+wn_seeds=${WN_SEEDS:-1}
 export PYTHONUNBUFFERED=1 OUTDATED_IGNORE=1
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -25,22 +27,23 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 quick=()
 [ -n "${SMOKE:-}" ] && quick=(--quick --epochs 2 --patience 1)
-common=(--device "$device" --threads 1 --no-progress "${quick[@]}")
+# --resume: runs already in $OUT (an earlier call's seeds) are kept, only new seeds train
+common=(--device "$device" --threads 1 --no-progress --resume "${quick[@]}")
 mkdir -p "$out"
 # the first load processes the raw files; the processes below then only read them
 $py -c "from qgfd_pyg.bench.tasks import load_task; load_task('wn18rr', 'datasets', None, {})" \
     || exit 1
 pids=()
 for model in qgfd gat appnp distmult rotate attention; do
-    $py -m qgfd_pyg.bench wn18rr --models "$model" --seeds 1 --epochs 1000 --patience 5 \
+    $py -m qgfd_pyg.bench wn18rr --models "$model" --seeds "$wn_seeds" --epochs 1000 --patience 5 \
         --max-minutes "$wn" --out "$out/wn18rr-$model" "${common[@]}" \
         >"$out/wn18rr-$model.log" 2>&1 &
     pids+=($!)
 done
 for model in qgfd attention gat appnp; do
-    $py -m qgfd_pyg.bench path-qa --kg kinship --models "$model" --seeds "$qa_seeds" \
-        --max-minutes "$qa" --out "$out/path-qa-$model" "${common[@]}" \
-        >"$out/path-qa-$model.log" 2>&1 &
+    $py -m qgfd_pyg.bench path-qa --kg "$qa_kg" --models "$model" --seeds "$qa_seeds" \
+        --max-minutes "$qa" --out "$out/path-qa-$qa_kg-$model" "${common[@]}" \
+        >"$out/path-qa-$qa_kg-$model.log" 2>&1 &
     pids+=($!)
 done
 status=0

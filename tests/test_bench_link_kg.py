@@ -371,3 +371,41 @@ def test_kg_training_epochs_step_the_optimiser_and_lower_the_loss(tmp_path, mode
     assert any(not torch.equal(a, b) for a, b in zip(before, experiment.model.parameters(),
                                                      strict=True))
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_results_of_separate_processes_merge_into_one_sweep(tmp_path):
+    """One process per model (the GPU script), merged: the runs of both, the models in the
+    files' order, the seeds of both; other options or a repeated run are refused."""
+    from qgfd_pyg.bench.report import merge_results
+    from qgfd_pyg.bench.tasks import load_task
+
+    root = _kg_root(tmp_path)
+    base = ["wn18rr", "--root", root, "--quick", "--no-progress", "--epochs", "1"]
+    for model, seeds in (("distmult", "2"), ("qgfd", "1")):
+        assert cli.main(base + ["--models", model, "--seeds", seeds,
+                                "--out", str(tmp_path / model)]) == 0
+    parts = [str(tmp_path / m / "wn18rr.json") for m in ("distmult", "qgfd")]
+    task = load_task("wn18rr", root, None, {"quick": True})
+    merge_results(parts, str(tmp_path / "all"), "wn18rr", task)
+    merged = read(str(tmp_path / "all"), "wn18rr")
+    assert merged["config"]["models"] == ["distmult", "qgfd"]
+    assert (merged["config"]["seed_list"], merged["config"]["seeds"]) == ([0, 1], 2)
+    expected = sum((read(str(tmp_path / m), "wn18rr")["runs"] for m in ("distmult", "qgfd")),
+                   [])
+    assert merged["runs"] == expected
+    rows = {row["model"]: row for row in merged["summary"]}
+    assert rows["distmult"]["seeds"] == 2 and rows["qgfd"]["seeds"] == 1
+    assert rows["qgfd"]["test"]["mean"] == expected[2]["test"]
+    assert rows["qgfd"]["hits@10"]["mean"] == expected[2]["hits@10"]  # the task's columns
+    md = open(tmp_path / "all" / "wn18rr.md").read()
+    assert "| distmult |" in md and "| qgfd |" in md and "--models qgfd" in md
+    merge_results(parts[::-1], str(tmp_path / "reversed"), "wn18rr", task)
+    config = read(str(tmp_path / "reversed"), "wn18rr")["config"]
+    assert (config["models"], config["seed_list"]) == (["qgfd", "distmult"], [0, 1])
+    with pytest.raises(ValueError, match="two files"):
+        merge_results(parts + parts[1:], str(tmp_path / "x"), "wn18rr", task)
+    assert cli.main(base + ["--models", "rotate", "--seeds", "1", "--patience", "2",
+                            "--out", str(tmp_path / "rotate")]) == 0
+    with pytest.raises(ValueError, match="other options than .*: patience"):
+        merge_results(parts + [str(tmp_path / "rotate" / "wn18rr.json")], str(tmp_path / "x"),
+                      "wn18rr", task)

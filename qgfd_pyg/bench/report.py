@@ -72,6 +72,43 @@ class ResultStore:
         return rows
 
 
+def merge_results(paths: Sequence[str], out: str, name: str, task: "Task") -> ResultStore:
+    """One result file ``<out>/<name>.json`` / ``.md`` from sweeps of the same task and options
+    that ran apart (e.g. one process per model): their runs together, the models in the order
+    of ``paths``. A ValueError if their options differ (beyond models and seeds) or two of them
+    hold the same (model, seed)."""
+    if not paths:
+        raise ValueError("nothing to merge")
+    stored = []
+    for path in paths:
+        with open(path) as f:
+            stored.append(json.load(f))
+    config = dict(stored[0]["config"])
+    runs: List[Dict[str, Any]] = []
+    models: List[str] = []
+    for path, payload in zip(paths, stored, strict=True):
+        other = payload["config"]
+        changed = sorted(k for k in set(config) | set(other)
+                         if k not in EXTENDABLE and config.get(k) != other.get(k))
+        if changed:
+            raise ValueError(f"{path} ran with other options than {paths[0]}: "
+                             f"{', '.join(changed)}")
+        for run in payload["runs"]:
+            if any(r["model"] == run["model"] and r["seed"] == run["seed"] for r in runs):
+                raise ValueError(f"{path}: {run['model']} seed {run['seed']} is in two files")
+            runs.append(run)
+        models += [m for m in other["models"] if m not in models]
+    config["seed_list"] = sorted({r["seed"] for r in runs})
+    config["models"], config["seeds"] = models, len(config["seed_list"])
+    environment = dict(stored[0]["environment"])
+    environment["command"] = " ; ".join(dict.fromkeys(p["environment"]["command"]
+                                                      for p in stored))
+    store = ResultStore(out, name, config, resume=False, task=task)
+    store.runs = runs
+    store.save(environment, complete=all(p.get("complete") for p in stored))
+    return store
+
+
 def _mean_std(values: List[float]) -> Dict[str, Optional[float]]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
