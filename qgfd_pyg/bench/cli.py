@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "nations, umls, wn18rr; default kinship)")
     parser.add_argument("--metaqa", default=None,
                         help="path-qa: a folder with MetaQA's kb.txt and qa_{train,dev,test}.txt")
+    parser.add_argument("--hops", type=int, default=None,
+                        help="chain: how many hops separate each anchor from its label (4)")
     parser.add_argument("--quick", action="store_true",
                         help="knowledge-graph tasks: a short budget (for tests and smoke runs)")
     qgfd = parser.add_argument_group(
@@ -69,7 +71,8 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
         dataset=args.dataset, max_minutes=args.max_minutes,
         extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg),
-                                 ("metaqa", args.metaqa)) if v},
+                                 ("metaqa", args.metaqa), ("hops", args.hops))
+               if v is not None and v is not False},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)
               if getattr(args, o.name) is not None},
         command="python -m qgfd_pyg.bench " + " ".join(map(shlex.quote, argv)))

@@ -197,3 +197,4 @@ def _import_kinds() -> None:
     from . import link  # noqa: F401
     from . import kg  # noqa: F401
     from . import qa  # noqa: F401
+    from . import toy  # noqa: F401

@@ -1,0 +1,80 @@
+r"""The toy that shows the mechanism: answers that sit ``h`` hops from the query.
+
+Task ``chain`` (``--hops h``): disjoint paths :math:`a - v_1 - \dots - v_h`. The anchor
+:math:`a` is the node to classify, and its label is written only on the far end :math:`v_h`
+(a one-hot feature); the nodes between carry zeros and the anchor a flag. A model answers
+only if what it aggregates reaches ``h`` hops: two GAT or GCN layers reach 2, APPNP its ``K``
+propagation steps, QGFD one seed attention plus ``T`` diffusion steps, and QGFD with
+``alpha = 0`` (``attention``) one hop. Chance is ``1 / classes``.
+"""
+from dataclasses import asdict
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .._checks import check_positive_int
+from .metrics import accuracy
+from .models import MODELS, ModelSpec, QGFDNet, QGFDOptions
+from .node import NodeTask
+from .tasks import register
+
+
+def chain_graph(hops: int, chains: int = 400, num_classes: int = 4, seed: int = 0
+                ) -> Tuple[Data, Tuple[Tensor, Tensor, Tensor]]:
+    """``chains`` paths of ``hops`` edges (both directions), the label of each anchor on its
+    path's last node; the anchors split 50/25/25. Returns the data and the three masks.
+
+    Node ``c * (hops + 1) + i`` is node ``i`` of path ``c`` (``i = 0``: the anchor).
+    Features ``[N, num_classes + 1]``: the one-hot label on the last node, a 1 in the last
+    column on the anchor, zeros elsewhere."""
+    hops = check_positive_int("hops", hops)
+    g = torch.Generator().manual_seed(seed)
+    size = hops + 1
+    n = chains * size
+    label = torch.randint(0, num_classes, (chains,), generator=g)
+    starts = torch.arange(chains) * size
+    src = (starts.view(-1, 1) + torch.arange(hops).view(1, -1)).view(-1)
+    edge_index = torch.cat([torch.stack([src, src + 1]), torch.stack([src + 1, src])], dim=1)
+    x = torch.zeros(n, num_classes + 1)
+    x[starts + hops, label] = 1.0
+    x[starts, num_classes] = 1.0
+    y = label.repeat_interleave(size)
+    order = torch.randperm(chains, generator=g)
+    masks = []
+    for part in order.tensor_split([chains // 2, 3 * chains // 4]):
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[starts[part]] = True
+        masks.append(mask)
+    return Data(x=x, edge_index=edge_index, y=y), tuple(masks)
+
+
+class ChainTask(NodeTask):
+    """Node classification on :func:`chain_graph`, with the one-hop control ``attention``."""
+    models: Dict[str, ModelSpec] = {
+        **MODELS,
+        "attention": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
+                               {**asdict(QGFDOptions()), "alpha": 0.0},
+                               "the qgfd model with alpha = 0: one-hop attention"),
+    }
+    budget = (200, 50)
+
+    def __init__(self, hops: int, chains: int = 400, num_classes: int = 4):
+        data, masks = chain_graph(hops, chains, num_classes)
+        self.hops, self.chains = hops, chains
+        super().__init__(f"chain-{hops}", data, num_classes, "accuracy", accuracy, masks)
+
+    def stored_config(self) -> Dict[str, Any]:
+        return {"hops": self.hops, "chains": self.chains}
+
+    def protocol(self, config: Dict[str, Any]) -> str:
+        return (f"{self.chains} paths of {self.hops} hops, the label on the far end, anchors "
+                f"split 50/25/25 (fixed); " + super().protocol(config))
+
+
+@register("chain", ChainTask, "toy: paths whose anchor's label sits on the node --hops H away "
+                              "(default 4); 400 paths, 4 classes, chance 25%; the node models "
+                              "and attention (qgfd with alpha = 0)")
+def chain(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> ChainTask:
+    return ChainTask(extra.get("hops", 4))
