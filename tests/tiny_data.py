@@ -149,3 +149,35 @@ def write_kg(raw: str, relations=WN18RR_RELATIONS, n: int = 40, seed: int = 0) -
     for name, idx in zip(("train", "valid", "test"), np.split(order, cut), strict=True):
         with open(os.path.join(raw, f"{name}.txt"), "w") as f:
             f.writelines("\t".join(triples[k]) + "\n" for k in sorted(idx))
+
+
+def hotpot_question(k: int, distractors: int = 3) -> dict:
+    """A bridge question in HotpotQA's JSON layout: the first supporting paragraph shares the
+    question's words, the second shares none and is reached only through its title, which the
+    first mentions; the distractors share one word each with the question."""
+    bridge = f"Orla Vance{k}"
+    context = [
+        [f"Glimmer Tower{k}", [f"Glimmer Tower{k} is a spire in Quorn designed by {bridge}.",
+                               "It opened after nine years of work."]],
+        [bridge, [f"{bridge} grew up in Pellham{k}.", "Her parents ran a bakery."]],
+    ] + [[f"Distractor{k}x{j}", [f"A glimmer of hope{j} lit the hall.", "Nothing else."]]
+         for j in range(distractors)]
+    return {"_id": f"q{k}", "type": "bridge", "level": "easy",
+            "question": f"Where did the designer of Glimmer Tower{k} grow up?",
+            "answer": f"Pellham{k}",
+            "supporting_facts": [[f"Glimmer Tower{k}", 0], [bridge, 0]],
+            "context": context}
+
+
+def write_hotpot(root, questions: int = 24, extra=None) -> str:
+    """``root/HotpotQA/hotpot_dev_distractor_v1.json`` with ``questions`` bridge questions
+    (and the items of ``extra`` after them); returns ``root``."""
+    import json
+    import os
+
+    folder = os.path.join(str(root), "HotpotQA")
+    os.makedirs(folder, exist_ok=True)
+    items = [hotpot_question(k) for k in range(questions)] + list(extra or [])
+    with open(os.path.join(folder, "hotpot_dev_distractor_v1.json"), "w") as f:
+        json.dump(items, f)
+    return str(root)

@@ -198,3 +198,4 @@ def _import_kinds() -> None:
     from . import kg  # noqa: F401
     from . import qa  # noqa: F401
     from . import toy  # noqa: F401
+    from . import hotpot  # noqa: F401
