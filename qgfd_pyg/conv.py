@@ -17,7 +17,11 @@ from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_we
                       check_positive_float, check_positive_int, check_steps)
 from .diffusion import diffuse
 from .edge_ops import EdgeLayout, edge_aggregate, edge_dot
+from .spmm import sparse_matrix
 from .transition import graph_transition, knn_transition
+
+
+TRANSITIONS = ("graph", "sym", "knn", "attention")
 
 
 class QGFDConv(MessagePassing):
@@ -48,8 +52,13 @@ class QGFDConv(MessagePassing):
     neighbour attention; the receptive field is :math:`T + 1` hops. With
     ``transition="graph"``, :math:`\mathbf{P}` is the random walk that follows messages
     backwards (row :math:`j` spreads over the sources of the edges into :math:`j`, weighted by
-    ``edge_weight``; see :func:`qgfd_pyg.graph_transition`); with ``"knn"`` it joins each key to
-    its ``k`` most similar keys (:func:`qgfd_pyg.knn_transition`, per head).
+    ``edge_weight``; see :func:`qgfd_pyg.graph_transition`); ``"sym"`` is its symmetric
+    normalisation :math:`D^{-1/2} A D^{-1/2}` (APPNP's; :math:`p^{(T)}` is then no longer a
+    distribution); with ``"knn"`` it joins each key to its ``k`` most similar keys
+    (:func:`qgfd_pyg.knn_transition`, per head); with ``"attention"`` it is the layer's own seed
+    attention, :math:`\mathbf{P}_{ij} = p^{(0)}_{ij}` per head, so that
+    :math:`p^{(T)} = \sum_k \theta_k (p^{(0)})^{k+1}` is the attention diffusion of MAGNA
+    (Wang et al., 2021), learnt through :math:`\mathbf{P}` as well.
 
     Args:
         in_channels (int): size of each input sample, or ``-1`` to infer it on first use.
@@ -58,7 +67,7 @@ class QGFDConv(MessagePassing):
         concat (bool): concatenate the heads (else average them).
         alpha (float): diffusion weight :math:`\alpha \in [0, 1]`.
         steps (int): diffusion steps :math:`T \ge 0`.
-        transition (str): ``"graph"`` or ``"knn"``.
+        transition (str): ``"graph"``, ``"sym"``, ``"knn"`` or ``"attention"``.
         k (int): neighbours per key for ``transition="knn"``.
         attention (str): seed score, ``"dot"`` (scaled dot product) or ``"additive"`` (GAT's).
         dropout (float): dropout probability of the seed attention coefficients.
@@ -67,9 +76,10 @@ class QGFDConv(MessagePassing):
         tol (float, optional): stop diffusing once :math:`\max|Z^{(t+1)} - Z^{(t)}| <` ``tol``.
         cached (bool): cache the self-loop edges and graph transition of the first call
             (transductive use on one fixed graph only).
-        checkpoint (bool): with ``transition="knn"``, keep no per-step copy of the values for
-            the backward pass and run the diffusion again during it (a fixed graph transition
-            keeps none anyway; see :func:`qgfd_pyg.diffuse`).
+        checkpoint (bool): with ``transition="knn"`` or ``"attention"`` (learnt transitions),
+            keep no per-step copy of the values for the backward pass and run the diffusion
+            again during it (a fixed graph transition keeps none anyway; see
+            :func:`qgfd_pyg.diffuse`).
         **kwargs: arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
@@ -98,7 +108,7 @@ class QGFDConv(MessagePassing):
         self.concat = concat
         self.alpha = check_alpha(alpha)
         self.steps = check_steps(steps)
-        self.transition = check_choice("transition", transition, ("graph", "knn"))
+        self.transition = check_choice("transition", transition, TRANSITIONS)
         self.k = check_positive_int("k", k)
         self.attention = check_choice("attention", attention, ("dot", "additive"))
         if not 0.0 <= dropout < 1.0:
@@ -162,14 +172,6 @@ class QGFDConv(MessagePassing):
         value = self.lin_value(x).view(N, H, C)
         key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
 
-        if self.transition == "knn":  # one kNN transition per head, block-diagonal
-            P = knn_transition(key.transpose(0, 1), self.k)
-            z = diffuse(value.transpose(0, 1).reshape(H * N, C), P, self.alpha, self.steps,
-                        self.tol, checkpoint=self.checkpoint)
-            z = z.view(H, N, C).transpose(0, 1)
-        else:
-            z = diffuse(value, P, self.alpha, self.steps, self.tol)
-
         src, dst = attn_index
         if self.lin_query is not None:
             query = self.lin_query(x).view(N, H, C)
@@ -179,6 +181,20 @@ class QGFDConv(MessagePassing):
                                  + (value * self.att_src).sum(-1)[src], 0.2)
         p0 = softmax(score, dst, num_nodes=N)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
+
+        if self.transition in ("knn", "attention"):  # one transition per head, block-diagonal
+            if self.transition == "knn":
+                P = knn_transition(key.transpose(0, 1), self.k)
+            else:  # P_ij = p0_ij: row i (query) spreads over its keys j, per head
+                offset = (torch.arange(H, device=x.device) * N).view(H, 1)
+                P = sparse_matrix((dst.view(1, -1) + offset).view(-1),
+                                  (src.view(1, -1) + offset).view(-1),
+                                  p0_used.t().reshape(-1), H * N)
+            z = diffuse(value.transpose(0, 1).reshape(H * N, C), P, self.alpha, self.steps,
+                        self.tol, checkpoint=self.checkpoint)
+            z = z.view(H, N, C).transpose(0, 1)
+        else:
+            z = diffuse(value, P, self.alpha, self.steps, self.tol)
         out = edge_aggregate(p0_used, z, src, dst, N, layout=layout)  # sum_j p0_ij z_j
 
         out = out.reshape(N, H * C) if self.concat else out.mean(dim=1)
@@ -194,7 +210,7 @@ class QGFDConv(MessagePassing):
     def _structure(self, edge_index: Adj, edge_weight: OptTensor,
                    num_nodes: int) -> Tuple[Tensor, Optional[SparseTensor], EdgeLayout]:
         """Attention edges (with self-loops, sorted by target), their grouping and, for
-        ``transition="graph"``, ``P``."""
+        ``transition="graph"`` / ``"sym"``, ``P``."""
         if self._cached is not None:
             return self._cached
         if is_torch_sparse_tensor(edge_index):
@@ -214,8 +230,9 @@ class QGFDConv(MessagePassing):
             attn_index, flow = edge_index, edge_index.flip(0)
 
         P = None
-        if self.transition == "graph":
-            P = graph_transition(flow, num_nodes, edge_weight, self.add_self_loops)
+        if self.transition in ("graph", "sym"):
+            P = graph_transition(flow, num_nodes, edge_weight, self.add_self_loops,
+                                 normalization="rw" if self.transition == "graph" else "sym")
         if self.add_self_loops:
             attn_index, _ = remove_self_loops(attn_index)
             attn_index, _ = add_loops(attn_index, num_nodes=num_nodes)

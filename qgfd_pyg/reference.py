@@ -7,7 +7,7 @@ independent computation of what the package computes in the Z-form. Costs
 :math:`O(T L_q N^2)` time and :math:`O(L_q N)` memory per head: for small inputs only.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -87,11 +87,12 @@ def kernel_matrix(P: Tensor, theta: List[float], tail: float) -> Tensor:
     return M + tail * power
 
 
-def pform_conv(conv, x: Tensor, attn_index: Tensor, P_per_head: List[Tensor],
+def pform_conv(conv, x: Tensor, attn_index: Tensor, P_per_head: Union[List[Tensor], str],
                steps: Optional[int] = None) -> Tensor:
     """A dot-product :class:`qgfd_pyg.QGFDConv`'s output the slow way: dense :math:`p_0` per
     head over ``attn_index`` (source, target), :math:`p_t` iterated over that head's dense
-    ``P`` for ``steps`` (default ``conv.steps``), then :math:`p_T V`, concat/mean and bias."""
+    ``P`` for ``steps`` (default ``conv.steps``), then :math:`p_T V`, concat/mean and bias.
+    ``P_per_head="attention"`` iterates over each head's own dense :math:`p_0`."""
     N, H, C = x.size(0), conv.heads, conv.out_channels
     steps = conv.steps if steps is None else steps
     q = conv.lin_query(x).view(N, H, C).double()
@@ -104,7 +105,8 @@ def pform_conv(conv, x: Tensor, attn_index: Tensor, P_per_head: List[Tensor],
         scores = q[:, h] @ k[:, h].T / math.sqrt(C)
         scores = scores.masked_fill(~allowed, float("-inf"))
         p0 = torch.softmax(scores, dim=1).nan_to_num(0.0)  # rows without edges: no attention
-        pT = pform(p0, P_per_head[h].double(), conv.alpha, steps)
+        P = p0 if P_per_head == "attention" else P_per_head[h].double()
+        pT = pform(p0, P, conv.alpha, steps)
         outs.append(pT @ v[:, h])
     out = torch.stack(outs, dim=1)
     out = out.reshape(N, H * C) if conv.concat else out.mean(1)

@@ -46,8 +46,11 @@ def _to_coo(graph: GraphLike, num_nodes: Optional[int],
 
 def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
                      edge_weight: Optional[Tensor] = None,
-                     add_self_loops: bool = True) -> SparseTensor:
-    r"""Random-walk transition :math:`P = D^{-1} A` of a graph.
+                     add_self_loops: bool = True, normalization: str = "rw") -> SparseTensor:
+    r"""Random-walk transition :math:`P = D^{-1} A` of a graph (``normalization="rw"``), or
+    its symmetric normalisation :math:`D^{-1/2} A D^{-1/2}` (``"sym"``, APPNP's and GCN's),
+    with :math:`D` the out-weights :math:`A \mathbf{1}`. ``"sym"`` gives up row-stochasticity:
+    its rows do not sum to one, so the diffused :math:`p_T` is no longer a distribution.
 
     Edge ``(i, j)`` (``edge_index[:, e] = [i, j]``, or entry ``[i, j]`` of a sparse adjacency)
     sends mass from ``i`` to ``j`` in proportion to its weight. Duplicate edges are summed.
@@ -63,11 +66,13 @@ def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
         num_nodes (int, optional): number of nodes ``N`` (default: ``max(edge_index) + 1``).
         edge_weight (torch.Tensor, optional): non-negative finite weights ``[E]``.
         add_self_loops (bool): add a unit self-loop to every node without one.
+        normalization (str): ``"rw"`` or ``"sym"``.
 
     Shapes:
         - **input:** edge indices :math:`(2, |\mathcal{E}|)`, weights :math:`(|\mathcal{E}|)`
-        - **output:** row-stochastic SparseTensor :math:`(N, N)`
+        - **output:** SparseTensor :math:`(N, N)`, row-stochastic for ``"rw"``
     """
+    check_choice("normalization", normalization, ("rw", "sym"))
     edge_index, edge_weight, n = _to_coo(edge_index, num_nodes, edge_weight)
     check_edge_weight(edge_weight, edge_index.size(1))
     device = edge_index.device
@@ -86,7 +91,10 @@ def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
         edge_weight = torch.cat([edge_weight, edge_weight.new_ones(dangling.numel())])
         out_weight = out_weight.index_fill(0, dangling, 1.0)
     edge_index, edge_weight = coalesce(edge_index, edge_weight, n, reduce="sum")
-    value = edge_weight / out_weight[edge_index[0]]
+    if normalization == "rw":
+        value = edge_weight / out_weight[edge_index[0]]
+    else:
+        value = edge_weight / (out_weight[edge_index[0]] * out_weight[edge_index[1]]).sqrt()
     return SparseTensor(row=edge_index[0], col=edge_index[1], value=value,
                         sparse_sizes=(n, n), is_sorted=True, trust_data=True)
 

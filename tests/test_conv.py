@@ -6,7 +6,7 @@ from autograd_memory import saved_bytes
 from torch_geometric.utils import add_self_loops, remove_self_loops, to_undirected
 from torch_sparse import SparseTensor
 
-from qgfd_pyg import QGFDConv, knn_transition
+from qgfd_pyg import QGFDConv, graph_transition, knn_transition
 from qgfd_pyg.reference import dense_transition, pform, pform_conv, steps_until
 
 
@@ -271,3 +271,49 @@ def test_same_results_without_numba(monkeypatch):
         results.append([out.detach()] + [p.grad.clone() for p in conv.parameters()])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("alpha, steps", [(0.5, 2), (0.9, 6)])
+@pytest.mark.parametrize("concat", [True, False])
+def test_attention_transition_equals_p_form_in_value_and_gradient(alpha, steps, concat):
+    """transition="attention": P is each head's own p0 (MAGNA's attention diffusion); the
+    Z-form against the dense p_t iteration, outputs and the gradients through P."""
+    n = 10
+    edge_index = random_graph(n, 28)
+    x = torch.randn(n, 5)
+    conv = QGFDConv(5, 3, heads=2, concat=concat, alpha=alpha, steps=steps,
+                    transition="attention")
+    with torch.no_grad():
+        conv.bias.normal_()
+    weights = torch.randn(n, 6 if concat else 3, dtype=torch.float64)
+    out = conv(x, edge_index)
+    expected = pform_conv(conv, x, attention_index(edge_index, n), "attention")
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    params = [conv.lin_query.weight, conv.lin_key.weight, conv.lin_value.weight]
+    got = torch.autograd.grad((out.double() * weights).sum(), params)
+    want = torch.autograd.grad((expected * weights).sum(), params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w.double(), atol=1e-5, rtol=1e-4)
+    # its p_T is a distribution: the output of constant values is that constant
+    with torch.no_grad():
+        conv.lin_value.weight.zero_()
+        conv.bias.zero_()
+    assert conv(x, edge_index).abs().max() == 0
+
+
+def test_symmetric_transition_equals_p_form():
+    n = 9
+    edge_index = to_undirected(random_graph(n, 20), num_nodes=n)
+    edge_index, _ = remove_self_loops(edge_index)
+    x = torch.randn(n, 4)
+    conv = QGFDConv(4, 3, heads=2, alpha=0.8, steps=5, transition="sym")
+    out = conv(x, edge_index)
+    A = torch.eye(n, dtype=torch.float64)  # by hand: self loops, then D^-1/2 A D^-1/2
+    for s, t in edge_index.t().tolist():
+        A[t, s] += 1.0
+    d = A.sum(1)
+    P = A / (d.view(-1, 1) * d.view(1, -1)).sqrt()
+    expected = pform_conv(conv, x, attention_index(edge_index, n), [P, P])
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="normalization"):
+        graph_transition(edge_index, n, normalization="both")

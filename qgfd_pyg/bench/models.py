@@ -130,7 +130,8 @@ class QGFDOptions:
     attn_dropout: float = _option(0.0, "dropout on the seed attention")
     alpha: float = _option(0.8, "diffusion weight in [0, 1]")
     steps: int = _option(10, "diffusion steps T")
-    transition: str = _option("graph", "what the values diffuse over", ("graph", "knn"))
+    transition: str = _option("graph", "what the values diffuse over",
+                              ("graph", "sym", "knn", "attention"))
     k: int = _option(8, "kNN neighbours per key (transition=knn)")
     layers: int = _option(1, "1: MLP then QGFDConv; 2: two QGFDConv layers", (1, 2))
     attention: str = _option("dot", "seed score", ("dot", "additive"))
@@ -163,7 +164,7 @@ class QGFDNet(Module):
         self.input_dropout = InputDropout(o.dropout)
         conv = dict(alpha=o.alpha, steps=o.steps, transition=o.transition, k=o.k,
                     dropout=o.attn_dropout,
-                    cached=o.transition == "graph" if cached is None else cached,
+                    cached=o.transition != "knn" if cached is None else cached,
                     attention=o.attention)
         if o.layers == 1:
             self.first = Linear(in_channels, o.hidden)
