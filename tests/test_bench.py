@@ -1,3 +1,4 @@
+import math
 import json
 import os
 import subprocess
@@ -80,8 +81,9 @@ def test_every_model_trains_one_step(name):
 def test_cli_end_to_end_on_cora(tmp_path, capsys):
     assert cli.main(["cora", "--out", str(tmp_path)] + SHORT) == 0
     result = read(tmp_path, "cora")
-    assert result["complete"] and len(result["runs"]) == len(MODELS)
-    assert [row["model"] for row in result["summary"]] == list(MODELS)
+    defaults = [m for m, spec in MODELS.items() if spec.default]  # gcn2 is opt-in
+    assert result["complete"] and len(result["runs"]) == len(defaults)
+    assert [row["model"] for row in result["summary"]] == defaults
     for run in result["runs"]:
         assert 0.0 <= run["test"] <= 1.0 and run["epochs"] <= 3 and run["params"] > 0
         assert 0.0 <= run["ece"] <= 1.0
@@ -98,7 +100,7 @@ def test_cli_on_tiny_ogb_and_planetoid_formats(tmp_path):
     assert cli.main(["ogbn-arxiv", "--root", str(tmp_path), "--out", str(tmp_path)] + SHORT) == 0
     result = read(tmp_path, "ogbn-arxiv")
     assert result["config"]["metric"] == "acc (OGB Evaluator)"
-    assert len(result["runs"]) == len(MODELS)
+    assert len(result["runs"]) == sum(spec.default for spec in MODELS.values())
     assert cli.main(["pubmed", "--root", str(tmp_path), "--out", str(tmp_path),
                      "--models", "qgfd,gcn"] + SHORT) == 0
     assert len(read(tmp_path, "pubmed")["runs"]) == 2
@@ -158,7 +160,7 @@ def test_result_store_refuses_resume_with_other_options(tmp_path):
 def test_cli_errors_and_listing(tmp_path, capsys):
     assert cli.main(["--list"]) == 0
     assert "ogbn-arxiv" in capsys.readouterr().out
-    assert cli.main(["cora", "--models", "mlp", "--out", str(tmp_path)] + SHORT) == 2
+    assert cli.main(["cora", "--models", "rotate", "--out", str(tmp_path)] + SHORT) == 2
     assert cli.main(["nope", "--out", str(tmp_path)] + SHORT) == 2
     assert cli.main(["pyg", "--out", str(tmp_path)] + SHORT) == 2
     assert cli.main(["pyg", "--dataset", "NoSuchSet:x", "--out", str(tmp_path)] + SHORT) == 2
@@ -286,6 +288,30 @@ def test_committed_node_results_still_load_and_resume(name, tmp_path, monkeypatc
     stored = read(os.path.join(ROOT, "benchmarks", "results"), name)
     (tmp_path / f"{name}.json").write_text(json.dumps(stored))
     monkeypatch.setattr(runner, "fit", lambda *a, **k: pytest.fail("retrained a stored run"))
-    assert cli.main([name, "--out", str(tmp_path), "--resume", "--no-progress"]) == 0
+    models = ",".join(stored["config"]["models"])
+    assert cli.main([name, "--models", models, "--out", str(tmp_path), "--resume",
+                     "--no-progress"]) == 0
     again = read(tmp_path, name)
     assert again["runs"] == stored["runs"] and again["summary"] == stored["summary"]
+
+
+def test_mlp_and_gcnii_baselines(tmp_path):
+    """mlp ignores the graph; GCNII has the paper's shape and weight-decay groups and runs
+    only when asked for (the default model list leaves it out)."""
+    from qgfd_pyg.bench.models import MODELS
+    from qgfd_pyg.bench.train import make_optimizer
+
+    x = torch.randn(6, 5)
+    ring = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])
+    mlp = MODELS["mlp"].build(5, 3, **MODELS["mlp"].options).eval()
+    torch.testing.assert_close(mlp(x, ring), mlp(x, ring[:, :0]))
+    gcn2 = MODELS["gcn2"].build(5, 3, **{**MODELS["gcn2"].options, "layers": 4},
+                                cached=False).eval()
+    assert len(gcn2.convs) == 4 and gcn2.convs[3].beta == pytest.approx(math.log(0.5 / 4 + 1))
+    assert not torch.allclose(gcn2(x, ring), gcn2(x, ring[:, :0]))  # it uses the graph
+    optimizer = make_optimizer(gcn2, MODELS["gcn2"])
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 5e-4]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == \
+        len(list(gcn2.parameters()))
+    models, _, _ = runner._check(runner.RunConfig("cora"))
+    assert models == ["qgfd", "gat", "appnp", "gcn", "mlp"]

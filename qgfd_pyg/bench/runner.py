@@ -107,7 +107,8 @@ def _check(config: RunConfig) -> Tuple[List[str], int, int]:
     budget = kind.default_budget(config.extra)
     epochs = budget[0] if config.epochs is None else config.epochs
     patience = budget[1] if config.patience is None else config.patience
-    models = [m.strip() for m in (config.models or known) if m.strip()]
+    models = [m.strip() for m in (config.models or [m for m, s in known.items() if s.default])
+              if m.strip()]
     unknown = [m for m in models if m not in known]
     if unknown or not models:
         raise ValueError(f"unknown models {unknown} for task {config.task}; choose from "

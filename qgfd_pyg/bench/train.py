@@ -38,8 +38,11 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: Module, spec: ModelSpec) -> torch.optim.Optimizer:
-    """Adam with the model's learning rate and weight decay (every kind, every model)."""
-    return torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    """Adam with the model's learning rate and weight decay (every kind, every model; a
+    model with ``parameter_groups(weight_decay)`` sets its groups' own)."""
+    groups = getattr(model, "parameter_groups", None)  # a model's own weight-decay groups
+    params = groups(spec.weight_decay) if groups is not None else model.parameters()
+    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
 def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_epochs: int,
