@@ -2,6 +2,7 @@
 
     ./run python benchmarks/sweep_qgfd.py search cora --seeds 3
     ./run python benchmarks/sweep_qgfd.py ablation cora --seeds 3
+    ./run python benchmarks/sweep_qgfd.py transitions cora --seeds 3
 
 Every configuration is trained with the benchmark's protocol (same splits, seeds, epochs and
 early stopping as the final tables). In the search, the best mean *validation* accuracy wins;
@@ -30,7 +31,14 @@ SEARCH += [dict(layers=1, hidden=64, dropout=0.5, alpha=0.9, steps=10, heads=h, 
 # The ablation: alpha x steps x transition, the rest as chosen by the search (MODELS["qgfd"]).
 ABLATION = [dict(alpha=a, steps=s, transition=t)
             for t, a, s in itertools.product(["graph", "knn"], [0.0, 0.5, 0.85], [1, 2, 4, 8])]
-GRIDS = {"search": SEARCH, "ablation": ABLATION}
+# The transitions: the searched shape with the graph random walk, its symmetric normalisation
+# (APPNP's) and the layer's own attention (MAGNA's attention diffusion), alpha and attention
+# dropout around the earlier choice; selected like the search, on validation.
+TRANSITIONS = [dict(layers=1, hidden=64, dropout=0.5, alpha=a, steps=10, heads=1,
+                    attn_dropout=ad, transition=t)
+               for t, a, ad in itertools.product(["graph", "sym", "attention"], [0.8, 0.9],
+                                                 [0.0, 0.5])]
+GRIDS = {"search": SEARCH, "ablation": ABLATION, "transitions": TRANSITIONS}
 
 
 def canonical(config):
@@ -75,7 +83,7 @@ def main() -> None:
 
 def write(args, path, results) -> None:
     best = max(results, key=lambda r: r["val"]["mean"])
-    search = args.grid == "search"
+    search = args.grid in ("search", "transitions")
     atomic_write(path, json.dumps({"task": args.task, "grid": args.grid, "seeds": args.seeds,
                                    "selected_by": "mean validation accuracy" if search else None,
                                    "best_val": best["config"], "base": MODELS["qgfd"].options,

@@ -28,7 +28,8 @@ from .train import as_model_input, make_optimizer
 _BUDGET = "2 layers, 128 hidden, 64-dimensional embeddings, dot-product decoder"
 LINK_MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(partial(QGFDNet, cached=False), 0.01, 0.0,
-                      dict(hidden=128, dropout=0.5, alpha=0.8, steps=10), _BUDGET),
+                      dict(hidden=128, dropout=0.5, alpha=0.8, steps=10, transition="graph",
+                           attn_dropout=0.0), _BUDGET),
     "gat": ModelSpec(GAT, 0.01, 0.0, dict(hidden=16, heads=8, dropout=0.5), _BUDGET),
     "appnp": ModelSpec(partial(APPNPNet, cached=False), 0.01, 0.0,
                        dict(hidden=128, dropout=0.5, K=10, alpha=0.1), _BUDGET),

@@ -159,10 +159,10 @@ class QGFDOptions:
     hidden: int = _option(64, "hidden width (the MLP layer's output)")
     heads: int = _option(1, "attention heads of the QGFDConv layer(s)")
     dropout: float = _option(0.5, "dropout on the inputs and hidden features")
-    attn_dropout: float = _option(0.0, "dropout on the seed attention")
-    alpha: float = _option(0.8, "diffusion weight in [0, 1]")
+    attn_dropout: float = _option(0.5, "dropout on the seed attention")
+    alpha: float = _option(0.9, "diffusion weight in [0, 1]")
     steps: int = _option(10, "diffusion steps T")
-    transition: str = _option("graph", "what the values diffuse over",
+    transition: str = _option("attention", "what the values diffuse over",
                               ("graph", "sym", "knn", "attention"))
     k: int = _option(8, "kNN neighbours per key (transition=knn)")
     layers: int = _option(1, "1: MLP then QGFDConv; 2: two QGFDConv layers", (1, 2))
@@ -223,7 +223,7 @@ class ModelSpec:
 
 MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(QGFDNet, 0.01, 5e-4, asdict(QGFDOptions()),
-                      "chosen on Cora validation accuracy (benchmarks/results/cora_search.md)"),
+                      "chosen on Cora validation accuracy (benchmarks/results/cora_transitions.md)"),
     "gat": ModelSpec(GAT, 0.005, 5e-4, dict(hidden=8, heads=8, dropout=0.6), "GAT paper"),
     "appnp": ModelSpec(APPNPNet, 0.01, 5e-4, dict(hidden=64, dropout=0.5, K=10, alpha=0.1),
                        "APPNP paper / PyG example"),
