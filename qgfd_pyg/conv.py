@@ -98,6 +98,13 @@ class QGFDConv(MessagePassing):
                  dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
                  tol: Optional[float] = None, cached: bool = False, attention: str = "dot",
                  checkpoint: bool = False, **kwargs):
+        # the layer aggregates with its own attention weights, along the edges' direction
+        if kwargs.get("aggr", "add") != "add":
+            raise ValueError(f"QGFDConv sums over its attention weights; aggr="
+                             f"{kwargs['aggr']!r} is not supported")
+        if kwargs.get("flow", "source_to_target") != "source_to_target":
+            raise ValueError(f"QGFDConv supports flow='source_to_target' only (got "
+                             f"{kwargs['flow']!r}); flip edge_index instead")
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
         if not isinstance(in_channels, int) or (in_channels < 1 and in_channels != -1):
@@ -167,6 +174,13 @@ class QGFDConv(MessagePassing):
             raise ValueError(f"x has {x.size(1)} features but the layer expects "
                              f"in_channels={self.in_channels}")
         N, H, C = x.size(0), self.heads, self.out_channels
+        if N == 0:  # no nodes: no queries, no edges
+            out = x.new_zeros(0, H * C if self.concat else C)
+            if self.bias is not None:
+                out = out + self.bias
+            if return_attention_weights:
+                return out, (x.new_zeros(2, 0, dtype=torch.long), x.new_zeros(0, H))
+            return out
         attn_index, P, layout = self._structure(edge_index, edge_weight, N)
 
         value = self.lin_value(x).view(N, H, C)

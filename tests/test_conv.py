@@ -317,3 +317,25 @@ def test_symmetric_transition_equals_p_form():
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="normalization"):
         graph_transition(edge_index, n, normalization="both")
+
+
+@pytest.mark.parametrize("transition", ["graph", "knn", "attention"])
+@pytest.mark.parametrize("n", [0, 1, 4])
+def test_no_nodes_one_node_and_no_edges(transition, n):
+    """The obvious shapes: no nodes give no rows; without edges every node attends to itself
+    only, so the output is its own value (plus bias) whatever the diffusion."""
+    conv = QGFDConv(3, 2, heads=2, transition=transition, k=2)
+    x = torch.randn(n, 3)
+    out, (index, p0) = conv(x, torch.zeros(2, 0, dtype=torch.long),
+                            return_attention_weights=True)
+    assert out.shape == (n, 4) and p0.shape == (n, 2) and index.shape == (2, n)
+    if n and transition != "knn":  # kNN joins the nodes' keys even without edges
+        torch.testing.assert_close(out, conv.lin_value(x) + conv.bias)
+
+
+@pytest.mark.parametrize("option, match", [(dict(flow="target_to_source"), "flow"),
+                                           (dict(aggr="mean"), "aggr")])
+def test_message_passing_options_it_does_not_honour_are_errors(option, match):
+    with pytest.raises(ValueError, match=match):
+        QGFDConv(3, 2, **option)
+    QGFDConv(3, 2, aggr="add", flow="source_to_target")  # the ones it does are accepted
