@@ -10,7 +10,8 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import add_self_loops as add_loops
-from torch_geometric.utils import coalesce, is_torch_sparse_tensor, remove_self_loops, softmax
+from torch_geometric.utils import (coalesce, is_torch_sparse_tensor, remove_self_loops, scatter,
+                                   softmax)
 from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
@@ -182,6 +183,25 @@ class QGFDConv(MessagePassing):
                 return out, (x.new_zeros(2, 0, dtype=torch.long), x.new_zeros(0, H))
             return out
         attn_index, P, layout = self._structure(edge_index, edge_weight, N)
+        explaining = bool(self.explain) and getattr(self, "_edge_mask", None) is not None
+        hooked = len(self._message_forward_hooks) > 0
+        if (explaining or hooked) and (not isinstance(edge_index, Tensor)
+                                       or is_torch_sparse_tensor(edge_index)):
+            raise ValueError("explaining QGFDConv needs edge_index input, not a sparse adj_t")
+        # the attention edge each input edge stands for (self loops: the node's own)
+        position = self._positions(edge_index, attn_index, N) if explaining or hooked else None
+        mask = None
+        if explaining:  # PyG's explain: a mask per input edge scales its seed attention and
+            mask = self._edge_mask.sigmoid() if self._apply_sigmoid else self._edge_mask
+            if mask.shape != (edge_index.size(1),):  # its weight in the graph transition
+                raise ValueError(f"the edge mask has shape {tuple(mask.shape)} but the layer "
+                                 f"got {edge_index.size(1)} edges")
+            mask = torch.where(edge_index[0] == edge_index[1], torch.ones_like(mask), mask)
+            if self.transition in ("graph", "sym"):
+                weight = mask if edge_weight is None else edge_weight * mask
+                P = graph_transition(edge_index.flip(0), N, weight, self.add_self_loops,
+                                     normalization="rw" if self.transition == "graph"
+                                     else "sym")
 
         value = self.lin_value(x).view(N, H, C)
         key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
@@ -194,7 +214,13 @@ class QGFDConv(MessagePassing):
             score = F.leaky_relu((value * self.att_dst).sum(-1)[dst]
                                  + (value * self.att_src).sum(-1)[src], 0.2)
         p0 = softmax(score, dst, num_nodes=N)
+        if mask is not None:  # several input edges on one attention edge: their mean mask
+            per_edge = scatter(mask, position, 0, dim_size=p0.size(0), reduce="mean")
+            covered = scatter(torch.ones_like(mask), position, 0, dim_size=p0.size(0))
+            p0 = p0 * torch.where(covered > 0, per_edge, torch.ones_like(per_edge)).view(-1, 1)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
+        for hook in self._message_forward_hooks.values():  # AttentionExplainer reads 'alpha'
+            hook(self, ({"alpha": p0[position], "edge_index": edge_index},), p0)
 
         if self.transition in ("knn", "attention"):  # one transition per head, block-diagonal
             if self.transition == "knn":
@@ -220,6 +246,13 @@ class QGFDConv(MessagePassing):
                 return out, (attn_index, p0)
             return out, (SparseTensor(row=dst, col=src, value=p0, sparse_sizes=(N, N)), p0)
         return out
+
+    @staticmethod
+    def _positions(edge_index: Tensor, attn_index: Tensor, num_nodes: int) -> Tensor:
+        """For each input edge ``(j, i)``, the index of the attention edge ``(j, i)`` (the
+        attention edges are unique and sorted by target, then source)."""
+        keys = attn_index[1] * num_nodes + attn_index[0]
+        return torch.searchsorted(keys, edge_index[1] * num_nodes + edge_index[0])
 
     def _structure(self, edge_index: Adj, edge_weight: OptTensor,
                    num_nodes: int) -> Tuple[Tensor, Optional[SparseTensor], EdgeLayout]:

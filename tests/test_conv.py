@@ -339,3 +339,86 @@ def test_message_passing_options_it_does_not_honour_are_errors(option, match):
     with pytest.raises(ValueError, match=match):
         QGFDConv(3, 2, **option)
     QGFDConv(3, 2, aggr="add", flow="source_to_target")  # the ones it does are accepted
+
+
+def test_explain_edge_mask_scales_seed_attention_and_transition():
+    """PyG's explain machinery (set_masks) on QGFDConv: the mask of edge j -> i multiplies
+    p0_ij and the edge's weight in P; self loops keep 1. Against the dense p-form."""
+    from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
+
+    n = 8
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 1, 3, 3],
+                               [1, 2, 3, 4, 5, 6, 7, 0, 1, 3]])  # (3, 3): an input loop
+    mask = torch.tensor([0.9, 0.0, 0.5, 1.0, 0.2, 0.7, 0.3, 0.6, 0.4, 0.05])
+    x = torch.randn(n, 4, dtype=torch.float64)
+    conv = QGFDConv(4, 3, alpha=0.7, steps=3).double()
+    plain = conv(x, edge_index)
+    set_masks(conv, mask.double(), edge_index, apply_sigmoid=False)
+    out = conv(x, edge_index)
+    clear_masks(conv)
+    torch.testing.assert_close(conv(x, edge_index), plain)  # masks cleared: as before
+
+    q, k, v = conv.lin_query(x), conv.lin_key(x), conv.lin_value(x)
+    allowed = torch.eye(n, dtype=torch.bool)
+    allowed[edge_index[1], edge_index[0]] = True
+    p0 = torch.softmax((q @ k.T / 3 ** 0.5).masked_fill(~allowed, float("-inf")), dim=1)
+    M = torch.ones(n, n, dtype=torch.float64)
+    loops = edge_index[0] == edge_index[1]
+    M[edge_index[1, ~loops], edge_index[0, ~loops]] = mask[~loops].double()
+    weights = torch.where(loops, 1.0, mask).double()
+    P = dense_transition(edge_index.flip(0), n, weights, add_self_loops=True)
+    expected = pform(p0 * M, P, 0.7, 3) @ v + conv.bias
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, plain)
+    set_masks(conv, mask[:-1].double(), edge_index[:, :-1], apply_sigmoid=False)
+    with pytest.raises(ValueError, match="edge mask has shape"):
+        conv(x, edge_index)
+    with pytest.raises(ValueError, match="edge_index input"):
+        conv(x, SparseTensor.from_edge_index(edge_index, sparse_sizes=(n, n)).t())
+
+
+def test_gnn_explainer_masks_only_edges_the_node_can_reach():
+    """GNNExplainer on a path: node 0 reads p0 over the edges into 0 and, with steps = 1,
+    Z of nodes 0 and 1, i.e. the rows of P over the edges into 0 and 1; every other edge
+    (into nodes 2..8, 1 -> 2 included) gets mask 0, these three a positive mask."""
+    from torch_geometric.explain import Explainer, GNNExplainer
+
+    torch.manual_seed(0)
+    n = 9
+    edge_index = to_undirected(torch.stack([torch.arange(n - 1), torch.arange(1, n)]))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = QGFDConv(3, 2, alpha=0.8, steps=1)
+
+        def forward(self, x, edge_index):
+            return self.conv(x, edge_index).log_softmax(-1)
+
+    explainer = Explainer(Net(), GNNExplainer(epochs=30), explanation_type="model",
+                          edge_mask_type="object", node_mask_type=None,
+                          model_config=dict(mode="multiclass_classification",
+                                            task_level="node", return_type="log_probs"))
+    explanation = explainer(torch.randn(n, 3), edge_index, index=0)
+    far = edge_index[1] > 1  # edges into nodes 2..8
+    assert explanation.edge_mask.shape == (edge_index.size(1),)
+    assert (explanation.edge_mask[far] == 0).all()
+    assert (explanation.edge_mask[~far] > 0).all()
+
+
+def test_attention_explainer_reads_the_seed_attention_of_each_input_edge():
+    from torch_geometric.explain import AttentionExplainer, Explainer
+
+    n = 6
+    edge_index = torch.tensor([[0, 2, 1, 3, 4, 1], [1, 1, 2, 2, 5, 0]])
+    conv = QGFDConv(3, 2, heads=2, alpha=0.5, steps=2)
+    explainer = Explainer(conv, AttentionExplainer(reduce="max"), explanation_type="model",
+                          edge_mask_type="object",
+                          model_config=dict(mode="regression", task_level="node",
+                                            return_type="raw"))
+    x = torch.randn(n, 3)
+    explanation = explainer(x, edge_index)
+    _, (index, p0) = conv(x, edge_index, return_attention_weights=True)
+    by_edge = {tuple(e): a.max() for e, a in zip(index.t().tolist(), p0, strict=True)}
+    expected = torch.stack([by_edge[tuple(e)] for e in edge_index.t().tolist()])
+    torch.testing.assert_close(explanation.edge_mask, expected)
