@@ -18,7 +18,7 @@ from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_we
                       check_positive_float, check_positive_int, check_steps)
 from .diffusion import diffuse
 from .edge_ops import EdgeLayout, edge_aggregate, edge_dot
-from .spmm import sparse_matrix
+from .spmm import Transition, sparse_matrix
 from .transition import graph_transition, knn_transition
 
 
@@ -90,9 +90,10 @@ class QGFDConv(MessagePassing):
         - **output:** node features :math:`(|\mathcal{V}|, H \cdot F_{out})` or
           :math:`(|\mathcal{V}|, F_{out})` if ``concat=False``; with
           ``return_attention_weights=True`` also ``(edge_index, p0)`` with :math:`p^{(0)}` of
-          shape :math:`(|\mathcal{E}'|, H)` (a SparseTensor for SparseTensor input)
+          shape :math:`(|\mathcal{E}'|, H)` (the adjacency with :math:`p^{(0)}` as its values
+          for sparse input: a SparseTensor, or a torch sparse :math:`(N, N, H)` tensor)
     """
-    _cached: Optional[Tuple[Tensor, Optional[SparseTensor], EdgeLayout]]
+    _cached: Optional[Tuple[Tensor, Optional[Transition], EdgeLayout]]
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
@@ -244,7 +245,9 @@ class QGFDConv(MessagePassing):
         if return_attention_weights:
             if isinstance(edge_index, Tensor) and not is_torch_sparse_tensor(edge_index):
                 return out, (attn_index, p0)
-            return out, (SparseTensor(row=dst, col=src, value=p0, sparse_sizes=(N, N)), p0)
+            if isinstance(edge_index, SparseTensor):
+                return out, (SparseTensor(row=dst, col=src, value=p0, sparse_sizes=(N, N)), p0)
+            return out, (torch.sparse_coo_tensor(torch.stack([dst, src]), p0, (N, N, H)), p0)
         return out
 
     @staticmethod
@@ -255,22 +258,25 @@ class QGFDConv(MessagePassing):
         return torch.searchsorted(keys, edge_index[1] * num_nodes + edge_index[0])
 
     def _structure(self, edge_index: Adj, edge_weight: OptTensor,
-                   num_nodes: int) -> Tuple[Tensor, Optional[SparseTensor], EdgeLayout]:
+                   num_nodes: int) -> Tuple[Tensor, Optional[Transition], EdgeLayout]:
         """Attention edges (with self-loops, sorted by target), their grouping and, for
         ``transition="graph"`` / ``"sym"``, ``P``."""
         if self._cached is not None:
             return self._cached
-        if is_torch_sparse_tensor(edge_index):
-            edge_index = SparseTensor.from_torch_sparse_coo_tensor(
-                edge_index.to_sparse_coo().coalesce())
-        if isinstance(edge_index, SparseTensor):  # adj_t: row = target, col = source
-            if edge_index.sparse_sizes() != (num_nodes, num_nodes):
-                raise ValueError(f"adj_t has size {edge_index.sparse_sizes()} but x has "
-                                 f"{num_nodes} nodes")
+        if is_torch_sparse_tensor(edge_index) or isinstance(edge_index, SparseTensor):
+            # adj_t: row = target, col = source; its values weight P
+            if isinstance(edge_index, SparseTensor):
+                sizes = edge_index.sparse_sizes()
+                dst, src, values = edge_index.coo()
+            else:
+                coo = edge_index.to_sparse_coo().coalesce()
+                sizes, (dst, src), values = tuple(coo.shape), coo.indices(), coo.values()
+            if tuple(sizes) != (num_nodes, num_nodes):
+                raise ValueError(f"adj_t has size {tuple(sizes)} but x has {num_nodes} nodes")
             if edge_weight is not None:
                 raise ValueError("pass edge weights as the values of adj_t, not as edge_weight")
-            dst, src, _ = edge_index.coo()
-            attn_index, flow = torch.stack([src, dst]), edge_index
+            attn_index, flow, edge_weight = torch.stack([src, dst]), torch.stack([dst, src]), \
+                values
         else:
             check_edge_index(edge_index, num_nodes)
             check_edge_weight(edge_weight, edge_index.size(1))

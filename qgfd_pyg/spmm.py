@@ -90,14 +90,18 @@ def _torch_csr(transition: SparseTensor, transpose: bool, dtype: torch.dtype) ->
                                        check_invariants=False)  # built by torch_sparse
 
 
-def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int) -> Transition:
+def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int,
+                  is_sorted: bool = False) -> Transition:
     """The ``[size, size]`` matrix holding ``value`` at ``(row, col)`` (duplicates add up):
     a :class:`torch_sparse.SparseTensor` where torch-sparse is installed, else a coalesced
-    torch sparse COO tensor. Both differentiate w.r.t. ``value`` through :func:`spmm`."""
+    torch sparse COO tensor. Both differentiate w.r.t. ``value`` through :func:`spmm`.
+    ``is_sorted``: the entries are unique and sorted by row, then column (trusted)."""
     if WITH_TORCH_SPARSE:
-        return SparseTensor(row=row, col=col, value=value, sparse_sizes=(size, size))
-    return torch.sparse_coo_tensor(torch.stack([row, col]), value, (size, size),
-                                   check_invariants=False).coalesce()
+        return SparseTensor(row=row, col=col, value=value, sparse_sizes=(size, size),
+                            is_sorted=is_sorted, trust_data=is_sorted)
+    out = torch.sparse_coo_tensor(torch.stack([row, col]), value, (size, size),
+                                  check_invariants=False, is_coalesced=is_sorted)
+    return out if is_sorted else out.coalesce()
 
 
 def needs_value_grad(transition: Transition) -> bool:

@@ -1,7 +1,9 @@
 """Row-stochastic transitions P over the keys, the operator that QGFD diffuses over.
 
-Every builder returns a :class:`torch_sparse.SparseTensor` of shape [N, N] whose row ``i`` says
-where probability mass sitting at node ``i`` flows in one step (each row sums to one).
+Every builder returns a sparse ``[N, N]`` matrix whose row ``i`` says where probability mass
+sitting at node ``i`` flows in one step (each row sums to one): a
+:class:`torch_sparse.SparseTensor` where torch-sparse is installed, else a torch sparse COO
+tensor (see :func:`qgfd_pyg.spmm.sparse_matrix`); :func:`qgfd_pyg.diffuse` takes either.
 """
 import math
 from typing import Any, Hashable, List, Optional, Sequence, Tuple, Union
@@ -13,6 +15,7 @@ from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_choice, check_edge_index, check_edge_weight, check_positive_float,
                       check_positive_int)
+from .spmm import Transition, sparse_matrix
 
 GraphLike = Union[Tensor, SparseTensor]
 
@@ -21,20 +24,16 @@ def _to_coo(graph: GraphLike, num_nodes: Optional[int],
             edge_weight: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], int]:
     """Brings edge_index / SparseTensor / torch sparse input to (edge_index, weight, N)."""
     if isinstance(graph, Tensor) and graph.layout != torch.strided:  # torch COO / CSR / CSC
-        graph = SparseTensor.from_torch_sparse_coo_tensor(graph.to_sparse_coo().coalesce())
+        coo = graph.to_sparse_coo().coalesce()
+        if coo.dim() != 2:
+            raise ValueError(f"a transition needs a 2-D adjacency (got shape "
+                             f"{list(coo.shape)})")
+        return _checked_adjacency(tuple(coo.shape), num_nodes, edge_weight, coo.indices(),
+                                  coo.values())
     if isinstance(graph, SparseTensor):
-        n_rows, n_cols = graph.sparse_sizes()
-        if n_rows != n_cols:
-            raise ValueError(f"a transition needs a square adjacency (got {n_rows} x {n_cols})")
-        if num_nodes is not None and num_nodes != n_rows:
-            raise ValueError(f"num_nodes={num_nodes} does not match the adjacency's size {n_rows}")
         row, col, value = graph.coo()
-        if value is not None and edge_weight is not None:
-            raise ValueError("the adjacency already carries values; do not pass edge_weight too")
-        if value is not None and value.dim() != 1:
-            raise ValueError(f"adjacency values must be scalars per edge "
-                             f"(got shape {list(value.shape)})")
-        return torch.stack([row, col]), edge_weight if value is None else value, n_rows
+        return _checked_adjacency(graph.sparse_sizes(), num_nodes, edge_weight,
+                                  torch.stack([row, col]), value)
     if num_nodes is None:
         check_edge_index(edge_index=graph, num_nodes=2**62)
         num_nodes = int(graph.max()) + 1 if graph.numel() > 0 else 0
@@ -44,9 +43,26 @@ def _to_coo(graph: GraphLike, num_nodes: Optional[int],
     return graph.long(), edge_weight, int(num_nodes)
 
 
+def _checked_adjacency(sizes: Tuple[int, int], num_nodes: Optional[int],
+                       edge_weight: Optional[Tensor], index: Tensor, value: Optional[Tensor]
+                       ) -> Tuple[Tensor, Optional[Tensor], int]:
+    """(edge_index, weight, N) of a sparse adjacency, its size and values checked."""
+    n_rows, n_cols = sizes
+    if n_rows != n_cols:
+        raise ValueError(f"a transition needs a square adjacency (got {n_rows} x {n_cols})")
+    if num_nodes is not None and num_nodes != n_rows:
+        raise ValueError(f"num_nodes={num_nodes} does not match the adjacency's size {n_rows}")
+    if value is not None and edge_weight is not None:
+        raise ValueError("the adjacency already carries values; do not pass edge_weight too")
+    if value is not None and value.dim() != 1:
+        raise ValueError(f"adjacency values must be scalars per edge "
+                         f"(got shape {list(value.shape)})")
+    return index, edge_weight if value is None else value, n_rows
+
+
 def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
                      edge_weight: Optional[Tensor] = None,
-                     add_self_loops: bool = True, normalization: str = "rw") -> SparseTensor:
+                     add_self_loops: bool = True, normalization: str = "rw") -> Transition:
     r"""Random-walk transition :math:`P = D^{-1} A` of a graph (``normalization="rw"``), or
     its symmetric normalisation :math:`D^{-1/2} A D^{-1/2}` (``"sym"``, APPNP's and GCN's),
     with :math:`D` the out-weights :math:`A \mathbf{1}`. ``"sym"`` gives up row-stochasticity:
@@ -95,13 +111,12 @@ def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
         value = edge_weight / out_weight[edge_index[0]]
     else:
         value = edge_weight / (out_weight[edge_index[0]] * out_weight[edge_index[1]]).sqrt()
-    return SparseTensor(row=edge_index[0], col=edge_index[1], value=value,
-                        sparse_sizes=(n, n), is_sorted=True, trust_data=True)
+    return sparse_matrix(edge_index[0], edge_index[1], value, n, is_sorted=True)
 
 
 def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float = 1.0,
                    causal: bool = False, mask: Optional[Tensor] = None,
-                   chunk_size: Optional[int] = None) -> SparseTensor:
+                   chunk_size: Optional[int] = None) -> Transition:
     r"""Sparse transition from the ``k`` nearest keys of every key.
 
     Row ``i`` keeps the ``k`` largest similarities :math:`s_{ij}` (exact top-k) and applies a
@@ -200,11 +215,10 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
     if not bool(valid.all()):
         keep = valid.view(-1)
         row, col, value = row[keep], col[keep], value[keep]
-    return SparseTensor(row=row, col=col, value=value, sparse_sizes=(B * N, B * N),
-                        is_sorted=True, trust_data=True)
+    return sparse_matrix(row, col, value, B * N, is_sorted=True)
 
 
-def from_scipy(matrix: Any, add_self_loops: bool = False) -> SparseTensor:
+def from_scipy(matrix: Any, add_self_loops: bool = False) -> Transition:
     r"""Row-stochastic transition from a square scipy sparse (or dense numpy) matrix.
 
     ``matrix[i, j]`` is the weight of the flow from ``i`` to ``j``; weights must be finite and
@@ -237,7 +251,7 @@ def from_scipy(matrix: Any, add_self_loops: bool = False) -> SparseTensor:
 
 def from_networkx(G: Any, weight: Optional[str] = "weight",
                   nodelist: Optional[Sequence[Hashable]] = None,
-                  add_self_loops: bool = False) -> Tuple[SparseTensor, List[Hashable]]:
+                  add_self_loops: bool = False) -> Tuple[Transition, List[Hashable]]:
     r"""Row-stochastic transition of a NetworkX graph.
 
     Directed graphs walk along their edges; undirected ones both ways. Edge attribute ``weight``

@@ -223,7 +223,8 @@ class ModelSpec:
 
 MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(QGFDNet, 0.01, 5e-4, asdict(QGFDOptions()),
-                      "chosen on Cora validation accuracy (benchmarks/results/cora_transitions.md)"),
+                      "chosen on Cora validation accuracy "
+                      "(benchmarks/results/cora_transitions.md)"),
     "gat": ModelSpec(GAT, 0.005, 5e-4, dict(hidden=8, heads=8, dropout=0.6), "GAT paper"),
     "appnp": ModelSpec(APPNPNet, 0.01, 5e-4, dict(hidden=64, dropout=0.5, K=10, alpha=0.1),
                        "APPNP paper / PyG example"),
