@@ -126,6 +126,7 @@ class _FixedTransitionDiffusion(torch.autograd.Function):
         return (grad_x,) + (None,) * 8
 
 
+@torch.compiler.disable  # numba / torch_sparse kernels: torch.compile breaks the graph here
 def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: int = 6,
             tol: Optional[float] = None, kernel: str = "ppr", heat_time: float = 1.0,
             return_info: bool = False, checkpoint: bool = False

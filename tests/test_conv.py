@@ -422,3 +422,34 @@ def test_attention_explainer_reads_the_seed_attention_of_each_input_edge():
     by_edge = {tuple(e): a.max() for e, a in zip(index.t().tolist(), p0, strict=True)}
     expected = torch.stack([by_edge[tuple(e)] for e in edge_index.t().tolist()])
     torch.testing.assert_close(explanation.edge_mask, expected)
+
+
+@pytest.mark.parametrize("transition", ["graph", "attention", "knn"])
+def test_torch_compile_gives_the_eager_output_and_gradients(transition):
+    """torch.compile (dynamo + AOT autograd; the custom kernels and torch_sparse calls run as
+    graph breaks) of a model with QGFDConv, forward and backward."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    n = 20
+    edge_index = random_graph(n, 60)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 8)
+            self.conv = QGFDConv(8, 4, heads=2, transition=transition, k=3, alpha=0.8,
+                                 steps=3)
+
+        def forward(self, x, edge_index):
+            return self.conv(self.lin(x).relu(), edge_index)
+
+    model = Net()
+    x = torch.randn(n, 6)
+    eager = model(x, edge_index)
+    grads = torch.autograd.grad(eager.square().sum(), list(model.parameters()))
+    compiled = torch.compile(model, backend="aot_eager")
+    out = compiled(x, edge_index)
+    torch.testing.assert_close(out, eager)
+    for got, want in zip(torch.autograd.grad(out.square().sum(), list(model.parameters())),
+                         grads, strict=True):
+        torch.testing.assert_close(got, want)
