@@ -11,7 +11,7 @@ from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import add_self_loops as add_loops
 from torch_geometric.utils import (coalesce, is_torch_sparse_tensor, remove_self_loops, scatter,
-                                   softmax)
+                                   softmax, to_dense_batch)
 from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
@@ -156,7 +156,7 @@ class QGFDConv(MessagePassing):
         self._cached = None
 
     def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
-                return_attention_weights: Optional[bool] = None
+                return_attention_weights: Optional[bool] = None, batch: OptTensor = None
                 ) -> Union[Tensor, Tuple[Tensor, Tuple[Adj, Tensor]]]:
         r"""Runs the layer.
 
@@ -168,6 +168,8 @@ class QGFDConv(MessagePassing):
                 transition (the seed attention does not use them).
             return_attention_weights (bool, optional): also return the seed attention
                 :math:`p^{(0)}` per edge (self-loops included).
+            batch (torch.Tensor, optional): the graph of each node ``[N]`` (sorted, as in a
+                PyG ``Batch``): a kNN transition then joins keys of one graph only.
         """
         if not isinstance(x, Tensor) or x.dim() != 2:
             raise ValueError(f"x must be a node feature matrix [N, F] "
@@ -223,7 +225,9 @@ class QGFDConv(MessagePassing):
         for hook in self._message_forward_hooks.values():  # AttentionExplainer reads 'alpha'
             hook(self, ({"alpha": p0[position], "edge_index": edge_index},), p0)
 
-        if self.transition in ("knn", "attention"):  # one transition per head, block-diagonal
+        if self.transition == "knn" and batch is not None:  # one kNN per graph and head
+            z = self._knn_per_graph(key, value, batch)
+        elif self.transition in ("knn", "attention"):  # one per head, block-diagonal
             if self.transition == "knn":
                 P = knn_transition(key.transpose(0, 1), self.k)
             else:  # P_ij = p0_ij: row i (query) spreads over its keys j, per head
@@ -249,6 +253,23 @@ class QGFDConv(MessagePassing):
                 return out, (SparseTensor(row=dst, col=src, value=p0, sparse_sizes=(N, N)), p0)
             return out, (torch.sparse_coo_tensor(torch.stack([dst, src]), p0, (N, N, H)), p0)
         return out
+
+    def _knn_per_graph(self, key: Tensor, value: Tensor, batch: Tensor) -> Tensor:
+        """The values ``[N, H, C]`` diffused over one kNN transition per graph and head: the
+        keys of each graph padded to ``[H * B, N_max, C]``, padding never selected."""
+        if batch.shape != (key.size(0),) or batch.dtype != torch.long:
+            raise ValueError(f"batch must be a long tensor [{key.size(0)}] (got "
+                             f"{batch.dtype} {tuple(batch.shape)})")
+        if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
+            raise ValueError("batch must be sorted (nodes grouped by graph, as in a PyG Batch)")
+        N, H, C = key.shape
+        keys, valid = to_dense_batch(key, batch)  # [B, M, H, C], [B, M]
+        B, M = valid.shape
+        keys = keys.permute(2, 0, 1, 3).reshape(H * B, M, C)
+        P = knn_transition(keys, self.k, mask=~valid.repeat(H, 1))
+        values = to_dense_batch(value, batch)[0].permute(2, 0, 1, 3).reshape(H * B * M, C)
+        z = diffuse(values, P, self.alpha, self.steps, self.tol, checkpoint=self.checkpoint)
+        return z.view(H, B, M, C)[:, valid].transpose(0, 1)  # [N, H, C]
 
     @staticmethod
     def _positions(edge_index: Tensor, attn_index: Tensor, num_nodes: int) -> Tensor:

@@ -453,3 +453,24 @@ def test_torch_compile_gives_the_eager_output_and_gradients(transition):
     for got, want in zip(torch.autograd.grad(out.square().sum(), list(model.parameters())),
                          grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_knn_transition_stays_inside_each_graph_of_a_batch():
+    """With batch=, each graph's nodes diffuse over a kNN of their own keys: the output on
+    a Batch equals each graph run alone, and a graph-classification model pools over it."""
+    from torch_geometric.data import Batch, Data
+    from torch_geometric.nn import global_mean_pool
+
+    torch.manual_seed(0)
+    graphs = [Data(x=torch.randn(n, 5), edge_index=random_graph(n, 2 * n)) for n in (4, 7, 5)]
+    conv = QGFDConv(5, 3, heads=2, alpha=0.8, steps=3, transition="knn", k=3)
+    data = Batch.from_data_list(graphs)
+    out = conv(data.x, data.edge_index, batch=data.batch)
+    alone = torch.cat([conv(g.x, g.edge_index) for g in graphs])
+    torch.testing.assert_close(out, alone)
+    assert not torch.allclose(conv(data.x, data.edge_index), alone)  # without batch: mixed
+    pooled = global_mean_pool(out, data.batch)
+    pooled.sum().backward()
+    assert pooled.shape == (3, 6) and conv.lin_key.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="sorted"):
+        conv(data.x, data.edge_index, batch=data.batch.flip(0))
