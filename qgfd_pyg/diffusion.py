@@ -141,6 +141,9 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     soon as :math:`\max |Z_{t+1} - Z_t| <` ``tol``; the residual shrinks at least geometrically
     at rate :math:`\alpha` for PPR. Any ``out = p_0 Z_T`` then equals :math:`p_T V`.
 
+    Half-precision values (float16, bfloat16) are diffused in float32 and the result is
+    returned in their dtype.
+
     Memory: when the entries of ``transition`` are constants (graph transitions, detached
     kNN), the backward pass is the same diffusion over :math:`P^\top` and keeps no copy of
     the values from the forward steps. When they need gradients (kNN over trainable keys),
@@ -181,6 +184,15 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     if values.size(len(batch)) != n:
         raise ValueError(f"values have {values.size(len(batch))} rows but the transition is "
                          f"{n} x {n}")
+    if values.dtype in (torch.float16, torch.bfloat16):
+        # half precision (a .half() / .bfloat16() module, autocast): the sparse products need
+        # float32, so the diffusion runs in float32 and its result is cast back
+        with torch.autocast(values.device.type, enabled=False):
+            result = diffuse(values.float(), transition, alpha, steps, tol, kernel, heat_time,
+                             return_info, checkpoint)
+        if return_info:
+            return result[0].to(values.dtype), result[1]
+        return result.to(values.dtype)
     theta, tail = kernel_coefficients(kernel, steps, alpha, heat_time)
     if kernel == "ppr" and alpha == 0.0:
         steps = 0  # plain attention: Z = V exactly, no products needed

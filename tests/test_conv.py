@@ -474,3 +474,30 @@ def test_knn_transition_stays_inside_each_graph_of_a_batch():
     assert pooled.shape == (3, 6) and conv.lin_key.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="sorted"):
         conv(data.x, data.edge_index, batch=data.batch.flip(0))
+
+
+@pytest.mark.parametrize("transition", ["graph", "sym", "attention", "knn"])
+@pytest.mark.parametrize("mode", ["bfloat16", "float16", "autocast"])
+def test_half_precision_modules_and_autocast(transition, mode):
+    """A .bfloat16() / .half() layer and CPU autocast run (the diffusion in float32), with
+    finite outputs and gradients close to float32 (bf16 kNN may pick other neighbours)."""
+    torch.manual_seed(0)
+    n = 30
+    edge_index = random_graph(n, 90)
+    x = torch.randn(n, 8)
+    conv = QGFDConv(8, 4, heads=2, transition=transition, k=4)
+    reference = conv(x, edge_index)
+    if mode == "autocast":
+        layer, inputs = conv, x
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(inputs, edge_index)
+    else:
+        dtype = getattr(torch, mode)
+        layer, inputs = copy.deepcopy(conv).to(dtype), x.to(dtype)
+        out = layer(inputs, edge_index)
+        assert out.dtype == dtype
+    out.float().square().sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    atol = 5e-3 if mode == "float16" else (0.2 if transition == "knn" else 0.05)
+    torch.testing.assert_close(out.float(), reference, atol=atol, rtol=0)
