@@ -8,7 +8,7 @@ from torch.nn import Parameter
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
-from torch_geometric.typing import Adj, OptTensor
+from torch_geometric.typing import Adj, OptTensor, PairTensor
 from torch_geometric.utils import add_self_loops as add_loops
 from torch_geometric.utils import (coalesce, is_torch_sparse_tensor, remove_self_loops, scatter,
                                    softmax, to_dense_batch)
@@ -95,7 +95,8 @@ class QGFDConv(MessagePassing):
     """
     _cached: Optional[Tuple[Tensor, Optional[Transition], EdgeLayout]]
 
-    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
+    def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int,
+                 heads: int = 1, concat: bool = True,
                  alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
                  dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
                  tol: Optional[float] = None, cached: bool = False, attention: str = "dot",
@@ -109,9 +110,16 @@ class QGFDConv(MessagePassing):
                              f"{kwargs['flow']!r}); flip edge_index instead")
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
-        if not isinstance(in_channels, int) or (in_channels < 1 and in_channels != -1):
-            raise ValueError(f"in_channels must be a positive integer or -1 (got {in_channels})")
-        self.in_channels = in_channels
+        sizes = tuple(in_channels) if isinstance(in_channels, (tuple, list)) else (in_channels,)
+        if len(sizes) not in (1, 2) or not all(
+                isinstance(c, int) and (c >= 1 or c == -1) for c in sizes):
+            raise ValueError(f"in_channels must be a positive integer or -1, or a pair of "
+                             f"them (source, target) (got {in_channels})")
+        if len(sizes) == 2 and attention != "dot":
+            raise ValueError("bipartite in_channels need attention='dot' (queries from the "
+                             "targets, keys from the sources)")
+        self.in_channels = in_channels if len(sizes) == 1 else sizes
+        src_in, dst_in = sizes[0], sizes[-1]
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.heads = check_positive_int("heads", heads)
         self.concat = concat
@@ -131,14 +139,14 @@ class QGFDConv(MessagePassing):
 
         width = heads * out_channels
         if attention == "dot":
-            self.lin_query = Linear(in_channels, width, bias=False, weight_initializer="glorot")
-            self.lin_key = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+            self.lin_query = Linear(dst_in, width, bias=False, weight_initializer="glorot")
+            self.lin_key = Linear(src_in, width, bias=False, weight_initializer="glorot")
             self.att_dst = self.att_src = None
         else:
             self.lin_query = self.lin_key = None
             self.att_dst = Parameter(torch.empty(1, heads, out_channels))
             self.att_src = Parameter(torch.empty(1, heads, out_channels))
-        self.lin_value = Linear(in_channels, width, bias=False, weight_initializer="glorot")
+        self.lin_value = Linear(src_in, width, bias=False, weight_initializer="glorot")
         if bias:
             self.bias = Parameter(torch.empty(width if concat else out_channels))
         else:
@@ -155,13 +163,15 @@ class QGFDConv(MessagePassing):
         zeros(self.bias)
         self._cached = None
 
-    def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
+    def forward(self, x: Union[Tensor, PairTensor], edge_index: Adj,
+                edge_weight: OptTensor = None,
                 return_attention_weights: Optional[bool] = None, batch: OptTensor = None
                 ) -> Union[Tensor, Tuple[Tensor, Tuple[Adj, Tensor]]]:
         r"""Runs the layer.
 
         Args:
-            x (torch.Tensor): node features ``[N, F_in]``.
+            x (torch.Tensor or tuple): node features ``[N, F_in]``, or ``(x_src, x_dst)`` of a
+                bipartite graph (see :meth:`bipartite`).
             edge_index (torch.Tensor or SparseTensor): edges ``[2, E]`` (source, target), or
                 ``adj_t`` as a SparseTensor / torch sparse tensor (its values weight ``P``).
             edge_weight (torch.Tensor, optional): non-negative weights ``[E]`` of the graph
@@ -171,6 +181,11 @@ class QGFDConv(MessagePassing):
             batch (torch.Tensor, optional): the graph of each node ``[N]`` (sorted, as in a
                 PyG ``Batch``): a kNN transition then joins keys of one graph only.
         """
+        if isinstance(x, (tuple, list)) or isinstance(self.in_channels, tuple):
+            # a (source, target) layer given one x: the same nodes on both sides (to_hetero
+            # does this for edge types within one node type)
+            x = tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+            return self.bipartite(x, edge_index, edge_weight, return_attention_weights)
         if not isinstance(x, Tensor) or x.dim() != 2:
             raise ValueError(f"x must be a node feature matrix [N, F] "
                              f"(got {getattr(x, 'shape', type(x).__name__)})")
@@ -253,6 +268,74 @@ class QGFDConv(MessagePassing):
                 return out, (SparseTensor(row=dst, col=src, value=p0, sparse_sizes=(N, N)), p0)
             return out, (torch.sparse_coo_tensor(torch.stack([dst, src]), p0, (N, N, H)), p0)
         return out
+
+    def bipartite(self, x: PairTensor, edge_index: Tensor, edge_weight: OptTensor = None,
+                  return_attention_weights: Optional[bool] = None
+                  ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+        r"""The layer on a bipartite graph, ``x = (x_src, x_dst)`` and edges source -> target
+        (``to_hetero`` / ``HeteroConv`` call this through :meth:`forward`; a layer built with
+        ``(source, target)`` in_channels takes one ``x`` as both sides). Target :math:`i`
+        queries its sources; the values live on the sources and diffuse over a transition
+        between sources: ``"graph"`` walks forward to a target and back to a source,
+        :math:`\mathbf{P} = \mathbf{D}_s^{-1}\mathbf{A}\,\mathbf{D}_t^{-1}\mathbf{A}^\top`
+        (``A`` the ``[N_src, N_dst]`` weighted incidence), ``"knn"`` joins each source key to
+        its ``k`` nearest source keys. Needs ``add_self_loops=False`` (as ``GATConv``); the
+        other transitions are square only."""
+        x_src, x_dst = x
+        for name, t in (("x_src", x_src), ("x_dst", x_dst)):
+            if not isinstance(t, Tensor) or t.dim() != 2:
+                raise ValueError(f"{name} must be a node feature matrix [N, F] "
+                                 f"(got {getattr(t, 'shape', type(t).__name__)})")
+        if self.lin_query is None:
+            raise ValueError("bipartite input needs attention='dot'")
+        if self.add_self_loops:
+            raise ValueError("bipartite input needs add_self_loops=False (no node is both "
+                             "a source and a target)")
+        if self.transition not in ("graph", "knn"):
+            raise ValueError(f"bipartite input supports transition 'graph' or 'knn' (got "
+                             f"{self.transition!r})")
+        if not isinstance(edge_index, Tensor) or is_torch_sparse_tensor(edge_index):
+            raise ValueError("bipartite input needs edge_index [2, E] (source, target)")
+        n_src, n_dst, H, C = x_src.size(0), x_dst.size(0), self.heads, self.out_channels
+        check_edge_index(edge_index, max(n_src, n_dst))
+        src, dst = edge_index
+        if edge_index.numel() and (int(src.max()) >= n_src or int(dst.max()) >= n_dst):
+            raise ValueError(f"edge_index points outside the {n_src} sources or {n_dst} "
+                             f"targets")
+        check_edge_weight(edge_weight, edge_index.size(1))
+        value = self.lin_value(x_src).view(n_src, H, C)
+        key = self.lin_key(x_src).view(n_src, H, C)
+        query = self.lin_query(x_dst).view(n_dst, H, C)
+        if self.transition == "knn":
+            P = knn_transition(key.transpose(0, 1), self.k)
+            z = diffuse(value.transpose(0, 1).reshape(H * n_src, C), P, self.alpha,
+                        self.steps, self.tol, checkpoint=self.checkpoint)
+            z = z.view(H, n_src, C).transpose(0, 1)
+        else:
+            z = diffuse(value, self._source_transition(edge_index, edge_weight, n_src, n_dst),
+                        self.alpha, self.steps, self.tol)
+        score = edge_dot(query, key, src, dst) / math.sqrt(C)
+        p0 = softmax(score, dst, num_nodes=n_dst)
+        p0_used = F.dropout(p0, p=self.dropout, training=self.training)
+        out = edge_aggregate(p0_used, z, src, dst, n_dst)
+        out = out.reshape(n_dst, H * C) if self.concat else out.mean(dim=1)
+        if self.bias is not None:
+            out = out + self.bias
+        return (out, (edge_index, p0)) if return_attention_weights else out
+
+    @staticmethod
+    def _source_transition(edge_index: Tensor, edge_weight: OptTensor, n_src: int,
+                           n_dst: int) -> Transition:
+        """Source -> target -> source random walk of a bipartite graph (rows by source)."""
+        src, dst = edge_index
+        w = torch.ones(src.numel(), device=src.device) if edge_weight is None \
+            else edge_weight.float()
+        out_src = scatter(w, src, 0, dim_size=n_src)
+        in_dst = scatter(w, dst, 0, dim_size=n_dst)
+        forward = torch.sparse_coo_tensor(edge_index, w / out_src[src], (n_src, n_dst))
+        back = torch.sparse_coo_tensor(edge_index.flip(0), w / in_dst[dst], (n_dst, n_src))
+        walk = torch.sparse.mm(forward.coalesce(), back.coalesce()).coalesce()
+        return graph_transition(walk.indices(), n_src, walk.values(), add_self_loops=False)
 
     def _knn_per_graph(self, key: Tensor, value: Tensor, batch: Tensor) -> Tensor:
         """The values ``[N, H, C]`` diffused over one kNN transition per graph and head: the

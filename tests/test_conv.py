@@ -501,3 +501,68 @@ def test_half_precision_modules_and_autocast(transition, mode):
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
     atol = 5e-3 if mode == "float16" else (0.2 if transition == "knn" else 0.05)
     torch.testing.assert_close(out.float(), reference, atol=atol, rtol=0)
+
+
+def test_bipartite_input_equals_the_dense_computation():
+    """x = (x_src, x_dst): targets query their sources; the source values diffuse over the
+    source -> target -> source walk (built by hand here; a source without edges keeps its
+    mass)."""
+    torch.manual_seed(0)
+    n_src, n_dst = 6, 4
+    edge_index = torch.tensor([[0, 1, 1, 2, 3, 4, 0], [0, 0, 1, 1, 2, 2, 3]])  # source 5: none
+    weight = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 3.0, 1.0])
+    x_src, x_dst = torch.randn(n_src, 5), torch.randn(n_dst, 3)
+    conv = QGFDConv((5, 3), 2, heads=2, alpha=0.6, steps=3, add_self_loops=False)
+    with torch.no_grad():
+        conv.bias.normal_()
+    out = conv((x_src, x_dst), edge_index, weight)
+    A = torch.zeros(n_src, n_dst, dtype=torch.float64)
+    A[edge_index[0], edge_index[1]] = weight.double()
+    walk = (A / A.sum(1, keepdim=True).clamp_min(1e-30)) @ (A.T / A.sum(0).view(-1, 1))
+    walk[5, 5] = 1.0  # dangling source: a self loop
+    q = conv.lin_query(x_dst).view(n_dst, 2, 2).double()
+    k = conv.lin_key(x_src).view(n_src, 2, 2).double()
+    v = conv.lin_value(x_src).view(n_src, 2, 2).double()
+    allowed = A.T > 0
+    outs = []
+    for h in range(2):
+        p0 = torch.softmax((q[:, h] @ k[:, h].T / 2 ** 0.5).masked_fill(~allowed, -1e30), 1)
+        outs.append(pform(p0, walk, 0.6, 3) @ v[:, h])
+    expected = torch.stack(outs, 1).reshape(n_dst, 4) + conv.bias.double()
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="add_self_loops=False"):
+        QGFDConv((5, 3), 2)((x_src, x_dst), edge_index)
+    same = torch.randn(n_src, 5)  # one x on both sides (needs equal sizes: (5, 5) here)
+    both = QGFDConv((5, 5), 2, add_self_loops=False)
+    torch.testing.assert_close(both(same, edge_index), both((same, same), edge_index))
+    with pytest.raises(ValueError, match="outside"):
+        conv((x_src, x_dst), torch.tensor([[0], [4]]))
+
+
+def test_to_hetero_builds_a_heterogeneous_model_with_lazy_sizes():
+    from torch_geometric.data import HeteroData
+    from torch_geometric.nn import to_hetero
+
+    torch.manual_seed(0)
+    data = HeteroData()
+    data["paper"].x, data["author"].x = torch.randn(7, 6), torch.randn(4, 3)
+    writes = torch.tensor([[0, 1, 2, 3, 3], [0, 1, 2, 4, 6]])
+    data["author", "writes", "paper"].edge_index = writes
+    data["paper", "rev_writes", "author"].edge_index = writes.flip(0)
+    data["paper", "cites", "paper"].edge_index = torch.tensor([[0, 1, 2, 5], [1, 2, 3, 6]])
+
+    class GNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = QGFDConv((-1, -1), 8, add_self_loops=False, alpha=0.5, steps=2)
+            self.conv2 = QGFDConv((-1, -1), 4, add_self_loops=False, alpha=0.5, steps=2)
+
+        def forward(self, x, edge_index):
+            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+    model = to_hetero(GNN(), data.metadata(), aggr="sum")
+    out = model(data.x_dict, data.edge_index_dict)
+    assert out["paper"].shape == (7, 4) and out["author"].shape == (4, 4)
+    sum(o.sum() for o in out.values()).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
