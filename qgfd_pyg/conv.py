@@ -250,16 +250,10 @@ class QGFDConv(MessagePassing):
                 P = sparse_matrix((dst.view(1, -1) + offset).view(-1),
                                   (src.view(1, -1) + offset).view(-1),
                                   p0_used.t().reshape(-1), H * N)
-            z = diffuse(value.transpose(0, 1).reshape(H * N, C), P, self.alpha, self.steps,
-                        self.tol, checkpoint=self.checkpoint)
-            z = z.view(H, N, C).transpose(0, 1)
+            z = self._diffuse_heads(value, P)
         else:
             z = diffuse(value, P, self.alpha, self.steps, self.tol)
-        out = edge_aggregate(p0_used, z, src, dst, N, layout=layout)  # sum_j p0_ij z_j
-
-        out = out.reshape(N, H * C) if self.concat else out.mean(dim=1)
-        if self.bias is not None:
-            out = out + self.bias
+        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, N, layout=layout))
 
         if return_attention_weights:
             if isinstance(edge_index, Tensor) and not is_torch_sparse_tensor(edge_index):
@@ -307,21 +301,28 @@ class QGFDConv(MessagePassing):
         key = self.lin_key(x_src).view(n_src, H, C)
         query = self.lin_query(x_dst).view(n_dst, H, C)
         if self.transition == "knn":
-            P = knn_transition(key.transpose(0, 1), self.k)
-            z = diffuse(value.transpose(0, 1).reshape(H * n_src, C), P, self.alpha,
-                        self.steps, self.tol, checkpoint=self.checkpoint)
-            z = z.view(H, n_src, C).transpose(0, 1)
+            z = self._diffuse_heads(value, knn_transition(key.transpose(0, 1), self.k))
         else:
             z = diffuse(value, self._source_transition(edge_index, edge_weight, n_src, n_dst),
                         self.alpha, self.steps, self.tol)
         score = edge_dot(query, key, src, dst) / math.sqrt(C)
         p0 = softmax(score, dst, num_nodes=n_dst)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
-        out = edge_aggregate(p0_used, z, src, dst, n_dst)
-        out = out.reshape(n_dst, H * C) if self.concat else out.mean(dim=1)
-        if self.bias is not None:
-            out = out + self.bias
+        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, n_dst))
         return (out, (edge_index, p0)) if return_attention_weights else out
+
+    def _diffuse_heads(self, value: Tensor, P: Transition) -> Tensor:
+        """Values ``[N, H, C]`` diffused over a block-diagonal ``[H N, H N]`` transition, one
+        block per head."""
+        N, H, C = value.shape
+        z = diffuse(value.transpose(0, 1).reshape(H * N, C), P, self.alpha, self.steps,
+                    self.tol, checkpoint=self.checkpoint)
+        return z.view(H, N, C).transpose(0, 1)
+
+    def _heads_out(self, out: Tensor) -> Tensor:
+        """``[N, H, C]`` to the output: heads concatenated or averaged, plus the bias."""
+        out = out.flatten(1) if self.concat else out.mean(dim=1)
+        return out if self.bias is None else out + self.bias
 
     @staticmethod
     def _source_transition(edge_index: Tensor, edge_weight: OptTensor, n_src: int,
