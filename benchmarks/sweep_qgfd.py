@@ -30,7 +30,8 @@ SEARCH += [dict(layers=1, hidden=64, dropout=0.5, alpha=0.9, steps=10, heads=h, 
 
 # The ablation: alpha x steps x transition, the rest as chosen by the search (MODELS["qgfd"]).
 ABLATION = [dict(alpha=a, steps=s, transition=t)
-            for t, a, s in itertools.product(["graph", "knn"], [0.0, 0.5, 0.85], [1, 2, 4, 8])]
+            for t, a, s in itertools.product(["attention", "graph", "knn"], [0.0, 0.5, 0.9],
+                                             [1, 2, 4, 8])]
 # The transitions: the searched shape with the graph random walk, its symmetric normalisation
 # (APPNP's) and the layer's own attention (MAGNA's attention diffusion), alpha and attention
 # dropout around the earlier choice; selected like the search, on validation.
