@@ -217,9 +217,7 @@ class QGFDConv(MessagePassing):
             mask = torch.where(edge_index[0] == edge_index[1], torch.ones_like(mask), mask)
             if self.transition in ("graph", "sym"):
                 weight = mask if edge_weight is None else edge_weight * mask
-                P = graph_transition(edge_index.flip(0), N, weight, self.add_self_loops,
-                                     normalization="rw" if self.transition == "graph"
-                                     else "sym")
+                P = self._graph_transition(edge_index.flip(0), N, weight)
 
         value = self.lin_value(x).view(N, H, C)
         key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
@@ -355,6 +353,11 @@ class QGFDConv(MessagePassing):
         z = diffuse(values, P, self.alpha, self.steps, self.tol, checkpoint=self.checkpoint)
         return z.view(H, B, M, C)[:, valid].transpose(0, 1)  # [N, H, C]
 
+    def _graph_transition(self, flow: Tensor, num_nodes: int, weight: OptTensor) -> Transition:
+        """``P`` of ``transition="graph"`` (random walk) or ``"sym"`` over ``flow`` edges."""
+        return graph_transition(flow, num_nodes, weight, self.add_self_loops,
+                                normalization="rw" if self.transition == "graph" else "sym")
+
     @staticmethod
     def _positions(edge_index: Tensor, attn_index: Tensor, num_nodes: int) -> Tensor:
         """For each input edge ``(j, i)``, the index of the attention edge ``(j, i)`` (the
@@ -389,8 +392,7 @@ class QGFDConv(MessagePassing):
 
         P = None
         if self.transition in ("graph", "sym"):
-            P = graph_transition(flow, num_nodes, edge_weight, self.add_self_loops,
-                                 normalization="rw" if self.transition == "graph" else "sym")
+            P = self._graph_transition(flow, num_nodes, edge_weight)
         if self.add_self_loops:
             attn_index, _ = remove_self_loops(attn_index)
             attn_index, _ = add_loops(attn_index, num_nodes=num_nodes)
