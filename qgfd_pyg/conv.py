@@ -9,16 +9,15 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import Adj, OptTensor, PairTensor
-from torch_geometric.utils import add_self_loops as add_loops
-from torch_geometric.utils import (coalesce, is_torch_sparse_tensor, remove_self_loops, scatter,
-                                   softmax, to_dense_batch)
+from torch_geometric.utils import is_torch_sparse_tensor, scatter, softmax, to_dense_batch
 from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
                       check_positive_float, check_positive_int, check_steps)
 from .diffusion import diffuse
-from .edge_ops import EdgeLayout, edge_aggregate, edge_dot
+from .edge_ops import EdgeLayout, edge_aggregate, edge_dot, edge_softmax
 from .spmm import Transition, sparse_matrix
+from .structure import graph_structure
 from .transition import graph_transition, knn_transition
 
 
@@ -225,11 +224,11 @@ class QGFDConv(MessagePassing):
         src, dst = attn_index
         if self.lin_query is not None:
             query = self.lin_query(x).view(N, H, C)
-            score = edge_dot(query, key, src, dst, layout=layout) / math.sqrt(C)
+            score = edge_dot(query / math.sqrt(C), key, src, dst, layout=layout)
         else:
             score = F.leaky_relu((value * self.att_dst).sum(-1)[dst]
                                  + (value * self.att_src).sum(-1)[src], 0.2)
-        p0 = softmax(score, dst, num_nodes=N)
+        p0 = edge_softmax(score, dst, N, layout)
         if mask is not None:  # several input edges on one attention edge: their mean mask
             per_edge = scatter(mask, position, 0, dim_size=p0.size(0), reduce="mean")
             covered = scatter(torch.ones_like(mask), position, 0, dim_size=p0.size(0))
@@ -383,25 +382,19 @@ class QGFDConv(MessagePassing):
                 raise ValueError(f"adj_t has size {tuple(sizes)} but x has {num_nodes} nodes")
             if edge_weight is not None:
                 raise ValueError("pass edge weights as the values of adj_t, not as edge_weight")
-            attn_index, flow, edge_weight = torch.stack([src, dst]), torch.stack([dst, src]), \
-                values
+            edge_weight = values
         else:
             check_edge_index(edge_index, num_nodes)
             check_edge_weight(edge_weight, edge_index.size(1))
-            attn_index, flow = edge_index, edge_index.flip(0)
-
-        P = None
-        if self.transition in ("graph", "sym"):
-            P = self._graph_transition(flow, num_nodes, edge_weight)
-        if self.add_self_loops:
-            attn_index, _ = remove_self_loops(attn_index)
-            attn_index, _ = add_loops(attn_index, num_nodes=num_nodes)
-        # p0 is over the neighbour set: no duplicates; sorted by target, then source
-        attn_index = coalesce(attn_index.flip(0), num_nodes=num_nodes).flip(0)
-        layout = EdgeLayout(attn_index[0], attn_index[1], num_nodes)
+            src, dst = edge_index
+        # one sort gives the attention edges (unique, sorted by target, then source), their
+        # grouping and P (rows by target: the reversed edges)
+        normalization = {"graph": "rw", "sym": "sym"}.get(self.transition)
+        structure = graph_structure(src, dst, num_nodes, edge_weight, self.add_self_loops,
+                                    normalization)
         if self.cached:
-            self._cached = (attn_index, P, layout)
-        return attn_index, P, layout
+            self._cached = tuple(structure)
+        return tuple(structure)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "

@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import scatter, softmax
 
 from . import _numba
 
@@ -19,26 +20,43 @@ from . import _numba
 class EdgeLayout:
     """Edges ``(src, dst)`` of ``num_nodes`` nodes, with their grouping by target and by
     source (``ptr``, ``perm``: the edges of node ``i`` are ``perm[ptr[i]:ptr[i + 1]]``),
-    computed on first use and kept; reuse one layout for a fixed graph."""
+    computed on first use and kept; reuse one layout for a fixed graph. ``dst_ptr``: the edges
+    are sorted by target and these are their offsets (trusted)."""
 
-    def __init__(self, src: Tensor, dst: Tensor, num_nodes: int):
+    def __init__(self, src: Tensor, dst: Tensor, num_nodes: int,
+                 dst_ptr: Optional[Tensor] = None):
         self.src, self.dst, self.num_nodes = src, dst, num_nodes
         self._groups = {}
+        self._sorted_dst = dst_ptr is not None
+        if dst_ptr is not None:
+            self._groups["dst"] = (dst_ptr, torch.arange(dst.numel(), device=dst.device),
+                                   src.contiguous())
+
+    @property
+    def fast_groups(self) -> bool:
+        """Whether grouping by source is a compiled counting sort (no comparison sort)."""
+        return self.src.device.type == "cpu" and _numba.routines() is not None
 
     def groups(self, by: str) -> Tuple[Tensor, Tensor, Tensor]:
         """``(ptr, perm, other)``: the edges of node ``i`` by their ``by`` end (``"dst"`` or
-        ``"src"``) are ``perm[ptr[i]:ptr[i + 1]]``, and ``other[ptr[i]:ptr[i + 1]]`` their
-        other ends."""
+        ``"src"``) are ``perm[ptr[i]:ptr[i + 1]]`` (in their order within the edges), and
+        ``other[ptr[i]:ptr[i + 1]]`` their other ends."""
         if by not in self._groups:
             index, other = (self.dst, self.src) if by == "dst" else (self.src, self.dst)
-            if index.numel() < 2 or bool((index[1:] >= index[:-1]).all()):
-                perm = torch.arange(index.numel(), device=index.device)
-            else:
-                perm = torch.argsort(index, stable=True)
-                other = other[perm]
             counts = torch.bincount(index, minlength=self.num_nodes)
             ptr = torch.zeros(self.num_nodes + 1, dtype=torch.long, device=index.device)
             torch.cumsum(counts, 0, out=ptr[1:])
+            if index.numel() < 2 or bool((index[1:] >= index[:-1]).all()):
+                perm = torch.arange(index.numel(), device=index.device)
+                self._sorted_dst = self._sorted_dst or by == "dst"
+            elif self.fast_groups:
+                perm = torch.empty(index.numel(), dtype=torch.long)
+                _numba.routines().group_by(index.contiguous().numpy(), ptr.numpy(),
+                                           perm.numpy())
+                other = other[perm]
+            else:
+                perm = torch.argsort(index, stable=True)
+                other = other[perm]
             self._groups[by] = (ptr, perm, other.contiguous())
         return self._groups[by]
 
@@ -52,6 +70,28 @@ class EdgeLayout:
         _numba.routines().segment_aggregate(ptr.numpy(), perm.numpy(), other.numpy(),
                                            w.detach().contiguous().numpy(), z.numpy(),
                                            out.numpy())
+        return out
+
+    @property
+    def sorted_by_dst(self) -> bool:
+        """Whether the edges are sorted by target (their groups by target are contiguous)."""
+        return bool(self.groups("dst")[1].numel() == 0 or self._sorted_dst)
+
+    def softmax(self, score: Tensor) -> Tensor:
+        """Softmax of ``score[e, h]`` over the edges into each target, for edges sorted by
+        target (compiled numba routine)."""
+        out = torch.empty_like(score)
+        _numba.set_threads()
+        _numba.routines().segment_softmax(self.groups("dst")[0].numpy(),
+                                         score.detach().contiguous().numpy(), out.numpy())
+        return out
+
+    def softmax_backward(self, prob: Tensor, grad: Tensor) -> Tensor:
+        out = torch.empty_like(prob)
+        _numba.set_threads()
+        _numba.routines().segment_softmax_backward(self.groups("dst")[0].numpy(),
+                                                  prob.detach().contiguous().numpy(),
+                                                  grad.contiguous().numpy(), out.numpy())
         return out
 
     def dot(self, a: Tensor, b: Tensor) -> Tensor:
@@ -152,6 +192,36 @@ class EdgeAggregate(torch.autograd.Function):
             if grad_z is not None:
                 grad_z.index_add_(0, src[e], w[e].unsqueeze(-1) * g)
         return grad_w, grad_z, None, None, None, None, None
+
+
+class EdgeSoftmax(torch.autograd.Function):
+    """``out[e, h] = exp(s[e, h]) / sum_{e': dst[e'] = dst[e]} exp(s[e', h])`` with the numba
+    routines, for edges sorted by target (PyG's ``softmax`` on the other paths)."""
+
+    @staticmethod
+    def forward(ctx, score: Tensor, layout: EdgeLayout) -> Tensor:
+        prob = layout.softmax(score)
+        ctx.save_for_backward(prob)
+        ctx.layout = layout
+        return prob
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        prob, = ctx.saved_tensors
+        if torch.is_grad_enabled() or not _numba.usable(grad):  # differentiable: torch ops
+            dst = ctx.layout.dst
+            dot = scatter(prob * grad, dst, 0, dim_size=ctx.layout.num_nodes, reduce="sum")
+            return prob * (grad - dot[dst]), None
+        return ctx.layout.softmax_backward(prob, grad), None
+
+
+def edge_softmax(score: Tensor, dst: Tensor, num_nodes: int,
+                 layout: Optional[EdgeLayout] = None) -> Tensor:
+    """Softmax of ``score`` ``[E, H]`` over the edges that share a target ``dst``;
+    ``layout`` (an :class:`EdgeLayout` of the same edges) enables the numba routines."""
+    if _fast(layout, score) and layout.sorted_by_dst:
+        return EdgeSoftmax.apply(score, layout)
+    return softmax(score, dst, num_nodes=num_nodes)
 
 
 def edge_dot(q: Tensor, k: Tensor, src: Tensor, dst: Tensor,

@@ -26,6 +26,7 @@ from . import _numba
 from ._checks import check_choice
 
 if WITH_TORCH_SPARSE:  # a SparseTensor transition exists only where torch-sparse does
+    from torch_sparse import SparseStorage
     from torch_sparse import matmul as sparse_matmul
 
 Transition = Union[SparseTensor, Tensor]
@@ -91,14 +92,21 @@ def _torch_csr(transition: SparseTensor, transpose: bool, dtype: torch.dtype) ->
 
 
 def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int,
-                  is_sorted: bool = False) -> Transition:
+                  is_sorted: bool = False, rowptr: Optional[Tensor] = None,
+                  csr2csc: Optional[Tensor] = None) -> Transition:
     """The ``[size, size]`` matrix holding ``value`` at ``(row, col)`` (duplicates add up):
     a :class:`torch_sparse.SparseTensor` where torch-sparse is installed, else a coalesced
     torch sparse COO tensor. Both differentiate w.r.t. ``value`` through :func:`spmm`.
-    ``is_sorted``: the entries are unique and sorted by row, then column (trusted)."""
+    ``is_sorted``: the entries are unique and sorted by row, then column (trusted), and then
+    ``rowptr`` (the row offsets) and ``csr2csc`` (the permutation that sorts them by column,
+    then row) may come along, so that neither is computed again."""
     if WITH_TORCH_SPARSE:
-        return SparseTensor(row=row, col=col, value=value, sparse_sizes=(size, size),
-                            is_sorted=is_sorted, trust_data=is_sorted)
+        if not is_sorted:
+            return SparseTensor(row=row, col=col, value=value, sparse_sizes=(size, size))
+        storage = SparseStorage(row=row, rowptr=rowptr, col=col, value=value,
+                                sparse_sizes=(size, size), csr2csc=csr2csc, is_sorted=True,
+                                trust_data=True)
+        return SparseTensor.from_storage(storage)
     out = torch.sparse_coo_tensor(torch.stack([row, col]), value, (size, size),
                                   check_invariants=False, is_coalesced=is_sorted)
     return out if is_sorted else out.coalesce()

@@ -10,12 +10,12 @@ from typing import Any, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import coalesce, scatter
 from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_choice, check_edge_index, check_edge_weight, check_positive_float,
                       check_positive_int)
 from .spmm import Transition, sparse_matrix
+from .structure import transition_entries, unique_entries
 
 GraphLike = Union[Tensor, SparseTensor]
 
@@ -91,27 +91,12 @@ def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
     check_choice("normalization", normalization, ("rw", "sym"))
     edge_index, edge_weight, n = _to_coo(edge_index, num_nodes, edge_weight)
     check_edge_weight(edge_weight, edge_index.size(1))
-    device = edge_index.device
-    if edge_weight is None:
-        edge_weight = torch.ones(edge_index.size(1), device=device)
-    if add_self_loops:
-        has_loop = torch.zeros(n, dtype=torch.bool, device=device)
-        has_loop[edge_index[0, edge_index[0] == edge_index[1]]] = True
-        nodes = (~has_loop).nonzero().view(-1)
-        edge_index = torch.cat([edge_index, nodes.repeat(2, 1)], dim=1)
-        edge_weight = torch.cat([edge_weight, edge_weight.new_ones(nodes.numel())])
-    out_weight = scatter(edge_weight, edge_index[0], 0, dim_size=n, reduce="sum")
-    dangling = (out_weight == 0).nonzero().view(-1)
-    if dangling.numel() > 0:
-        edge_index = torch.cat([edge_index, dangling.repeat(2, 1)], dim=1)
-        edge_weight = torch.cat([edge_weight, edge_weight.new_ones(dangling.numel())])
-        out_weight = out_weight.index_fill(0, dangling, 1.0)
-    edge_index, edge_weight = coalesce(edge_index, edge_weight, n, reduce="sum")
-    if normalization == "rw":
-        value = edge_weight / out_weight[edge_index[0]]
-    else:
-        value = edge_weight / (out_weight[edge_index[0]] * out_weight[edge_index[1]]).sqrt()
-    return sparse_matrix(edge_index[0], edge_index[1], value, n, is_sorted=True)
+    entries = unique_entries(edge_index[0], edge_index[1], n, edge_weight, self_loops=True)
+    keep, value = transition_entries(entries, n, add_self_loops, normalization)
+    if bool(keep.all()):
+        return sparse_matrix(entries.row, entries.col, value, n, is_sorted=True,
+                             rowptr=entries.rowptr)
+    return sparse_matrix(entries.row[keep], entries.col[keep], value[keep], n, is_sorted=True)
 
 
 def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float = 1.0,
