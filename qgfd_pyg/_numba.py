@@ -126,6 +126,37 @@ def _compile() -> Optional[SimpleNamespace]:
                 for p in range(a, b):
                     out[p, h] = prob[p, h] * (grad[p, h] - dot)
 
+    @jit
+    def transition_values(rowptr, col, weight, given, add_self_loops, sym, value, keep):
+        """Entries and values of a graph transition over unique row-sorted entries that hold
+        (i, i) for every node: unit self-loops where asked for and not given, and on rows
+        without positive out-weight; rows normalised by their out-weight (``sym``:
+        symmetrically). See qgfd_pyg.structure.transition_entries."""
+        n = rowptr.shape[0] - 1
+        out_weight = np.zeros(n, dtype=value.dtype)
+        for i in numba.prange(n):
+            total = 0.0
+            for p in range(rowptr[i], rowptr[i + 1]):
+                w = weight[p]
+                if col[p] == i and add_self_loops and not given[p]:
+                    w = 1.0
+                value[p] = w
+                keep[p] = given[p] or (col[p] == i and add_self_loops)
+                total += w
+            if total == 0:  # dangling: a unit self-loop keeps the mass
+                for p in range(rowptr[i], rowptr[i + 1]):
+                    if col[p] == i:
+                        value[p] += 1.0
+                        keep[p] = True
+                total = 1.0
+            out_weight[i] = total
+        for i in numba.prange(n):
+            for p in range(rowptr[i], rowptr[i + 1]):
+                if sym:
+                    value[p] /= np.sqrt(out_weight[i] * out_weight[col[p]])
+                else:
+                    value[p] /= out_weight[i]
+
     @numba.njit(nogil=True, cache=True)
     def group_by(index, ptr, perm):
         """Counting sort: perm[ptr[i]:ptr[i + 1]] = the positions of i in index, in order
@@ -210,6 +241,7 @@ def _compile() -> Optional[SimpleNamespace]:
 
     return SimpleNamespace(csr_spmm=csr_spmm, unique_pairs=unique_pairs, edge_dot=edge_dot,
                            segment_aggregate=segment_aggregate, group_by=group_by,
+                           transition_values=transition_values,
                            segment_softmax=segment_softmax,
                            segment_softmax_backward=segment_softmax_backward,
                            set_num_threads=numba.set_num_threads,

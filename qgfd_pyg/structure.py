@@ -87,9 +87,17 @@ def transition_entries(entries: Entries, num_nodes: int, add_self_loops: bool,
     their out-weight (``"rw"``) or symmetrically (``"sym"``). See
     :func:`qgfd_pyg.graph_transition`."""
     check_choice("normalization", normalization, ("rw", "sym"))
-    row, col, weight, given, _ = entries
-    loop = row == col
+    row, col, weight, given, rowptr = entries
     weight = weight.float() if not weight.dtype.is_floating_point else weight
+    if _numba.usable(weight):  # compiled: one pass over the rows
+        value, keep = torch.empty_like(weight), torch.empty_like(given)
+        _numba.set_threads()
+        _numba.routines().transition_values(rowptr.numpy(), col.numpy(), weight.numpy(),
+                                            given.numpy(), add_self_loops,
+                                            normalization == "sym", value.numpy(),
+                                            keep.numpy())
+        return keep, value
+    loop = row == col
     if add_self_loops:
         weight = torch.where(loop & ~given, torch.ones_like(weight), weight)
     out_weight = weight.new_zeros(num_nodes).index_add_(0, row, weight)
