@@ -5,7 +5,9 @@ sitting at node ``i`` flows in one step (each row sums to one): a
 :class:`torch_sparse.SparseTensor` where torch-sparse is installed, else a torch sparse COO
 tensor (see :func:`qgfd_pyg.spmm.sparse_matrix`); :func:`qgfd_pyg.diffuse` takes either.
 """
+import importlib.util
 import math
+import os
 from typing import Any, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -101,15 +103,17 @@ def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
 
 def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float = 1.0,
                    causal: bool = False, mask: Optional[Tensor] = None,
-                   chunk_size: Optional[int] = None) -> Transition:
+                   chunk_size: Optional[int] = None, backend: str = "auto") -> Transition:
     r"""Sparse transition from the ``k`` nearest keys of every key.
 
     Row ``i`` keeps the ``k`` largest similarities :math:`s_{ij}` (exact top-k) and applies a
     softmax over them, :math:`P_{ij} = \exp(s_{ij}/\tau) / \sum_{j' \in \mathrm{top}_k(i)}
     \exp(s_{ij'}/\tau)`, with :math:`s_{ij} = k_i^\top k_j / \sqrt{d}` (``"dot"``) or the cosine
     similarity (``"cosine"``). Similarities are computed in row chunks, so memory stays
-    :math:`O(\text{chunk} \cdot N)`; the kept entries are recomputed with autograd, so ``P`` is
-    differentiable w.r.t. ``keys`` (call with ``keys.detach()`` to stop that).
+    :math:`O(\text{chunk} \cdot N)`, or on CUDA by a fused Triton kernel that keeps only a
+    running top-k per row (:mod:`qgfd_pyg.knn_triton`); the kept entries are recomputed with
+    autograd, so ``P`` is differentiable w.r.t. ``keys`` (call with ``keys.detach()`` to stop
+    that).
 
     A batch of key sets ``[B, N, d]`` gives one block-diagonal ``[B * N, B * N]`` transition,
     block ``b`` built from ``keys[b]`` alone (heads or sequences never mix).
@@ -125,6 +129,10 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
             selectable key gets a self-loop.
         chunk_size (int, optional): rows per chunk (default: about :math:`2^{22}/(B N)`,
             16 MB of similarities at a time).
+        backend (str): ``"auto"`` (the Triton kernel for float32 / half-precision CUDA keys
+            when Triton is installed, else the chunks), ``"torch"`` (the chunks) or
+            ``"triton"`` (the kernel; on the CPU only under ``TRITON_INTERPRET=1``). The kernel
+            compares in float32.
 
     Shapes:
         - **input:** keys :math:`(N, d)` or :math:`(B, N, d)`
@@ -157,25 +165,16 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
 
     feats = keys / math.sqrt(d) if metric == "dot" else torch.nn.functional.normalize(keys, dim=-1)
     other = keys if metric == "dot" else feats
-    index = keys.new_empty((B, N, kk), dtype=torch.long)
-    valid = keys.new_empty((B, N, kk), dtype=torch.bool)
-    kept = keys.new_empty((B, N, kk))
     with torch.no_grad():
-        for start in range(0, N, chunk_size):
-            stop = min(start + chunk_size, N)
-            sim = feats[:, start:stop] @ other.transpose(1, 2)  # [B, c, N]
-            if mask is not None:
-                sim.masked_fill_(mask[:, None, :], float("-inf"))
-            if causal:
-                rows = torch.arange(start, stop, device=keys.device)
-                future = torch.arange(N, device=keys.device)[None, :] > rows[:, None]
-                sim.masked_fill_(future[None], float("-inf"))
-            top, idx = sim.topk(kk, dim=-1)
-            index[:, start:stop] = idx
-            kept[:, start:stop] = top
-            valid[:, start:stop] = top > float("-inf")
+        if _use_triton(backend, keys):
+            from .knn_triton import topk_similar
+            kept, index = topk_similar(feats, other, kk, causal, mask)
+            kept = kept.to(keys.dtype)
+        else:
+            kept, index = _chunked_topk(feats, other, kk, causal, mask, chunk_size)
+        valid = kept > float("-inf")
         # Rows without any selectable key keep their mass (self-loop).
-        empty = ~valid[..., 0]
+        empty = ~valid.any(dim=-1)
         if bool(empty.any()):
             self_index = torch.arange(N, device=keys.device).expand(B, N)
             index[..., 0] = torch.where(empty, self_index, index[..., 0])
@@ -201,6 +200,46 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
         keep = valid.view(-1)
         row, col, value = row[keep], col[keep], value[keep]
     return sparse_matrix(row, col, value, B * N, is_sorted=True)
+
+
+KNN_BACKENDS = ("auto", "torch", "triton")
+
+
+def _chunked_topk(feats: Tensor, other: Tensor, k: int, causal: bool, mask: Optional[Tensor],
+                  chunk_size: int) -> Tuple[Tensor, Tensor]:
+    """The ``k`` largest ``feats[b, i] . other[b, j]`` per row, ``[B, c, N]`` similarities
+    at a time: ``(values, indices)`` ``[B, N, k]``, ``-inf`` where no key is selectable."""
+    B, N, _ = feats.shape
+    values = feats.new_empty((B, N, k))
+    index = feats.new_empty((B, N, k), dtype=torch.long)
+    for start in range(0, N, chunk_size):
+        stop = min(start + chunk_size, N)
+        sim = feats[:, start:stop] @ other.transpose(1, 2)  # [B, c, N]
+        if mask is not None:
+            sim.masked_fill_(mask[:, None, :], float("-inf"))
+        if causal:
+            rows = torch.arange(start, stop, device=feats.device)
+            future = torch.arange(N, device=feats.device)[None, :] > rows[:, None]
+            sim.masked_fill_(future[None], float("-inf"))
+        values[:, start:stop], index[:, start:stop] = sim.topk(k, dim=-1)
+    return values, index
+
+
+def _use_triton(backend: str, keys: Tensor) -> bool:
+    """Whether :func:`knn_transition` runs the Triton kernel for these keys."""
+    check_choice("backend", backend, KNN_BACKENDS)
+    if backend == "torch":
+        return False
+    installed = importlib.util.find_spec("triton") is not None
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if backend == "triton":
+        if not installed:
+            raise ValueError("backend 'triton' needs the triton package")
+        if not (keys.is_cuda or interpreted):
+            raise ValueError("backend 'triton' needs CUDA keys (or TRITON_INTERPRET=1 to run "
+                             "the kernel in Triton's interpreter)")
+        return True
+    return installed and keys.is_cuda and keys.dtype != torch.float64
 
 
 def from_scipy(matrix: Any, add_self_loops: bool = False) -> Transition:

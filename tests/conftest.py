@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter (on CPU tensors); the flag is read
+# when a kernel is defined, so it is set before anything imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import settings
 
 settings.register_profile("default", deadline=None, max_examples=40)
