@@ -91,6 +91,29 @@ def _torch_csr(transition: SparseTensor, transpose: bool, dtype: torch.dtype) ->
                                        check_invariants=False)  # built by torch_sparse
 
 
+def _torch_sparse_csr(transition: Tensor, transpose: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(rowptr, col, value) of a torch sparse ``P`` (COO, CSR or CSC) or of ``P^T``, built once
+    and kept on the tensor until its values change in place (their version counter moves):
+    the steps of a diffusion, and of its backward pass over ``P^T``, then never coalesce or
+    convert again."""
+    values = transition._values() if transition.layout == torch.sparse_coo \
+        else transition.values()
+    name = "_qgfd_csr_t" if transpose else "_qgfd_csr"
+    cached = getattr(transition, name, None)
+    if cached is not None and cached[0] == values._version:
+        return cached[1]
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        if transpose:  # the CSC form of P is the CSR form of P^T
+            csc = transition.to_sparse_csc()
+            csr = (csc.ccol_indices(), csc.row_indices(), csc.values().detach())
+        else:
+            m = transition.to_sparse_csr()
+            csr = (m.crow_indices(), m.col_indices(), m.values().detach())
+    setattr(transition, name, (values._version, csr))
+    return csr
+
+
 def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int,
                   is_sorted: bool = False, rowptr: Optional[Tensor] = None,
                   csr2csc: Optional[Tensor] = None) -> Transition:
@@ -153,5 +176,12 @@ def spmm(transition: Transition, x: Tensor, transpose: bool = False,
     if transition.layout != torch.strided:
         if transition.requires_grad:
             return _gather_spmm(transition, x, transpose)
-        return torch.sparse.mm(transition.t() if transpose else transition, x)
+        csr = _torch_sparse_csr(transition, transpose)
+        if _backend["name"] in ("auto", "numba") and _numba.usable(x):
+            return _numba_spmm(csr, x, out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(*csr[:2], csr[2].to(x.dtype), transition.shape,
+                                             check_invariants=False)
+        return torch.sparse.mm(matrix, x)
     return (transition.mT if transpose else transition) @ x

@@ -16,3 +16,12 @@ settings.load_profile("default")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Every device this machine has: the core equalities run on each (CUDA where present)."""
+    return torch.device(request.param)

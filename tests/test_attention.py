@@ -79,16 +79,19 @@ def make_masks(kind, B, H, L):
 
 @pytest.mark.parametrize("kind", MASKS)
 @pytest.mark.parametrize("alpha, steps", [(0.0, 3), (0.6, 2), (0.9, 5)])
-def test_z_form_equals_p_form_for_every_mask(kind, alpha, steps):
+def test_z_form_equals_p_form_for_every_mask(kind, alpha, steps, device):
     B, L, E, H = 2, 11, 12, 3
     layer = QGFDAttention(E, H, alpha=alpha, steps=steps, k=4)
     x = torch.randn(B, L, E)
     padding, attn, causal = make_masks(kind, B, H, L)
-    out, weights = layer(x, x, x, key_padding_mask=padding, attn_mask=attn, is_causal=causal,
-                         need_weights=True, average_attn_weights=False)
     expected, expected_weights = reference(layer, x, x, x, padding, attn, causal)
-    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(weights.double(), expected_weights, atol=1e-5, rtol=0)
+    padding, attn = (None if m is None else m.to(device) for m in (padding, attn))
+    x = x.to(device)
+    out, weights = layer.to(device)(x, x, x, key_padding_mask=padding, attn_mask=attn,
+                                    is_causal=causal, need_weights=True,
+                                    average_attn_weights=False)
+    torch.testing.assert_close(out.cpu().double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(weights.cpu().double(), expected_weights, atol=1e-5, rtol=0)
 
 
 def test_weights_are_distributions_and_averaged_over_heads():

@@ -21,7 +21,7 @@ def random_graph(n=12, e=30):
 
 @pytest.mark.parametrize("alpha, steps", [(0.0, 3), (0.5, 1), (0.85, 6), (1.0, 4)])
 @pytest.mark.parametrize("concat", [True, False])
-def test_graph_conv_equals_p_form(alpha, steps, concat):
+def test_graph_conv_equals_p_form(alpha, steps, concat, device):
     n = 12
     edge_index = random_graph(n)  # directed, with duplicates and self-loops at random
     weight = torch.rand(edge_index.size(1)) + 0.1
@@ -29,24 +29,24 @@ def test_graph_conv_equals_p_form(alpha, steps, concat):
     conv = QGFDConv(5, 4, heads=3, concat=concat, alpha=alpha, steps=steps)
     with torch.no_grad():
         conv.bias.normal_()
-    out = conv(x, edge_index, weight)
     # P follows messages backwards: row j spreads over the sources of the edges into j.
     P = dense_transition(edge_index.flip(0), n, weight, add_self_loops=True)
     expected = pform_conv(conv, x, attention_index(edge_index, n), [P] * 3)
-    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    out = conv.to(device)(x.to(device), edge_index.to(device), weight.to(device))
+    torch.testing.assert_close(out.cpu().double(), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("alpha, steps", [(0.5, 2), (0.9, 5)])
-def test_knn_conv_equals_p_form(alpha, steps):
+def test_knn_conv_equals_p_form(alpha, steps, device):
     n = 15
     edge_index = random_graph(n, 40)
     x = torch.randn(n, 6)
     conv = QGFDConv(6, 4, heads=2, alpha=alpha, steps=steps, transition="knn", k=3)
-    out = conv(x, edge_index)
     keys = conv.lin_key(x).view(n, 2, 4)
-    P = [knn_transition(keys[:, h], 3).to_dense() for h in range(2)]
+    P = [knn_transition(keys[:, h], 3, backend="torch").to_dense() for h in range(2)]
     expected = pform_conv(conv, x, attention_index(edge_index, n), P)
-    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    out = conv.to(device)(x.to(device), edge_index.to(device))
+    torch.testing.assert_close(out.cpu().double(), expected, atol=1e-5, rtol=0)
 
 
 def test_alpha_zero_is_plain_neighbour_attention():
@@ -275,7 +275,7 @@ def test_same_results_without_numba(monkeypatch):
 
 @pytest.mark.parametrize("alpha, steps", [(0.5, 2), (0.9, 6)])
 @pytest.mark.parametrize("concat", [True, False])
-def test_attention_transition_equals_p_form_in_value_and_gradient(alpha, steps, concat):
+def test_attention_transition_equals_p_form_in_value_and_gradient(alpha, steps, concat, device):
     """transition="attention": P is each head's own p0 (MAGNA's attention diffusion); the
     Z-form against the dense p_t iteration, outputs and the gradients through P."""
     n = 10
@@ -286,14 +286,16 @@ def test_attention_transition_equals_p_form_in_value_and_gradient(alpha, steps, 
     with torch.no_grad():
         conv.bias.normal_()
     weights = torch.randn(n, 6 if concat else 3, dtype=torch.float64)
-    out = conv(x, edge_index)
     expected = pform_conv(conv, x, attention_index(edge_index, n), "attention")
-    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
     params = [conv.lin_query.weight, conv.lin_key.weight, conv.lin_value.weight]
-    got = torch.autograd.grad((out.double() * weights).sum(), params)
     want = torch.autograd.grad((expected * weights).sum(), params)
+    conv, x, edge_index = conv.to(device), x.to(device), edge_index.to(device)
+    out = conv(x, edge_index)
+    torch.testing.assert_close(out.cpu().double(), expected, atol=1e-5, rtol=0)
+    params = [conv.lin_query.weight, conv.lin_key.weight, conv.lin_value.weight]
+    got = torch.autograd.grad((out.double() * weights.to(device)).sum(), params)
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g.double(), w.double(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(g.cpu().double(), w.double(), atol=1e-5, rtol=1e-4)
     # its p_T is a distribution: the output of constant values is that constant
     with torch.no_grad():
         conv.lin_value.weight.zero_()
@@ -301,13 +303,14 @@ def test_attention_transition_equals_p_form_in_value_and_gradient(alpha, steps, 
     assert conv(x, edge_index).abs().max() == 0
 
 
-def test_symmetric_transition_equals_p_form():
+def test_symmetric_transition_equals_p_form(device):
     n = 9
     edge_index = to_undirected(random_graph(n, 20), num_nodes=n)
     edge_index, _ = remove_self_loops(edge_index)
     x = torch.randn(n, 4)
     conv = QGFDConv(4, 3, heads=2, alpha=0.8, steps=5, transition="sym")
-    out = conv(x, edge_index)
+    out = conv.to(device)(x.to(device), edge_index.to(device)).cpu()
+    conv = conv.cpu()
     A = torch.eye(n, dtype=torch.float64)  # by hand: self loops, then D^-1/2 A D^-1/2
     for s, t in edge_index.t().tolist():
         A[t, s] += 1.0

@@ -9,12 +9,12 @@ from qgfd_pyg.reference import heat_coefficients, kernel_matrix, pform, random_t
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.85, 1.0])
 @pytest.mark.parametrize("steps", [0, 1, 3, 8])
 @pytest.mark.parametrize("transition", ["graph", "knn"])
-def test_z_form_equals_p_form(alpha, steps, transition):
+def test_z_form_equals_p_form(alpha, steps, transition, device):
     n = 20
     P = random_transition(n) if transition == "graph" else knn_transition(torch.randn(n, 6), 4)
     p0 = torch.softmax(torch.randn(7, n, dtype=torch.float64), dim=1)  # 7 queries
     V = torch.randn(n, 5)
-    Z = diffuse(V, P, alpha=alpha, steps=steps)
+    Z = diffuse(V.to(device), P.to(device), alpha=alpha, steps=steps).cpu()
     expected = pform(p0, P.to_dense().double(), alpha, steps) @ V.double()
     torch.testing.assert_close((p0 @ Z.double()), expected, atol=1e-5, rtol=0)
 

@@ -128,3 +128,36 @@ def test_torch_sparse_entries_with_gradients_match_dense_and_keep_no_dense_matri
     want = torch.autograd.grad((expected * weights).sum(), (entries, x))
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("backend", [b for b in _available_backends() if b != "torch_sparse"])
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_torch_sparse_transitions_match_dense_and_follow_in_place_changes(backend, layout):
+    """A torch sparse P (what the builders return without torch-sparse) runs as a CSR product
+    whose forms for P and P^T are built once per tensor, and rebuilt when its values change in
+    place."""
+    from qgfd_pyg.spmm import _torch_sparse_csr
+
+    dense = random_transition(25, 90).to_dense().double()
+    P = dense.to_sparse_coo().coalesce() if layout == torch.sparse_coo \
+        else dense.to_sparse_csr()
+    V = torch.randn(25, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(25, 4, dtype=torch.float64)
+    set_spmm_backend(backend)
+    try:
+        for _ in range(2):
+            Z = diffuse(V, P, 0.8, 4)
+            (g,) = torch.autograd.grad((Z * w).sum(), V)
+            Z_dense = diffuse(V, dense, 0.8, 4)
+            (g_dense,) = torch.autograd.grad((Z_dense * w).sum(), V)
+            torch.testing.assert_close(Z, Z_dense)
+            torch.testing.assert_close(g, g_dense)
+            forward, transposed = _torch_sparse_csr(P, False), _torch_sparse_csr(P, True)
+            assert _torch_sparse_csr(P, False) is forward
+            torch.testing.assert_close(torch.sparse_csr_tensor(*transposed, (25, 25)).to_dense(),
+                                       dense.T)
+            values = P._values() if layout == torch.sparse_coo else P.values()
+            values.mul_(torch.rand(values.numel(), dtype=torch.float64))  # then again
+            dense = P.to_dense()
+    finally:
+        set_spmm_backend("auto")
