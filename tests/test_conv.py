@@ -4,7 +4,7 @@ import pytest
 import torch
 from autograd_memory import saved_bytes
 from torch_geometric.utils import add_self_loops, remove_self_loops, to_undirected
-from torch_sparse import SparseTensor
+from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
 from qgfd_pyg import QGFDConv, graph_transition, knn_transition
 from qgfd_pyg.reference import dense_transition, pform, pform_conv, steps_until
@@ -94,6 +94,7 @@ def test_permutation_equivariance():
         torch.testing.assert_close(out_perm, out[perm], atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(not WITH_TORCH_SPARSE, reason="needs torch-sparse")
 def test_sparse_inputs_agree_with_edge_index():
     n = 12
     edge_index = torch.unique(random_graph(n), dim=1)  # SparseTensor coalesces duplicates
@@ -108,6 +109,8 @@ def test_sparse_inputs_agree_with_edge_index():
     torch.testing.assert_close(adj_attn.sum(1), torch.ones(n, 2))
     torch_sparse_adj = adj_t.to_torch_sparse_coo_tensor()
     torch.testing.assert_close(conv(x, torch_sparse_adj), out, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="adj_t has size"):
+        conv(x, SparseTensor.eye(n + 1))
 
 
 def test_gradients_reach_every_parameter():
@@ -183,7 +186,7 @@ def test_bad_hyper_parameters(make, match):
     (torch.randn(4, 3), torch.tensor([[0], [1]]), torch.tensor([-1.0]), "negative"),
     (torch.randn(4, 3), torch.tensor([[0], [1]]), torch.tensor([float("nan")]), "NaN"),
     (torch.randn(4, 3), torch.tensor([[0], [1]]), torch.tensor([1.0, 2.0]), "shape"),
-    (torch.randn(4, 3), SparseTensor.eye(5), None, "adj_t"),
+    (torch.randn(4, 3), torch.eye(5).to_sparse(), None, "adj_t"),
 ])
 def test_bad_forward_input(x, edge_index, edge_weight, match):
     with pytest.raises(ValueError, match=match):
@@ -377,7 +380,8 @@ def test_explain_edge_mask_scales_seed_attention_and_transition():
     with pytest.raises(ValueError, match="edge mask has shape"):
         conv(x, edge_index)
     with pytest.raises(ValueError, match="edge_index input"):
-        conv(x, SparseTensor.from_edge_index(edge_index, sparse_sizes=(n, n)).t())
+        conv(x, torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(edge_index.size(1)),
+                                        (n, n)))
 
 
 def test_gnn_explainer_masks_only_edges_the_node_can_reach():
