@@ -63,6 +63,41 @@ def _compile() -> Optional[SimpleNamespace]:
                 k += 1
 
     @jit
+    def csr_diffuse(rowptr, col, value, x0, theta, last, steps, a, b, acc):
+        """acc = sum_{t < steps} theta[t] P^t x0 + last P^steps x0: every step one pass over
+        the rows that multiplies (into a or b, in turn) and adds the step's share of the
+        previous iterate to acc in the same pass."""
+        d = x0.shape[1]
+        src = x0
+        for t in range(steps):
+            dst = a if t % 2 == 0 else b
+            w = theta[t]
+            for i in numba.prange(x0.shape[0]):
+                for j in range(d):
+                    dst[i, j] = 0
+                    if t == 0:
+                        acc[i, j] = w * src[i, j]
+                    else:
+                        acc[i, j] += w * src[i, j]
+                k, end = rowptr[i], rowptr[i + 1]
+                while k + 4 <= end:
+                    c0, c1, c2, c3 = col[k], col[k + 1], col[k + 2], col[k + 3]
+                    w0, w1, w2, w3 = value[k], value[k + 1], value[k + 2], value[k + 3]
+                    for j in range(d):
+                        dst[i, j] += (w0 * src[c0, j] + w1 * src[c1, j] + w2 * src[c2, j]
+                                      + w3 * src[c3, j])
+                    k += 4
+                while k < end:
+                    wk, c = value[k], col[k]
+                    for j in range(d):
+                        dst[i, j] += wk * src[c, j]
+                    k += 1
+            src = dst
+        for i in numba.prange(x0.shape[0]):
+            for j in range(d):
+                acc[i, j] += last * src[i, j]
+
+    @jit
     def edge_dot(dst, src, a, b, out):
         """out[e, h] = <a[dst[e], h], b[src[e], h]> for a, b of shape [N, H, C]."""
         H, C = a.shape[1], a.shape[2]
@@ -239,7 +274,8 @@ def _compile() -> Optional[SimpleNamespace]:
                     given[o] = True
         return out_row, out_col, out_weight, given, counts
 
-    return SimpleNamespace(csr_spmm=csr_spmm, unique_pairs=unique_pairs, edge_dot=edge_dot,
+    return SimpleNamespace(csr_spmm=csr_spmm, csr_diffuse=csr_diffuse, unique_pairs=unique_pairs,
+                           edge_dot=edge_dot,
                            segment_aggregate=segment_aggregate, group_by=group_by,
                            transition_values=transition_values,
                            segment_softmax=segment_softmax,

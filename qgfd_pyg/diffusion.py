@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint as recompute
 from torch_geometric.typing import SparseTensor
 
 from ._checks import check_alpha, check_choice, check_positive_float, check_steps
-from .spmm import Transition, needs_value_grad, spmm
+from .spmm import Transition, fused_diffusion, needs_value_grad, spmm
 KERNELS = ("ppr", "heat")
 
 
@@ -75,9 +75,16 @@ def _loop(x: Tensor, transition: Transition, theta: List[float], tail: List[floa
           ) -> Tuple[Tensor, DiffusionInfo]:
     """The diffusion loop on ``[N, d]`` values (``P^T`` instead of ``P`` with ``transpose``)."""
     info = DiffusionInfo()
+    recording = torch.is_grad_enabled()
+    if not recording:  # inside an autograd function or no_grad: the compiled routines then
+        x = x.detach()  # take the values as plain tensors
+        if not track and steps > 0:  # all steps in one routine where one applies
+            out = fused_diffusion(transition, x, theta[:steps], tail[steps], steps, transpose)
+            if out is not None:
+                info.steps = steps
+                return out, info
     acc: Optional[Tensor] = None  # sum_{j<t} theta_j P^j V
     spare: Optional[Tensor] = None  # a dead iterate whose memory the next product may reuse
-    recording = torch.is_grad_enabled()
     for t in range(steps):
         x_next = spmm(transition, x, transpose, out=spare)
         acc = _accumulate(acc, x, theta[t])

@@ -157,6 +157,33 @@ def _gather_spmm(transition: Tensor, x: Tensor, transpose: bool) -> Tensor:
         0, row, messages)
 
 
+def fused_diffusion(transition: Transition, x: Tensor, theta, last: float, steps: int,
+                    transpose: bool = False) -> Optional[Tensor]:
+    """``sum_{t < steps} theta[t] P^t x + last P^steps x`` (``P^T`` with ``transpose``) in one
+    compiled routine that adds each step's share in the pass that multiplies, or ``None``
+    where that routine does not apply (no numba, another backend, a non-CPU / non-float
+    ``x``, a dense ``P`` or one whose entries need gradients). Runs outside autograd (the
+    caller's autograd function differentiates it)."""
+    x = x.detach()
+    if _backend["name"] not in ("auto", "numba") or not _numba.usable(x) \
+            or x.dim() != 2 or needs_value_grad(transition):
+        return None
+    if isinstance(transition, SparseTensor):
+        csr = _csr(transition, transpose)
+    elif isinstance(transition, Tensor) and transition.layout != torch.strided:
+        csr = _torch_sparse_csr(transition, transpose)
+    else:
+        return None
+    rowptr, col, value = csr
+    x = x.contiguous()
+    a, b, acc = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    _numba.set_threads()
+    _numba.routines().csr_diffuse(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(),
+                                  x.numpy(), torch.tensor(theta, dtype=x.dtype).numpy(),
+                                  float(last), int(steps), a.numpy(), b.numpy(), acc.numpy())
+    return acc
+
+
 def spmm(transition: Transition, x: Tensor, transpose: bool = False,
          out: Optional[Tensor] = None) -> Tensor:
     """``P @ x`` (or ``P^T @ x``) for a SparseTensor, torch sparse or dense ``[N, N]`` ``P``
