@@ -203,3 +203,30 @@ def test_a_batch_of_dense_transitions_equals_the_p_form_per_item(needs_grad):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="batch of 3"):
         diffuse(torch.randn(N, d, dtype=torch.float64), P.detach())
+
+
+def test_reused_iterate_buffers_never_leak_between_calls():
+    """The fused diffusion keeps its two iterate buffers between calls: results of earlier
+    calls stay intact, and calls of other sizes and dtypes (bigger, smaller, past the
+    pool's limit) all match the dense product."""
+    from qgfd_pyg import spmm as spmm_module
+
+    results = []
+    for n, dtype in ((30, torch.float32), (12, torch.float32), (40, torch.float64),
+                     (30, torch.float32)):
+        P = random_transition(n, 4 * n)
+        V = torch.randn(n, 3, dtype=dtype)
+        Z = diffuse(V, P, 0.7, 4)
+        expected = diffuse(V, P.to_dense().to(dtype), 0.7, 4)
+        torch.testing.assert_close(Z, expected)
+        results.append((Z, Z.clone()))
+    for Z, copy in results:  # no later call wrote into an earlier result
+        assert torch.equal(Z, copy)
+    limit = spmm_module.SCRATCH_BYTES
+    try:
+        spmm_module.SCRATCH_BYTES = 0  # every call on fresh buffers
+        P = random_transition(25, 90)
+        V = torch.randn(25, 4)
+        torch.testing.assert_close(diffuse(V, P, 0.7, 4), diffuse(V, P.to_dense(), 0.7, 4))
+    finally:
+        spmm_module.SCRATCH_BYTES = limit
