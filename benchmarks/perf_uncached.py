@@ -166,11 +166,14 @@ def main():
     parser.add_argument("--fanout", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--no-loader", action="store_true", help="part 1 only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--root", default="datasets")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()
+    if args.batches < 1 or args.batch_size < 1 or args.fanout < 1:
+        parser.error("--batches, --batch-size and --fanout must be positive")
     device = torch.device(args.device)
     name = "perf_uncached" + ("" if device.type == "cpu" else f"_{device.type}")
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device)
@@ -198,6 +201,8 @@ def main():
         layers.append(layer_row(label, torch.randn(n, 64), edges(), args, device))
         print(json.dumps(layers[-1]), flush=True)
         save()
+    if args.no_loader:
+        return
     loader_args = argparse.Namespace(**{**vars(args), "steps": args.loader_steps})
     for row in loader_rows(loader_args, device, {r["model"] for r in epochs}):
         epochs.append(row)
