@@ -244,9 +244,11 @@ class QGFDConv(MessagePassing):
                 P = knn_transition(key.transpose(0, 1), self.k)
             else:  # P_ij = p0_ij: row i (query) spreads over its keys j, per head
                 offset = (torch.arange(H, device=x.device) * N).view(H, 1)
+                # the attention edges are unique and sorted by target, then source, so the
+                # blocks are in CSR order; the diffusion runs in float32 (half precision too)
                 P = sparse_matrix((dst.view(1, -1) + offset).view(-1),
                                   (src.view(1, -1) + offset).view(-1),
-                                  p0_used.t().reshape(-1), H * N)
+                                  p0_used.t().reshape(-1).float(), H * N, is_sorted=True)
             z = self._diffuse_heads(value, P)
         else:
             z = diffuse(value, P, self.alpha, self.steps, self.tol)

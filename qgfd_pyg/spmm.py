@@ -120,7 +120,8 @@ def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int,
                   csr2csc: Optional[Tensor] = None) -> Transition:
     """The ``[size, size]`` matrix holding ``value`` at ``(row, col)`` (duplicates add up):
     a :class:`torch_sparse.SparseTensor` where torch-sparse is installed, else a coalesced
-    torch sparse COO tensor. Both differentiate w.r.t. ``value`` through :func:`spmm`.
+    torch sparse COO tensor (half-precision values widened to float32). Both differentiate
+    w.r.t. ``value`` through :func:`spmm`.
     ``is_sorted``: the entries are unique and sorted by row, then column (trusted), and then
     ``rowptr`` (the row offsets) and ``csr2csc`` (the permutation that sorts them by column,
     then row) may come along, so that neither is computed again."""
@@ -131,6 +132,8 @@ def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int,
                                 sparse_sizes=(size, size), csr2csc=csr2csc, is_sorted=True,
                                 trust_data=True)
         return SparseTensor.from_storage(storage)
+    if value.dtype in (torch.float16, torch.bfloat16):  # torch's sparse kernels lack half
+        value = value.float()  # precision on the CPU; the diffusion runs in float32 anyway
     out = torch.sparse_coo_tensor(torch.stack([row, col]), value, (size, size),
                                   check_invariants=False, is_coalesced=is_sorted)
     return out if is_sorted else out.coalesce()

@@ -53,6 +53,18 @@ assert_close(out.double(), pform_conv(att, x, attn, "attention"), atol=1e-5, rto
 out.sum().backward()
 assert all(p.grad is not None for p in att.parameters())
 
+# half-precision layers with learnt transitions: forward and backward, close to float32
+for transition in ("attention", "knn"):
+    layer = QGFDConv(4, 3, heads=2, alpha=0.7, steps=3, transition=transition, k=3)
+    reference = layer(x, ei)
+    half = layer.half()
+    out = half(x.half(), ei)
+    assert out.dtype == torch.float16
+    assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+    out.float().sum().backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all())
+               for p in half.parameters())
+
 P_path, nodes = from_networkx(nx.path_graph(3))
 assert_close(P_path.to_dense(), torch.tensor([[0, 1, 0], [0.5, 0, 0.5], [0, 1, 0]]))
 try:
