@@ -183,36 +183,50 @@ def _compile() -> Optional[SimpleNamespace]:
                     value[p] /= out_weight[i]
 
     @numba.njit(nogil=True, cache=True)
-    def group_by(index, ptr, perm):
-        """Counting sort: perm[ptr[i]:ptr[i + 1]] = the positions of i in index, in order
-        (ptr: the offsets of the counts of index). Serial, O(len(index))."""
-        fill = ptr[:-1].copy()
+    def group_by(index, other, n):
+        """Counting sort of the positions of index by their value: (ptr, perm, others) with
+        perm[ptr[i]:ptr[i + 1]] the positions of i in index, in order, and others the
+        values of other there. Serial, O(len(index))."""
+        ptr = np.zeros(n + 1, dtype=np.int64)
         for e in range(index.shape[0]):
-            i = index[e]
-            perm[fill[i]] = e
-            fill[i] += 1
+            ptr[index[e] + 1] += 1
+        for i in range(n):
+            ptr[i + 1] += ptr[i]
+        fill = ptr[:-1].copy()
+        perm = np.empty(index.shape[0], dtype=np.int64)
+        others = np.empty(index.shape[0], dtype=other.dtype)
+        for e in range(index.shape[0]):
+            p = fill[index[e]]
+            perm[p] = e
+            others[p] = other[e]
+            fill[index[e]] += 1
+        return ptr, perm, others
 
     @numba.njit(nogil=True, cache=True)
-    def _sort_segment(perm, key, start, stop):
-        """Sorts perm[start:stop] by key[perm[.]] (insertion sort: rows are short)."""
+    def _sort_segment(key, perm, start, stop):
+        """Sorts key[start:stop] and moves perm[start:stop] along (insertion sort for short
+        segments: rows are short; a merge sort for long ones)."""
         if stop - start > 64:
-            seg = perm[start:stop].copy()
-            perm[start:stop] = seg[np.argsort(key[seg], kind="mergesort")]
+            order = np.argsort(key[start:stop], kind="mergesort")
+            key[start:stop] = key[start:stop][order]
+            perm[start:stop] = perm[start:stop][order]
             return
         for a in range(start + 1, stop):
-            p = perm[a]
-            k = key[p]
+            k, p = key[a], perm[a]
             b = a - 1
-            while b >= start and key[perm[b]] > k:
+            while b >= start and key[b] > k:
+                key[b + 1] = key[b]
                 perm[b + 1] = perm[b]
                 b -= 1
+            key[b + 1] = k
             perm[b + 1] = p
 
     @jit
     def unique_pairs(row, col, weight, n, loops):
         """The unique (row, col) pairs sorted by row, then column, with summed weights,
         whether the input had each, and the row offsets; loops adds (i, i) for every node
-        (weight 0 unless given). A counting sort by row, then each row sorted by column."""
+        (weight 0 unless given). A counting sort by row that places each column next to its
+        edge id, then each row's columns sorted in place (contiguous, in parallel)."""
         m = row.shape[0]
         total = m + (n if loops else 0)
         ptr = np.zeros(n + 1, dtype=np.int64)
@@ -224,24 +238,24 @@ def _compile() -> Optional[SimpleNamespace]:
         for i in range(n):
             ptr[i + 1] += ptr[i]
         fill = ptr[:-1].copy()
-        perm = np.empty(total, dtype=np.int64)
-        key = np.empty(total, dtype=np.int64)
+        perm = np.empty(total, dtype=np.int64)  # the edge id at each sorted position
+        key = np.empty(total, dtype=np.int64)  # its column
         for e in range(m):
-            r = row[e]
-            perm[fill[r]] = e
-            fill[r] += 1
-            key[e] = col[e]
+            p = fill[row[e]]
+            perm[p] = e
+            key[p] = col[e]
+            fill[row[e]] += 1
         if loops:
             for i in range(n):
                 perm[fill[i]] = m + i
+                key[fill[i]] = i
                 fill[i] += 1
-                key[m + i] = i
         counts = np.zeros(n + 1, dtype=np.int64)
         for i in numba.prange(n):
-            _sort_segment(perm, key, ptr[i], ptr[i + 1])
+            _sort_segment(key, perm, ptr[i], ptr[i + 1])
             c = 0
             for a in range(ptr[i], ptr[i + 1]):
-                if a == ptr[i] or key[perm[a]] != key[perm[a - 1]]:
+                if a == ptr[i] or key[a] != key[a - 1]:
                     c += 1
             counts[i + 1] = c
         for i in range(n):
@@ -254,11 +268,11 @@ def _compile() -> Optional[SimpleNamespace]:
         for i in numba.prange(n):
             o = counts[i] - 1
             for a in range(ptr[i], ptr[i + 1]):
-                e = perm[a]
-                if a == ptr[i] or key[e] != key[perm[a - 1]]:
+                if a == ptr[i] or key[a] != key[a - 1]:
                     o += 1
                     out_row[o] = i
-                    out_col[o] = key[e]
+                    out_col[o] = key[a]
+                e = perm[a]
                 if e < m:
                     out_weight[o] += weight[e]
                     given[o] = True

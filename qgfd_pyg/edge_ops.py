@@ -32,6 +32,12 @@ class EdgeLayout:
             self._groups["dst"] = (dst_ptr, torch.arange(dst.numel(), device=dst.device),
                                    src.contiguous())
 
+    def _offsets(self, index: Tensor) -> Tensor:
+        """Where each node's group starts among the edges sorted by ``index``."""
+        ptr = torch.zeros(self.num_nodes + 1, dtype=torch.long, device=index.device)
+        torch.cumsum(torch.bincount(index, minlength=self.num_nodes), 0, out=ptr[1:])
+        return ptr
+
     @property
     def fast_groups(self) -> bool:
         """Whether grouping by source is a compiled counting sort (no comparison sort)."""
@@ -43,18 +49,15 @@ class EdgeLayout:
         ``other[ptr[i]:ptr[i + 1]]`` their other ends."""
         if by not in self._groups:
             index, other = (self.dst, self.src) if by == "dst" else (self.src, self.dst)
-            counts = torch.bincount(index, minlength=self.num_nodes)
-            ptr = torch.zeros(self.num_nodes + 1, dtype=torch.long, device=index.device)
-            torch.cumsum(counts, 0, out=ptr[1:])
             if index.numel() < 2 or bool((index[1:] >= index[:-1]).all()):
+                ptr = self._offsets(index)
                 perm = torch.arange(index.numel(), device=index.device)
                 self._sorted_dst = self._sorted_dst or by == "dst"
-            elif self.fast_groups:
-                perm = torch.empty(index.numel(), dtype=torch.long)
-                _numba.routines().group_by(index.contiguous().numpy(), ptr.numpy(),
-                                           perm.numpy())
-                other = other[perm]
+            elif self.fast_groups:  # one compiled counting sort
+                ptr, perm, other = (torch.from_numpy(a) for a in _numba.routines().group_by(
+                    index.contiguous().numpy(), other.contiguous().numpy(), self.num_nodes))
             else:
+                ptr = self._offsets(index)
                 perm = torch.argsort(index, stable=True)
                 other = other[perm]
             self._groups[by] = (ptr, perm, other.contiguous())

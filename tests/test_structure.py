@@ -94,7 +94,10 @@ def test_unique_entries_against_a_dictionary(implementation, self_loops):
     n = 9
     g = torch.Generator().manual_seed(3)
     row, col = torch.randint(0, n, (2, 50), generator=g)
-    weight = torch.rand(50, generator=g, dtype=torch.float64)
+    # a hub: row 0 holds 100 more pairs (past the insertion sort's segment length)
+    row = torch.cat([row, torch.zeros(100, dtype=torch.long)])
+    col = torch.cat([col, torch.randint(0, n, (100,), generator=g)])
+    weight = torch.rand(150, generator=g, dtype=torch.float64)
     sums, given = {}, set()
     for r, c, w in zip(row.tolist(), col.tolist(), weight.tolist(), strict=True):
         sums[(r, c)] = sums.get((r, c), 0.0) + w
