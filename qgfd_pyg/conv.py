@@ -224,7 +224,7 @@ class QGFDConv(MessagePassing):
         src, dst = attn_index
         if self.lin_query is not None:
             query = self.lin_query(x).view(N, H, C)
-            score = edge_dot(query / math.sqrt(C), key, src, dst, layout=layout)
+            score = edge_dot(query, key, src, dst, layout=layout) * (1 / math.sqrt(C))
         else:
             score = F.leaky_relu((value * self.att_dst).sum(-1)[dst]
                                  + (value * self.att_src).sum(-1)[src], 0.2)
