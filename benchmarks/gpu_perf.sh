@@ -6,7 +6,8 @@
 #   3. perf_uncached.py part 1 on CUDA (the NeighborLoader part needs pyg-lib or torch-sparse),
 #   4. perf_graph.py on CUDA up to ogbn-products' size.
 # Each step writes its tables under $OUT/results/ as it goes; a step that fails or runs out of
-# time leaves the earlier ones intact (copy them to benchmarks/results/ afterwards).
+# time leaves the earlier ones intact (copy them to benchmarks/results/ afterwards). The
+# steps' time limits add up to 9 minutes, inside one 10-minute device command.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_perf.sh
 #   SMOKE=1 OUT=/tmp/gpu DEVICE=cpu bash benchmarks/gpu_perf.sh   # tiny sizes, to check it runs
@@ -28,20 +29,20 @@ if [ -n "${SMOKE:-}" ]; then
     uncached=(--sizes 2000 --repeats 1 --loader-nodes 3000 --batches 1)
 fi
 echo "== tests on $device" | tee "$out/tests.log"
-timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_attention.py \
+timeout 120 $py -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_attention.py \
     tests/test_diffusion.py tests/test_knn_triton.py tests/test_structure.py \
     -k "$device or triton" >>"$out/tests.log" 2>&1
 tail -3 "$out/tests.log"
 echo "== perf_attention"
-timeout 240 $py benchmarks/perf_attention.py --device "$device" --dtype bfloat16 --causal \
+timeout 150 $py benchmarks/perf_attention.py --device "$device" --dtype bfloat16 --causal \
     --lengths "$lengths" --out "$out/results" >"$out/perf_attention.log" 2>&1
 tail -2 "$out/perf_attention.log"
 echo "== perf_uncached"
-timeout 180 $py benchmarks/perf_uncached.py --device "$device" "${uncached[@]}" \
+timeout 90 $py benchmarks/perf_uncached.py --device "$device" "${uncached[@]}" \
     --out "$out/results" >"$out/perf_uncached.log" 2>&1
 tail -2 "$out/perf_uncached.log"
 echo "== perf_graph"
-timeout 300 $py benchmarks/perf_graph.py --device "$device" --sizes "$sizes" \
+timeout 180 $py benchmarks/perf_graph.py --device "$device" --sizes "$sizes" \
     "${graph_extra[@]}" --out "$out/results" >"$out/perf_graph.log" 2>&1
 tail -2 "$out/perf_graph.log"
 ls "$out/results"
