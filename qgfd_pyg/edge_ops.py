@@ -90,6 +90,7 @@ class EdgeLayout:
         return out
 
     def softmax_backward(self, prob: Tensor, grad: Tensor) -> Tensor:
+        """The gradient of :meth:`softmax`'s scores from its output ``prob`` and ``grad``."""
         out = torch.empty_like(prob)
         _numba.set_threads()
         _numba.routines().segment_softmax_backward(self.groups("dst")[0].numpy(),

@@ -6,12 +6,10 @@ Each program takes ``BLOCK_M`` rows of one key set and walks the key tiles of ``
 columns (causal rows stop at the diagonal). Per tile it takes the row's best ``k`` scores one
 at a time (max, argmax) and lets each replace the worst of the ``k`` kept so far when it is
 larger, so memory traffic is the keys and the ``[N, k]`` result, never ``[N, N]``. Imported
-lazily (Triton is optional): :func:`qgfd_pyg.knn_transition` calls :func:`topk_similar` for
-CUDA keys when Triton is installed, and on the CPU only under Triton's interpreter
-(``TRITON_INTERPRET=1``, how the tests run it).
+lazily (Triton is optional): :func:`qgfd_pyg.knn_transition` decides when to call
+:func:`topk_similar` (CUDA keys when Triton is installed; on the CPU only under Triton's
+interpreter, ``TRITON_INTERPRET=1``, how the tests run it).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -63,12 +61,6 @@ def _knn_kernel(Q, K, MASK, OUT_V, OUT_I, N, D,
     keep = (rows[:, None] < N) & (slots[None, :] < TOP)
     tl.store(OUT_V + out, best_v, mask=keep)
     tl.store(OUT_I + out, best_i, mask=keep)
-
-
-def usable(device: torch.device) -> bool:
-    """Whether the kernel can run for tensors on ``device``: CUDA, or any device under
-    Triton's interpreter."""
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def topk_similar(feats: Tensor, other: Tensor, k: int, causal: bool = False,
