@@ -1,7 +1,8 @@
 """qgfd-pyg: Query-Graph-Flow Diffusion for PyTorch Geometric."""
 from .attention import QGFDAttention
 from .conv import QGFDConv
-from .diffusion import DiffusionInfo, diffuse, kernel_coefficients
+from .diffusion import DiffusionInfo, diffuse, kernel_coefficients, ppr_hop_weights
+from .flow import RelationalGraph, relational_flow
 from .spmm import get_spmm_backend, set_spmm_backend
 from .transition import from_networkx, from_scipy, graph_transition, knn_transition
 
@@ -13,6 +14,9 @@ __all__ = [
     "DiffusionInfo",
     "diffuse",
     "kernel_coefficients",
+    "ppr_hop_weights",
+    "RelationalGraph",
+    "relational_flow",
     "set_spmm_backend",
     "get_spmm_backend",
     "graph_transition",

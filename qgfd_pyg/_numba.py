@@ -278,7 +278,37 @@ def _compile() -> Optional[SimpleNamespace]:
                     given[o] = True
         return out_row, out_col, out_weight, given, counts
 
-    return SimpleNamespace(csr_spmm=csr_spmm, csr_diffuse=csr_diffuse, unique_pairs=unique_pairs,
+    @jit
+    def typed_spmm(rowptr, col, rel, weight, a, x, out):
+        """out[i, b] = sum_k weight[k] a[rel[k], b] x[col[k], b] over row i's entries: a
+        product whose entries differ per column b (one query each), in one pass."""
+        for i in numba.prange(out.shape[0]):
+            for b in range(out.shape[1]):
+                out[i, b] = 0
+            for k in range(rowptr[i], rowptr[i + 1]):
+                c, r, w = col[k], rel[k], weight[k]
+                for b in range(out.shape[1]):
+                    out[i, b] += w * a[r, b] * x[c, b]
+
+    @jit
+    def typed_weight_grad(rowptr, col, rel, weight, x, g, parts):
+        """parts[c, r, b] = sum over the entries k of chunk c's rows with rel[k] = r of
+        weight[k] x[col[k], b] g[i, b]; the caller sums the chunks (no two threads write
+        the same memory)."""
+        chunks, n = parts.shape[0], rowptr.shape[0] - 1
+        size = (n + chunks - 1) // chunks
+        for c in numba.prange(chunks):
+            for b in range(parts.shape[2]):
+                for r in range(parts.shape[1]):
+                    parts[c, r, b] = 0
+            for i in range(c * size, min(n, (c + 1) * size)):
+                for k in range(rowptr[i], rowptr[i + 1]):
+                    q, r, w = col[k], rel[k], weight[k]
+                    for b in range(parts.shape[2]):
+                        parts[c, r, b] += w * x[q, b] * g[i, b]
+
+    return SimpleNamespace(csr_spmm=csr_spmm, typed_spmm=typed_spmm,
+                           typed_weight_grad=typed_weight_grad, csr_diffuse=csr_diffuse, unique_pairs=unique_pairs,
                            edge_dot=edge_dot,
                            segment_aggregate=segment_aggregate, group_by=group_by,
                            transition_values=transition_values,

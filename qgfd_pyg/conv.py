@@ -14,7 +14,7 @@ from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
                       check_positive_float, check_positive_int, check_steps)
-from .diffusion import diffuse
+from .diffusion import diffuse, ppr_hop_weights
 from .edge_ops import EdgeLayout, edge_aggregate, edge_dot, edge_softmax
 from .spmm import Transition, sparse_matrix
 from .structure import graph_structure
@@ -76,6 +76,9 @@ class QGFDConv(MessagePassing):
         tol (float, optional): stop diffusing once :math:`\max|Z^{(t+1)} - Z^{(t)}| <` ``tol``.
         cached (bool): cache the self-loop edges and graph transition of the first call
             (transductive use on one fixed graph only).
+        learn_hop_weights (bool): learn the hop weights :math:`\theta_0..\theta_T` of
+            :math:`\mathbf{Z} = \sum_k \theta_k \mathbf{P}^k \mathbf{V}` (GPR-GNN's form),
+            started at the PageRank weights of ``alpha``. (default: ``False``)
         checkpoint (bool): with ``transition="knn"`` or ``"attention"`` (learnt transitions),
             keep no per-step copy of the values for the backward pass and run the diffusion
             again during it (a fixed graph transition keeps none anyway; see
@@ -99,7 +102,7 @@ class QGFDConv(MessagePassing):
                  alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
                  dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
                  tol: Optional[float] = None, cached: bool = False, attention: str = "dot",
-                 checkpoint: bool = False, **kwargs):
+                 checkpoint: bool = False, learn_hop_weights: bool = False, **kwargs):
         # the layer aggregates with its own attention weights, along the edges' direction
         if kwargs.get("aggr", "add") != "add":
             raise ValueError(f"QGFDConv sums over its attention weights; aggr="
@@ -135,6 +138,13 @@ class QGFDConv(MessagePassing):
         self.cached = cached
         self.checkpoint = checkpoint
         self._cached = None
+        if learn_hop_weights and self.tol is not None:
+            raise ValueError("learn_hop_weights=True needs tol=None (early stopping would "
+                             "change which hop weights apply)")
+        if learn_hop_weights:  # GPR-GNN's theta_0..theta_T, started at the PageRank weights
+            self.hop_weights = Parameter(torch.empty(self.steps + 1))
+        else:
+            self.register_parameter("hop_weights", None)
 
         width = heads * out_channels
         if attention == "dot":
@@ -160,6 +170,9 @@ class QGFDConv(MessagePassing):
         glorot(self.att_dst)
         glorot(self.att_src)
         zeros(self.bias)
+        if self.hop_weights is not None:
+            with torch.no_grad():
+                self.hop_weights.copy_(ppr_hop_weights(self.alpha, self.steps))
         self._cached = None
 
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Adj,
@@ -251,7 +264,7 @@ class QGFDConv(MessagePassing):
                                   p0_used.t().reshape(-1).float(), H * N, is_sorted=True)
             z = self._diffuse_heads(value, P)
         else:
-            z = diffuse(value, P, self.alpha, self.steps, self.tol)
+            z = self._diffuse(value, P)
         out = self._heads_out(edge_aggregate(p0_used, z, src, dst, N, layout=layout))
 
         if return_attention_weights:
@@ -302,8 +315,8 @@ class QGFDConv(MessagePassing):
         if self.transition == "knn":
             z = self._diffuse_heads(value, knn_transition(key.transpose(0, 1), self.k))
         else:
-            z = diffuse(value, self._source_transition(edge_index, edge_weight, n_src, n_dst),
-                        self.alpha, self.steps, self.tol)
+            z = self._diffuse(value, self._source_transition(edge_index, edge_weight, n_src,
+                                                             n_dst))
         score = edge_dot(query, key, src, dst) / math.sqrt(C)
         p0 = softmax(score, dst, num_nodes=n_dst)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
@@ -314,9 +327,13 @@ class QGFDConv(MessagePassing):
         """Values ``[N, H, C]`` diffused over a block-diagonal ``[H N, H N]`` transition, one
         block per head."""
         N, H, C = value.shape
-        z = diffuse(value.transpose(0, 1).reshape(H * N, C), P, self.alpha, self.steps,
-                    self.tol, checkpoint=self.checkpoint)
+        z = self._diffuse(value.transpose(0, 1).reshape(H * N, C), P)
         return z.view(H, N, C).transpose(0, 1)
+
+    def _diffuse(self, values: Tensor, P: Transition) -> Tensor:
+        """The layer's diffusion: its kernel, or its learnt hop weights."""
+        return diffuse(values, P, self.alpha, self.steps, self.tol, checkpoint=self.checkpoint,
+                       hop_weights=self.hop_weights)
 
     def _heads_out(self, out: Tensor) -> Tensor:
         """``[N, H, C]`` to the output: heads concatenated or averaged, plus the bias."""
@@ -351,7 +368,7 @@ class QGFDConv(MessagePassing):
         keys = keys.permute(2, 0, 1, 3).reshape(H * B, M, C)
         P = knn_transition(keys, self.k, mask=~valid.repeat(H, 1))
         values = to_dense_batch(value, batch)[0].permute(2, 0, 1, 3).reshape(H * B * M, C)
-        z = diffuse(values, P, self.alpha, self.steps, self.tol, checkpoint=self.checkpoint)
+        z = self._diffuse(values, P)
         return z.view(H, B, M, C)[:, valid].transpose(0, 1)  # [N, H, C]
 
     def _graph_transition(self, flow: Tensor, num_nodes: int, weight: OptTensor) -> Transition:

@@ -11,10 +11,17 @@ put on the last power so that :math:`M` stays row-stochastic,
 For personalised PageRank (``"ppr"``), :math:`\theta_k = (1-\alpha)\alpha^k`, this is exactly
 :math:`Z_{t+1} = (1-\alpha) V + \alpha P Z_t` from :math:`Z_0 = V` (APPNP's propagation with
 teleport :math:`1-\alpha`); for the heat kernel (``"heat"``), :math:`\theta_k = e^{-s} s^k / k!`.
+
+Learnt hop weights (GPR-GNN) replace the kernel by any :math:`\theta_0..\theta_T`,
+:math:`Z_T = \sum_{k \le T} \theta_k P^k V`; :func:`ppr_hop_weights` gives the PageRank ones to
+start from. A list of per-step transitions :math:`P_0..P_{T-1}` gives
+:math:`Z_T = \sum_k \theta_k P_0 P_1 \cdots P_{k-1} V` (so that :math:`p_0 Z_T` is the sum of
+walks :math:`p_0 P_0 \cdots P_{k-1}` that take the steps in order; computed from the inside
+out, :math:`H \leftarrow \theta_t V + P_t H`).
 """
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -53,6 +60,50 @@ def kernel_coefficients(kernel: str, steps: int, alpha: float = 0.85,
                  for k in range(steps)]
         tail = [max(0.0, 1.0 - math.fsum(theta[:k])) for k in range(steps + 1)]
     return theta, tail
+
+
+def ppr_hop_weights(alpha: float, steps: int, kernel: str = "ppr", heat_time: float = 1.0
+                    ) -> Tensor:
+    r"""The kernel's hop weights :math:`\theta_0..\theta_T` as one tensor ``[T + 1]``, the
+    last one holding the truncated tail (PageRank: :math:`(1-\alpha)\alpha^k` for
+    :math:`k < T`, :math:`\alpha^T` for the last): where learnt hop weights start."""
+    theta, tail = kernel_coefficients(kernel, check_steps(steps), check_alpha(alpha), heat_time)
+    return torch.tensor(theta + [tail[steps]])
+
+
+def _check_hop_weights(hop_weights: Tensor, steps: int) -> Tensor:
+    if not isinstance(hop_weights, Tensor) or hop_weights.dim() != 1 \
+            or hop_weights.numel() != steps + 1:
+        raise ValueError(f"hop_weights must be a tensor [steps + 1 = {steps + 1}] "
+                         f"(got {list(getattr(hop_weights, 'shape', [])) or hop_weights!r})")
+    if not hop_weights.dtype.is_floating_point:
+        raise ValueError(f"hop_weights must be floating point (got dtype {hop_weights.dtype})")
+    return hop_weights
+
+
+def _product(x: Tensor, transition: Transition) -> Tensor:
+    """``P x`` with gradients w.r.t. ``x`` (and ``P``'s entries where they need them)."""
+    if needs_value_grad(transition):
+        return spmm(transition, x)
+    return _FixedTransitionDiffusion.apply(x, transition, [0.0], [1.0, 1.0], 1, None, False,
+                                           False, [])
+
+
+def _hop_sum(x: Tensor, transitions: List[Transition], theta: Tensor) -> Tensor:
+    """``sum_k theta_k P_0 .. P_{k-1} x`` (one ``P`` repeated when the list has one entry
+    per step and all are the same object: then the powers are taken forward)."""
+    steps = len(transitions)
+    theta = theta.to(x.dtype)
+    if all(P is transitions[0] for P in transitions):  # powers of one P, from the front
+        out = theta[0] * x
+        for t in range(steps):
+            x = _product(x, transitions[0])
+            out = out + theta[t + 1] * x
+        return out
+    out = theta[steps] * x  # from the inside out
+    for t in reversed(range(steps)):
+        out = theta[t] * x + _product(out, transitions[t])
+    return out
 
 
 def _num_nodes(transition: Transition) -> int:
@@ -134,9 +185,10 @@ class _FixedTransitionDiffusion(torch.autograd.Function):
 
 
 @torch.compiler.disable  # numba / torch_sparse kernels: torch.compile breaks the graph here
-def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: int = 6,
-            tol: Optional[float] = None, kernel: str = "ppr", heat_time: float = 1.0,
-            return_info: bool = False, checkpoint: bool = False
+def diffuse(values: Tensor, transition: Union[Transition, Sequence[Transition]],
+            alpha: float = 0.85, steps: int = 6, tol: Optional[float] = None,
+            kernel: str = "ppr", heat_time: float = 1.0, return_info: bool = False,
+            checkpoint: bool = False, hop_weights: Optional[Tensor] = None
             ) -> Union[Tensor, Tuple[Tensor, DiffusionInfo]]:
     r"""Diffuses ``values`` over a row-stochastic ``transition`` (the Z-form of QGFD).
 
@@ -160,16 +212,24 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     Args:
         values (torch.Tensor): values :math:`V` with the nodes first, ``[N, *]`` (``[B, N, *]``
             for a batch of transitions).
-        transition (SparseTensor or torch.Tensor): row-stochastic :math:`P` ``[N, N]``, or a
-            dense batch ``[B, N, N]``, one transition per item (e.g. one per query).
-        alpha (float): diffusion weight in ``[0, 1]``; ``0`` returns ``values`` unchanged.
-        steps (int): number of steps :math:`T \ge 0`.
-        tol (float, optional): early-stopping threshold on :math:`\max |Z_{t+1} - Z_t|`.
-        kernel (str): ``"ppr"`` or ``"heat"``.
-        heat_time (float): diffusion time :math:`s > 0` of the heat kernel.
+        transition (SparseTensor or torch.Tensor or list): row-stochastic :math:`P`
+            ``[N, N]``, or a dense batch ``[B, N, N]``, one transition per item (e.g. one per
+            query); or a list of ``T`` such transitions, one per step (then ``steps`` is the
+            list's length, see the module docstring).
+        alpha (float): diffusion weight in ``[0, 1]``, PPR's continuation probability (APPNP's
+            teleport is ``1 - alpha``); ``0`` returns ``values`` unchanged. (default: ``0.85``)
+        steps (int): number of steps :math:`T \ge 0`. (default: ``6``)
+        tol (float, optional): early-stopping threshold on :math:`\max |Z_{t+1} - Z_t|`
+            (one fixed transition and kernel weights only). (default: ``None``)
+        kernel (str): ``"ppr"`` or ``"heat"``. (default: ``"ppr"``)
+        heat_time (float): diffusion time :math:`s > 0` of the heat kernel. (default: ``1.0``)
         return_info (bool): also return a :class:`DiffusionInfo` (steps taken, residuals).
+            (default: ``False``)
         checkpoint (bool): recompute instead of storing (only matters for a differentiable
-            ``transition``).
+            ``transition``). (default: ``False``)
+        hop_weights (torch.Tensor, optional): :math:`\theta_0..\theta_T` ``[T + 1]`` in place
+            of the kernel's (e.g. a learnt parameter started at :func:`ppr_hop_weights`);
+            differentiable; ``alpha`` and ``kernel`` are then unused. (default: ``None``)
 
     Shapes:
         - **input:** values :math:`(N, *)`, transition :math:`(N, N)`; or values
@@ -182,7 +242,24 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
     heat_time = check_positive_float("heat_time", heat_time)
     if not isinstance(values, Tensor) or values.dim() < 1:
         raise ValueError("values must be a tensor with the nodes along its first dimension")
-    n = _num_nodes(transition)
+    per_step = isinstance(transition, (list, tuple))
+    if per_step:
+        if not transition:
+            raise ValueError("transition is an empty list; give one transition per step")
+        steps = len(transition)
+        sizes = {_num_nodes(P) for P in transition}
+        if len(sizes) > 1:
+            raise ValueError(f"the per-step transitions differ in size ({sorted(sizes)})")
+        if any(isinstance(P, Tensor) and P.dim() == 3 for P in transition):
+            raise ValueError("a list of per-step transitions takes [N, N] transitions only")
+        n = sizes.pop()
+    else:
+        n = _num_nodes(transition)
+    if hop_weights is not None:
+        hop_weights = _check_hop_weights(hop_weights, steps)
+    if (per_step or hop_weights is not None) and tol is not None:
+        raise ValueError("tol (early stopping) needs one transition and kernel weights; "
+                         "drop tol with hop_weights or a list of transitions")
     batch = transition.shape[:1] if isinstance(transition, Tensor) and transition.dim() == 3 \
         else ()
     if batch and (values.dim() < 2 or values.size(0) != batch[0]):
@@ -196,10 +273,18 @@ def diffuse(values: Tensor, transition: Transition, alpha: float = 0.85, steps: 
         # float32, so the diffusion runs in float32 and its result is cast back
         with torch.autocast(values.device.type, enabled=False):
             result = diffuse(values.float(), transition, alpha, steps, tol, kernel, heat_time,
-                             return_info, checkpoint)
+                             return_info, checkpoint,
+                             None if hop_weights is None else hop_weights.float())
         if return_info:
             return result[0].to(values.dtype), result[1]
         return result.to(values.dtype)
+    if per_step or hop_weights is not None:
+        theta_t = hop_weights if hop_weights is not None else \
+            ppr_hop_weights(alpha, steps, kernel, heat_time).to(values.device)
+        transitions = list(transition) if per_step else [transition] * steps
+        out = _hop_sum(values.reshape(*batch, n, -1), transitions, theta_t)
+        out = out.reshape(values.shape)
+        return (out, DiffusionInfo(steps=steps)) if return_info else out
     theta, tail = kernel_coefficients(kernel, steps, alpha, heat_time)
     if kernel == "ppr" and alpha == 0.0:
         steps = 0  # plain attention: Z = V exactly, no products needed

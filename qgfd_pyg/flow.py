@@ -1,0 +1,314 @@
+r"""Query-conditioned flows over a typed graph: every query chooses its own transition at
+every step.
+
+On a graph whose edges carry a type (a relation) ``r`` with adjacency :math:`A_r`, a batch
+of :math:`B` queries diffuses seeds :math:`p_0 \in \mathbb{R}^{B \times N}`, each query
+:math:`q` at step :math:`t` over its own mixture of the relations,
+
+.. math::
+    P_t(q) = D_t(q)^{-1} \sum_r a_t(q, r) A_r, \qquad
+    D_t(q) = \mathrm{diag}\Big(\sum_r a_t(q, r)\, C_{r}\Big),
+
+with :math:`C_r` the (weighted) out-degrees under relation :math:`r`. A node with no out-mass
+under the query's weighting (:math:`D_t(q)_{ii} = 0`: no out-edges, or only edges of
+relations the query gives weight 0) keeps its mass for that step, as if it had a self loop;
+a query whose weights are all zero at a step therefore stands still.
+
+The output is the hop-weighted sum of walks that follow the steps' transitions in order,
+
+.. math::
+    p_T = \sum_{k=0}^{T} \theta_k\, p_0 P_0(q) P_1(q) \cdots P_{k-1}(q),
+
+GPR-GNN's form. With PageRank weights :math:`\theta_k = (1-\alpha)\alpha^k` (:math:`k < T`)
+and :math:`\theta_T = \alpha^T` it is exactly
+:math:`p_{t+1} = (1 - \alpha) p_0 + \alpha\, p_t P` when every step has the same
+transition. With different transitions the two readings differ: the recursion restarts
+walks at later steps (its one-step term is :math:`p_0 P_{T-1}`), so it cannot say "follow
+:math:`r_1`, then :math:`r_2`"; the walk form can, and is the one used here.
+
+Cost: a step is one pass over the edges for all :math:`B` queries, :math:`O(B \cdot E)` time,
+plus the normaliser :math:`C^\top a_t` (:math:`O(N R B)` as one matrix product); memory
+:math:`O(B \cdot N)` per step. No ``[B, E]`` or ``[B, N, N]`` tensor is formed: the product
+runs in one compiled pass on CPU (numba, when installed) and over chunks of edges
+otherwise (GPUs, no numba).
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _numba
+from ._checks import check_alpha, check_edge_index, check_edge_weight, check_steps
+from .diffusion import ppr_hop_weights
+
+CHUNK_ELEMENTS = 2**22  # [edges, B] elements per chunk on the torch path
+
+
+def _csr_order(row: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+    """(rowptr, perm): edges sorted by ``row`` (stable), and the offsets of each row."""
+    perm = torch.argsort(row, stable=True)
+    counts = torch.bincount(row, minlength=num_nodes)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), perm
+
+
+class RelationalGraph:
+    r"""A typed graph prepared for :func:`relational_flow`: its edges in CSR order by target
+    (the forward product) and by source (the backward one), and the out-degrees per relation
+    :math:`C` ``[N, R]``. Built once per graph; :meth:`masked` zeroes a set of edges (e.g. a
+    training batch's own edges) without sorting again.
+
+    Args:
+        edge_index (torch.Tensor): edges ``[2, E]``, source first (mass flows source ->
+            target). Repeated edges add up.
+        edge_type (torch.Tensor): relation of each edge ``[E]``, in ``[0, num_relations)``.
+        num_relations (int): number of relations :math:`R`.
+        num_nodes (int, optional): number of nodes :math:`N` (default: ``max(edge_index) + 1``).
+        edge_weight (torch.Tensor, optional): non-negative edge weights ``[E]``
+            (default: ``None``, all ones).
+    """
+
+    def __init__(self, edge_index: Tensor, edge_type: Tensor, num_relations: int,
+                 num_nodes: Optional[int] = None, edge_weight: Optional[Tensor] = None):
+        if isinstance(num_relations, bool) or int(num_relations) != num_relations \
+                or num_relations < 1:
+            raise ValueError(f"num_relations must be a positive integer (got {num_relations!r})")
+        if num_nodes is None:
+            num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) \
+                and edge_index.numel() else 0
+        check_edge_index(edge_index, num_nodes)
+        num_edges = edge_index.size(1)
+        if not isinstance(edge_type, Tensor) or edge_type.dim() != 1 \
+                or edge_type.numel() != num_edges:
+            raise ValueError(f"edge_type must be a tensor [{num_edges}], one relation per edge "
+                             f"(got {getattr(edge_type, 'shape', type(edge_type).__name__)})")
+        if edge_type.dtype.is_floating_point or edge_type.dtype == torch.bool:
+            raise ValueError(f"edge_type must hold integers (got dtype {edge_type.dtype})")
+        if num_edges and (int(edge_type.min()) < 0 or int(edge_type.max()) >= num_relations):
+            raise ValueError(f"edge_type holds relations in [{int(edge_type.min())}, "
+                             f"{int(edge_type.max())}], outside [0, {num_relations})")
+        check_edge_weight(edge_weight, num_edges)
+        self.num_nodes, self.num_relations = int(num_nodes), int(num_relations)
+        src, dst = edge_index.long()
+        self._src, self._rel = src, edge_type.long()
+        self.rowptr_in, self.perm_in = _csr_order(dst, self.num_nodes)
+        self.rowptr_out, self.perm_out = _csr_order(src, self.num_nodes)
+        self.col_in, self.rel_in = src[self.perm_in], self._rel[self.perm_in]
+        self.col_out, self.rel_out = dst[self.perm_out], self._rel[self.perm_out]
+        self.row_in = dst[self.perm_in]  # the torch path scatters by it
+        self.row_out = src[self.perm_out]
+        self._set_weight(edge_weight if edge_weight is not None
+                         else torch.ones(num_edges, device=edge_index.device))
+
+    def _set_weight(self, weight: Tensor) -> None:
+        weight = weight.detach().float()
+        self.weight = weight
+        self.weight_in, self.weight_out = weight[self.perm_in], weight[self.perm_out]
+        degree = weight.new_zeros(self.num_nodes * self.num_relations)
+        degree.index_add_(0, self._src * self.num_relations + self._rel, weight)
+        self.degree = degree.view(self.num_nodes, self.num_relations)  # C^T: [N, R]
+
+    def masked(self, edge_ids: Optional[Tensor]) -> "RelationalGraph":
+        """A copy whose edges ``edge_ids`` have weight 0 (the sorted structure is shared)."""
+        if edge_ids is None or edge_ids.numel() == 0:
+            return self
+        out = object.__new__(RelationalGraph)
+        out.__dict__.update(self.__dict__)
+        out._set_weight(self.weight.index_fill(0, edge_ids.to(self.weight.device), 0.0))
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def __repr__(self) -> str:
+        return (f"RelationalGraph(num_nodes={self.num_nodes}, num_edges={self.weight.numel()}, "
+                f"num_relations={self.num_relations})")
+
+
+def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool) -> Tensor:
+    """``y[j, b] = sum_{e: i -> j} w_e a[r_e, b] x[i, b]`` (``transpose``: over the reversed
+    edges), for ``x`` ``[N, B]`` and ``a`` ``[R, B]``."""
+    if transpose:
+        rowptr, col, rel, weight, row = (graph.rowptr_out, graph.col_out, graph.rel_out,
+                                         graph.weight_out, graph.row_out)
+    else:
+        rowptr, col, rel, weight, row = (graph.rowptr_in, graph.col_in, graph.rel_in,
+                                         graph.weight_in, graph.row_in)
+    if _numba.usable(x, a):
+        out = torch.empty_like(x)
+        if out.numel():
+            _numba.set_threads()
+            _numba.routines().typed_spmm(rowptr.numpy(), col.numpy(), rel.numpy(),
+                                         weight.to(x.dtype).numpy(), a.numpy(), x.numpy(),
+                                         out.numpy())
+        return out
+    out = torch.zeros_like(x)
+    step = max(1, CHUNK_ELEMENTS // max(1, x.size(1)))
+    weight = weight.to(x.dtype).unsqueeze(1)
+    for s in range(0, col.numel(), step):
+        e = slice(s, s + step)
+        out.index_add_(0, row[e], weight[e] * a[rel[e]] * x[col[e]])
+    return out
+
+
+def _weight_grad(graph: RelationalGraph, x: Tensor, g: Tensor) -> Tensor:
+    """``grad[r, b] = sum_{e: i -> j, r_e = r} w_e x[i, b] g[j, b]`` ``[R, B]``."""
+    R = graph.num_relations
+    if _numba.usable(x, g):
+        chunks = max(1, min(torch.get_num_threads(), graph.num_nodes))
+        parts = x.new_empty(chunks, R, x.size(1))
+        _numba.set_threads()
+        _numba.routines().typed_weight_grad(graph.rowptr_in.numpy(), graph.col_in.numpy(),
+                                            graph.rel_in.numpy(),
+                                            graph.weight_in.to(x.dtype).numpy(), x.numpy(),
+                                            g.numpy(), parts.numpy())
+        return parts.sum(0)
+    out = x.new_zeros(R, x.size(1))
+    step = max(1, CHUNK_ELEMENTS // max(1, x.size(1)))
+    weight = graph.weight_in.to(x.dtype).unsqueeze(1)
+    for s in range(0, graph.col_in.numel(), step):
+        e = slice(s, s + step)
+        out.index_add_(0, graph.rel_in[e], weight[e] * x[graph.col_in[e]] * g[graph.row_in[e]])
+    return out
+
+
+class _TypedProduct(torch.autograd.Function):
+    """``_product`` with gradients w.r.t. ``x`` (the product over the reversed edges) and
+    ``a`` (:func:`_weight_grad`); once differentiable."""
+
+    @staticmethod
+    def forward(ctx, x, a, graph):
+        x, a = x.detach().contiguous(), a.detach().contiguous()
+        ctx.save_for_backward(x, a)
+        ctx.graph = graph
+        return _product(graph, x, a, transpose=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, a = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = _product(ctx.graph, grad, a, transpose=True) if ctx.needs_input_grad[0] \
+            else None
+        grad_a = _weight_grad(ctx.graph, x, grad) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_a, None
+
+
+def relational_step(graph: RelationalGraph, x: Tensor, a: Tensor) -> Tensor:
+    r"""One step :math:`x P(a)` in the node-major layout: ``x`` ``[N, B]`` (one column per
+    query), relation weights ``a`` ``[R, B]``; nodes without out-mass keep theirs."""
+    degree = graph.degree.to(x.dtype) @ a  # D: [N, B]
+    has_mass = degree > 0
+    inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, degree, torch.ones_like(degree)),
+                          torch.zeros_like(degree))
+    moved = _TypedProduct.apply(x * inverse, a, graph)
+    return moved + torch.where(has_mass, torch.zeros_like(x), x)
+
+
+def _check_weights(name: str, value: Tensor, validate: bool) -> None:
+    if validate and value.numel():
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if bool((value < 0).any()):
+            raise ValueError(f"{name} contains negative values; relation weights must be >= 0")
+
+
+@torch.compiler.disable  # compiled CPU routines: torch.compile breaks the graph here
+def relational_flow(p0: Tensor, graph: RelationalGraph,
+                    relation_weights: Union[Tensor, Sequence[Tensor]], alpha: float = 0.85,
+                    hop_weights: Optional[Tensor] = None, return_steps: bool = False,
+                    validate: Optional[bool] = None
+                    ) -> Union[Tensor, Tuple[Tensor, List[Tensor]]]:
+    r"""Diffuses a batch of seeds over per-query, per-step mixtures of relations (see the
+    module docstring):
+
+    .. math::
+        p_T = \sum_{k=0}^{T} \theta_k\, p_0 P_0(q) \cdots P_{k-1}(q), \qquad
+        P_t(q) = D_t(q)^{-1} \sum_r a_t(q, r) A_r .
+
+    Differentiable in ``p0``, ``relation_weights`` and ``hop_weights`` (once: the backward
+    pass itself is not differentiated).
+
+    Args:
+        p0 (torch.Tensor): seeds ``[B, N]``, one row per query (a one-hot anchor, an
+            attention; any real values, the map is linear in them).
+        graph (RelationalGraph): the typed graph.
+        relation_weights (torch.Tensor or list): :math:`a_t(q, r)`, ``[T, B, R]`` or a list
+            of ``T`` tensors ``[B, R]``. Non-negative; they need not sum to one
+            (:math:`P_t(q)` does not change when a row is scaled); a row of zeros makes that
+            query stand still for that step. ``T = 0`` returns :math:`\theta_0 p_0`.
+        alpha (float): diffusion weight in ``[0, 1]`` of the PageRank hop weights
+            :math:`\theta_k = (1-\alpha)\alpha^k`, :math:`\theta_T = \alpha^T` used when
+            ``hop_weights`` is not given; this is PPR's continuation probability
+            (APPNP's teleport is ``1 - alpha``). (default: ``0.85``)
+        hop_weights (torch.Tensor, optional): :math:`\theta_0..\theta_T`, ``[T + 1]`` for all
+            queries or ``[B, T + 1]`` per query, e.g. learnt (GPR-GNN); any real values.
+            (default: ``None``)
+        return_steps (bool): also return the walks :math:`p_0 P_0 \cdots P_{k-1}`,
+            ``k = 0..T``, each ``[B, N]``. (default: ``False``)
+        validate (bool, optional): check that the weights are finite and non-negative; these
+            checks read values (a device sync on GPUs), so by default they run for CPU tensors
+            only. (default: ``None``)
+
+    Shapes:
+        - **input:** p0 :math:`(B, N)`, relation_weights :math:`(T, B, R)`, hop_weights
+          :math:`(T + 1)` or :math:`(B, T + 1)`
+        - **output:** :math:`(B, N)`, and a list of :math:`T + 1` tensors :math:`(B, N)` if
+          ``return_steps``
+    """
+    alpha = check_alpha(alpha)
+    if not isinstance(graph, RelationalGraph):
+        raise ValueError(f"graph must be a RelationalGraph (got {type(graph).__name__})")
+    if not isinstance(p0, Tensor) or p0.dim() != 2 or p0.size(1) != graph.num_nodes:
+        raise ValueError(f"p0 must be a tensor [B, {graph.num_nodes}] (one seed per query over "
+                         f"the graph's nodes; got "
+                         f"{list(p0.shape) if isinstance(p0, Tensor) else type(p0).__name__})")
+    if not p0.dtype.is_floating_point:
+        raise ValueError(f"p0 must be floating point (got dtype {p0.dtype})")
+    B, R = p0.size(0), graph.num_relations
+    if isinstance(relation_weights, Tensor):
+        if relation_weights.dim() != 3:
+            raise ValueError(f"relation_weights must be [T, B, R] or a list of [B, R] tensors "
+                             f"(got {list(relation_weights.shape)})")
+        relation_weights = list(relation_weights.unbind(0))
+    relation_weights = list(relation_weights)
+    for t, a in enumerate(relation_weights):
+        if not isinstance(a, Tensor) or a.dim() != 2 or a.size(0) != B:
+            raise ValueError(f"relation_weights[{t}] must be [B={B}, R] (got "
+                             f"{list(a.shape) if isinstance(a, Tensor) else type(a).__name__})")
+        if a.size(1) != R:
+            raise ValueError(f"relation_weights[{t}] weighs {a.size(1)} relations but the graph "
+                             f"has {R}")
+    steps = check_steps(len(relation_weights))
+    if validate is None:
+        validate = p0.device.type == "cpu" and not torch.compiler.is_compiling()
+    for t, a in enumerate(relation_weights):
+        _check_weights(f"relation_weights[{t}]", a, validate)
+    if hop_weights is None:
+        theta = ppr_hop_weights(alpha, steps).to(p0.device)
+    else:
+        theta = hop_weights
+        if not isinstance(theta, Tensor) or theta.dim() not in (1, 2) \
+                or theta.size(-1) != steps + 1 or (theta.dim() == 2 and theta.size(0) != B):
+            raise ValueError(f"hop_weights must be [T + 1 = {steps + 1}] or [B = {B}, "
+                             f"{steps + 1}] (got {list(getattr(theta, 'shape', []))})")
+        if validate and not bool(torch.isfinite(theta).all()):
+            raise ValueError("hop_weights contains NaN or infinite values")
+    if graph.device != p0.device:
+        raise ValueError(f"p0 is on {p0.device} but the graph on {graph.device}")
+
+    dtype = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
+    theta = theta.to(dtype)
+    coefficient = (lambda k: theta[k]) if theta.dim() == 1 else (lambda k: theta[:, k])
+    x = p0.to(dtype).t()  # [N, B]: the queries side by side, as the products want them
+    out = coefficient(0) * x
+    walks = [x]
+    for t, a in enumerate(relation_weights):
+        x = relational_step(graph, x, a.to(dtype).t().contiguous())
+        out = out + coefficient(t + 1) * x
+        if return_steps:
+            walks.append(x)
+    out = out.t().to(p0.dtype)
+    if return_steps:
+        return out, [w.t().to(p0.dtype) for w in walks]
+    return out

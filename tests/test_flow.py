@@ -1,0 +1,235 @@
+"""relational_flow and the hop weights, against brute-force dense loops written here."""
+import pytest
+import torch
+
+from qgfd_pyg import (QGFDConv, RelationalGraph, diffuse, ppr_hop_weights, relational_flow)
+from qgfd_pyg import _numba
+from qgfd_pyg import flow as flow_module
+from qgfd_pyg.reference import dense_transition
+
+
+def _graphs():
+    """(edge_index, edge_type, R, N): repeated edges, a self loop, an isolated node (5), a
+    dangling node (6: edges in, none out), a node with out-edges of one relation only."""
+    ei = torch.tensor([[0, 0, 0, 1, 1, 2, 3, 3, 4, 2, 0],
+                       [1, 1, 2, 2, 6, 3, 0, 3, 0, 6, 4]])
+    et = torch.tensor([0, 0, 1, 0, 2, 1, 2, 0, 1, 2, 0])
+    yield ei, et, 3, 7
+    g = torch.Generator().manual_seed(3)
+    n, e, r = 12, 40, 4
+    ei = torch.randint(0, n - 2, (2, e), generator=g)  # nodes 10, 11 isolated
+    ei = torch.cat([ei, ei[:, :6]], 1)  # repeated edges
+    yield ei, torch.randint(0, r, (ei.size(1),), generator=g), r, n
+
+
+def _dense_flow(p0, ei, et, R, N, a, theta, weight=None):
+    """p_T = sum_k theta_k p0 P_0 .. P_{k-1}, one query at a time, dense [N, N] matrices."""
+    A = torch.zeros(R, N, N, dtype=torch.float64)
+    w = torch.ones(ei.size(1), dtype=torch.float64) if weight is None else weight.double()
+    A.index_put_((et, ei[0], ei[1]), w, accumulate=True)
+    rows = []
+    for b in range(p0.size(0)):
+        x = p0[b].double()
+        th = theta[b] if theta.dim() == 2 else theta
+        acc = th[0].double() * x
+        for t in range(a.size(0)):
+            M = (a[t, b].double().view(R, 1, 1) * A).sum(0)
+            out_mass = M.sum(1, keepdim=True)
+            P = torch.where(out_mass > 0, M / out_mass.clamp_min(1e-300),
+                            torch.eye(N, dtype=torch.float64))  # no out-mass: keeps its mass
+            x = x @ P
+            acc = acc + th[t + 1].double() * x
+        rows.append(acc)
+    return torch.stack(rows)
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def backend(request, monkeypatch):
+    """The numba routines where installed, and the torch path (GPUs, no numba) with tiny
+    edge chunks so that chunking is exercised."""
+    if request.param == "torch":
+        monkeypatch.setattr(_numba, "usable", lambda *t: False)
+        monkeypatch.setattr(flow_module, "CHUNK_ELEMENTS", 7)
+    elif _numba.routines() is None:
+        pytest.skip("numba is not installed")
+    return request.param
+
+
+@pytest.mark.parametrize("hops", ["ppr", "shared", "per_query"])
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_flow_equals_dense_loop_values_and_gradients(backend, hops, steps):
+    for ei, et, R, N in _graphs():
+        B = 5
+        graph = RelationalGraph(ei, et, R, N)
+        p0 = torch.softmax(torch.randn(B, N, dtype=torch.float64), 1)
+        p0[0] = 0.0
+        p0[0, 6 if N == 7 else 10] = 1.0  # a one-hot seed on an isolated / dangling node
+        p0.requires_grad_()
+        a = torch.rand(steps, B, R, dtype=torch.float64)
+        if steps:
+            a[0, 1] = 0.0  # a query that stands still for one step
+            a[-1, 2, 0] = 0.0  # a relation switched off
+        a.requires_grad_()
+        if hops == "ppr":
+            theta, given = ppr_hop_weights(0.7, steps).double(), None
+        elif hops == "shared":
+            theta = torch.randn(steps + 1, dtype=torch.float64, requires_grad=True)
+            given = theta
+        else:
+            theta = torch.randn(B, steps + 1, dtype=torch.float64, requires_grad=True)
+            given = theta
+        out = relational_flow(p0, graph, a, alpha=0.7, hop_weights=given)
+        ref = _dense_flow(p0, ei, et, R, N, a, theta)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(ref)
+        inputs = [p0, a] + ([theta] if given is not None else [])
+        inputs = [x for x in inputs if x.numel()]
+        got = torch.autograd.grad((out * g).sum(), inputs, allow_unused=True)
+        want = torch.autograd.grad((ref * g).sum(), inputs, allow_unused=True)
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y)
+
+
+def test_flow_float32_and_return_steps(backend):
+    ei, et, R, N = next(_graphs())
+    graph = RelationalGraph(ei, et, R, N, edge_weight=torch.rand(ei.size(1)) + 0.1)
+    p0 = torch.softmax(torch.randn(3, N), 1)
+    a = torch.rand(2, 3, R)
+    out, walks = relational_flow(p0, graph, list(a), hop_weights=torch.tensor([0., 0., 1.]),
+                                 return_steps=True)
+    assert len(walks) == 3 and torch.equal(walks[0], p0)
+    torch.testing.assert_close(out, walks[2])
+    ref = _dense_flow(p0, ei, et, R, N, a, torch.tensor([0., 1., 0.]), graph.weight)
+    torch.testing.assert_close(walks[1].double(), ref, atol=1e-6, rtol=1e-5)
+    # a walk keeps its mass: every step is row-stochastic
+    torch.testing.assert_close(walks[2].sum(1), torch.ones(3))
+
+
+def test_same_transition_every_step_equals_diffuse():
+    ei, _, _, N = next(_graphs())
+    graph = RelationalGraph(ei, torch.zeros(ei.size(1), dtype=torch.long), 1, N)
+    p0 = torch.softmax(torch.randn(4, N, dtype=torch.float64), 1)
+    # the graph's random walk; the dangling node 6 and isolated node 5 keep their mass
+    P = dense_transition(ei, N, add_self_loops=False)
+    M = diffuse(torch.eye(N, dtype=torch.float64), P, alpha=0.8, steps=5)
+    out = relational_flow(p0, graph, torch.ones(5, 4, 1, dtype=torch.float64), alpha=0.8)
+    torch.testing.assert_close(out, p0 @ M)
+    # the PPR recursion written out: p_{t+1} = (1 - a) p0 + a p_t P
+    p = p0
+    for _ in range(5):
+        p = 0.2 * p0 + 0.8 * p @ P
+    torch.testing.assert_close(out, p)
+
+
+def test_masked_graph_equals_graph_without_the_edges():
+    ei, et, R, N = next(_graphs())
+    graph = RelationalGraph(ei, et, R, N)
+    drop = torch.tensor([0, 4, 9])
+    keep = torch.ones(ei.size(1), dtype=torch.bool)
+    keep[drop] = False
+    smaller = RelationalGraph(ei[:, keep], et[keep], R, N)
+    p0 = torch.softmax(torch.randn(3, N), 1)
+    a = torch.rand(3, 3, R)
+    torch.testing.assert_close(relational_flow(p0, graph.masked(drop), a),
+                               relational_flow(p0, smaller, a))
+    # the original is untouched
+    torch.testing.assert_close(relational_flow(p0, graph, a),
+                               _dense_flow(p0, ei, et, R, N, a, ppr_hop_weights(0.85, 3)).float())
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda g, p, a: relational_flow(p, g, a[:, :, :2]), "weighs 2 relations but the graph has 3"),
+    (lambda g, p, a: relational_flow(p, g, -a), "relation_weights\\[0\\] contains negative"),
+    (lambda g, p, a: relational_flow(p, g, a * float("nan")), "relation_weights\\[0\\] contains NaN"),
+    (lambda g, p, a: relational_flow(p[:, :5], g, a), "p0 must be a tensor \\[B, 7\\]"),
+    (lambda g, p, a: relational_flow(p, g, a[:, :2]), "relation_weights\\[0\\] must be \\[B=4"),
+    (lambda g, p, a: relational_flow(p, g, a[0]), "relation_weights must be \\[T, B, R\\]"),
+    (lambda g, p, a: relational_flow(p, g, a, hop_weights=torch.ones(4)),
+     "hop_weights must be \\[T \\+ 1 = 3\\]"),
+    (lambda g, p, a: relational_flow(p, g, a, alpha=1.5), "alpha must lie in"),
+    (lambda g, p, a: relational_flow(p, "graph", a), "graph must be a RelationalGraph"),
+    (lambda g, p, a: RelationalGraph(g.col_in.view(1, -1), g.rel_in, 3), "edge_index must have"),
+    (lambda g, p, a: RelationalGraph(torch.tensor([[0], [1]]), torch.tensor([3]), 3),
+     "edge_type holds relations in \\[3, 3\\], outside \\[0, 3\\)"),
+    (lambda g, p, a: RelationalGraph(torch.tensor([[0], [1]]), torch.tensor([0, 1]), 3),
+     "edge_type must be a tensor \\[1\\]"),
+    (lambda g, p, a: RelationalGraph(torch.tensor([[0], [1]]), torch.tensor([0]), 0),
+     "num_relations must be a positive integer"),
+    (lambda g, p, a: RelationalGraph(torch.tensor([[0], [1]]), torch.tensor([0]), 1,
+                                     edge_weight=torch.tensor([-1.0])), "negative"),
+])
+def test_bad_input_is_a_value_error(call, match):
+    ei, et, R, N = next(_graphs())
+    graph = RelationalGraph(ei, et, R, N)
+    with pytest.raises(ValueError, match=match):
+        call(graph, torch.softmax(torch.randn(4, N), 1), torch.rand(2, 4, R))
+
+
+# -- hop weights in diffuse and QGFDConv ------------------------------------------------------
+
+def _powers_sum(P, V, theta):
+    out, x = theta[0] * V, V
+    for k in range(1, theta.numel()):
+        x = P @ x
+        out = out + theta[k] * x
+    return out
+
+
+def test_diffuse_hop_weights_values_gradients_and_ppr_start():
+    ei = torch.randint(0, 9, (2, 30))
+    P = dense_transition(ei, 9)
+    V = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    theta = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    sparse = P.to_sparse()
+    out = diffuse(V, sparse, steps=4, hop_weights=theta)
+    ref = _powers_sum(P, V, theta)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    for x, y in zip(torch.autograd.grad((out * g).sum(), [V, theta]),
+                    torch.autograd.grad((ref * g).sum(), [V, theta]), strict=True):
+        torch.testing.assert_close(x, y)
+    # the PageRank weights written out: (1 - a) a^k, and a^T on the last
+    torch.testing.assert_close(ppr_hop_weights(0.5, 3), torch.tensor([0.5, 0.25, 0.125, 0.125]))
+    torch.testing.assert_close(diffuse(V, sparse, steps=4, hop_weights=ppr_hop_weights(0.6, 4)),
+                               diffuse(V, sparse, alpha=0.6, steps=4))
+
+
+def test_diffuse_list_of_transitions_takes_the_steps_in_order():
+    Ps = [dense_transition(torch.randint(0, 6, (2, 14)), 6) for _ in range(3)]
+    V = torch.randn(6, 2, dtype=torch.float64)
+    theta = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    # p0 Z = sum_k theta_k p0 P_0 .. P_{k-1} V
+    ref = theta[0] * V + theta[1] * Ps[0] @ V + theta[2] * Ps[0] @ Ps[1] @ V \
+        + theta[3] * Ps[0] @ Ps[1] @ Ps[2] @ V
+    torch.testing.assert_close(diffuse(V, [P.to_sparse() for P in Ps], hop_weights=theta), ref)
+    torch.testing.assert_close(diffuse(V, [Ps[0]] * 3, alpha=0.7),
+                               diffuse(V, Ps[0], alpha=0.7, steps=3))
+    with pytest.raises(ValueError, match="empty list"):
+        diffuse(V, [])
+    with pytest.raises(ValueError, match="differ in size"):
+        diffuse(V, [Ps[0], torch.eye(5, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="tol"):
+        diffuse(V, Ps, tol=1e-3)
+    with pytest.raises(ValueError, match="hop_weights must be a tensor \\[steps \\+ 1 = 4\\]"):
+        diffuse(V, Ps, hop_weights=torch.ones(3))
+
+
+@pytest.mark.parametrize("transition", ["graph", "attention"])
+def test_conv_learnt_hop_weights(transition):
+    x, ei = torch.randn(10, 6), torch.randint(0, 10, (2, 30))
+    fixed = QGFDConv(6, 4, heads=2, alpha=0.6, steps=3, transition=transition)
+    learnt = QGFDConv(6, 4, heads=2, alpha=0.6, steps=3, transition=transition,
+                      learn_hop_weights=True)
+    learnt.load_state_dict(fixed.state_dict(), strict=False)
+    torch.testing.assert_close(learnt.hop_weights.detach(), ppr_hop_weights(0.6, 3))
+    torch.testing.assert_close(learnt(x, ei), fixed(x, ei))  # starts as the PPR layer
+    learnt(x, ei).pow(2).sum().backward()
+    assert learnt.hop_weights.grad is not None and learnt.hop_weights.grad.abs().sum() > 0
+    # only the last hop: the output reads p0 (P^3 V), the dense check
+    with torch.no_grad():
+        learnt.hop_weights.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0]))
+        only_last = QGFDConv(6, 4, heads=2, alpha=1.0, steps=3, transition=transition)
+        only_last.load_state_dict(fixed.state_dict())
+        torch.testing.assert_close(learnt(x, ei), only_last(x, ei))
+    with pytest.raises(ValueError, match="tol=None"):
+        QGFDConv(6, 4, learn_hop_weights=True, tol=1e-3)
