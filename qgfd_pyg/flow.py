@@ -42,6 +42,7 @@ from ._checks import check_alpha, check_edge_index, check_edge_weight, check_ste
 from .diffusion import ppr_hop_weights
 
 CHUNK_ELEMENTS = 2**22  # [edges, B] elements per chunk on the torch path
+DENSE_DEGREE_RELATIONS = 64  # above this many relations the degrees C are a sparse matrix
 
 
 def _csr_order(row: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
@@ -105,7 +106,10 @@ class RelationalGraph:
         self.weight_in, self.weight_out = weight[self.perm_in], weight[self.perm_out]
         degree = weight.new_zeros(self.num_nodes * self.num_relations)
         degree.index_add_(0, self._src * self.num_relations + self._rel, weight)
-        self.degree = degree.view(self.num_nodes, self.num_relations)  # C^T: [N, R]
+        degree = degree.view(self.num_nodes, self.num_relations)  # C^T: [N, R]
+        if self.num_relations > DENSE_DEGREE_RELATIONS:  # few relations per node: sparse
+            degree = degree.to_sparse()
+        self.degree = degree
 
     def masked(self, edge_ids: Optional[Tensor]) -> "RelationalGraph":
         """A copy whose edges ``edge_ids`` have weight 0 (the sorted structure is shared)."""
@@ -197,7 +201,8 @@ class _TypedProduct(torch.autograd.Function):
 def relational_step(graph: RelationalGraph, x: Tensor, a: Tensor) -> Tensor:
     r"""One step :math:`x P(a)` in the node-major layout: ``x`` ``[N, B]`` (one column per
     query), relation weights ``a`` ``[R, B]``; nodes without out-mass keep theirs."""
-    degree = graph.degree.to(x.dtype) @ a  # D: [N, B]
+    C = graph.degree
+    degree = torch.sparse.mm(C.to(x.dtype), a) if C.is_sparse else C.to(x.dtype) @ a  # [N, B]
     has_mass = degree > 0
     inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, degree, torch.ones_like(degree)),
                           torch.zeros_like(degree))

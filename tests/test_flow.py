@@ -233,3 +233,17 @@ def test_conv_learnt_hop_weights(transition):
         torch.testing.assert_close(learnt(x, ei), only_last(x, ei))
     with pytest.raises(ValueError, match="tol=None"):
         QGFDConv(6, 4, learn_hop_weights=True, tol=1e-3)
+
+
+def test_many_relations_use_sparse_degrees(monkeypatch):
+    monkeypatch.setattr(flow_module, "DENSE_DEGREE_RELATIONS", 2)
+    for ei, et, R, N in _graphs():
+        graph = RelationalGraph(ei, et, R, N)
+        assert graph.degree.is_sparse
+        p0 = torch.softmax(torch.randn(3, N, dtype=torch.float64), 1)
+        a = torch.rand(2, 3, R, dtype=torch.float64, requires_grad=True)
+        out = relational_flow(p0, graph, a)
+        ref = _dense_flow(p0, ei, et, R, N, a, ppr_hop_weights(0.85, 2))
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), a)[0],
+                                   torch.autograd.grad(ref.sum(), a)[0])
