@@ -11,8 +11,11 @@ of :math:`B` queries diffuses seeds :math:`p_0 \in \mathbb{R}^{B \times N}`, eac
 
 with :math:`C_r` the (weighted) out-degrees under relation :math:`r`. A node with no out-mass
 under the query's weighting (:math:`D_t(q)_{ii} = 0`: no out-edges, or only edges of
-relations the query gives weight 0) keeps its mass for that step, as if it had a self loop;
-a query whose weights are all zero at a step therefore stands still.
+relations the query gives weight 0; in practice below ``1e-12``, so that :math:`1/D` and its
+gradient stay finite) keeps its mass for that step, as if it had a self loop (or loses it,
+``dangling="drop"``); a query whose weights are all zero at a step therefore stands still.
+Two other normalisations are offered: each relation's walk on its own, mixed by
+:math:`a_t(q)`, and none (walk counts); see :func:`relational_flow`.
 
 The output is the hop-weighted sum of walks that follow the steps' transitions in order,
 
@@ -38,10 +41,13 @@ import torch
 from torch import Tensor
 
 from . import _numba
-from ._checks import check_alpha, check_edge_index, check_edge_weight, check_steps
+from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
+                      check_steps)
 from .diffusion import ppr_hop_weights
 
 CHUNK_ELEMENTS = 2**22  # [edges, B] elements per chunk on the torch path
+NORMALIZATIONS = ("node", "relation", "none")
+MIN_MASS = 1e-12  # out-mass D below this counts as none (normalization="node")
 DENSE_DEGREE_RELATIONS = 64  # above this many relations the degrees C are a sparse matrix
 
 
@@ -103,13 +109,28 @@ class RelationalGraph:
     def _set_weight(self, weight: Tensor) -> None:
         weight = weight.detach().float()
         self.weight = weight
-        self.weight_in, self.weight_out = weight[self.perm_in], weight[self.perm_out]
         degree = weight.new_zeros(self.num_nodes * self.num_relations)
-        degree.index_add_(0, self._src * self.num_relations + self._rel, weight)
+        slot = self._src * self.num_relations + self._rel
+        degree.index_add_(0, slot, weight)
+        # each edge's share of its source's out-weight under its own relation
+        share = weight / torch.where(degree[slot] > 0, degree[slot], torch.ones_like(weight))
+        self._weights = {False: (weight[self.perm_in], weight[self.perm_out]),
+                         True: (share[self.perm_in], share[self.perm_out])}
         degree = degree.view(self.num_nodes, self.num_relations)  # C^T: [N, R]
+        has = (degree > 0).to(degree.dtype)  # whether a node has out-weight under r
         if self.num_relations > DENSE_DEGREE_RELATIONS:  # few relations per node: sparse
-            degree = degree.to_sparse()
-        self.degree = degree
+            degree, has = degree.to_sparse(), has.to_sparse()
+        self.degree, self.has_relation = degree, has
+
+    def edges(self, transpose: bool, per_relation: bool
+              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(rowptr, col, rel, weight, row) in CSR order by target (by source with
+        ``transpose``); ``per_relation``: each weight divided by its source's out-weight
+        under its relation."""
+        weight = self._weights[per_relation][1 if transpose else 0]
+        if transpose:
+            return self.rowptr_out, self.col_out, self.rel_out, weight, self.row_out
+        return self.rowptr_in, self.col_in, self.rel_in, weight, self.row_in
 
     def masked(self, edge_ids: Optional[Tensor]) -> "RelationalGraph":
         """A copy whose edges ``edge_ids`` have weight 0 (the sorted structure is shared)."""
@@ -129,15 +150,11 @@ class RelationalGraph:
                 f"num_relations={self.num_relations})")
 
 
-def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool) -> Tensor:
+def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool,
+             per_relation: bool) -> Tensor:
     """``y[j, b] = sum_{e: i -> j} w_e a[r_e, b] x[i, b]`` (``transpose``: over the reversed
     edges), for ``x`` ``[N, B]`` and ``a`` ``[R, B]``."""
-    if transpose:
-        rowptr, col, rel, weight, row = (graph.rowptr_out, graph.col_out, graph.rel_out,
-                                         graph.weight_out, graph.row_out)
-    else:
-        rowptr, col, rel, weight, row = (graph.rowptr_in, graph.col_in, graph.rel_in,
-                                         graph.weight_in, graph.row_in)
+    rowptr, col, rel, weight, row = graph.edges(transpose, per_relation)
     if _numba.usable(x, a):
         out = torch.empty_like(x)
         if out.numel():
@@ -155,24 +172,24 @@ def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool) -> T
     return out
 
 
-def _weight_grad(graph: RelationalGraph, x: Tensor, g: Tensor) -> Tensor:
+def _weight_grad(graph: RelationalGraph, x: Tensor, g: Tensor, per_relation: bool) -> Tensor:
     """``grad[r, b] = sum_{e: i -> j, r_e = r} w_e x[i, b] g[j, b]`` ``[R, B]``."""
     R = graph.num_relations
+    rowptr, col, rel, weight, row = graph.edges(False, per_relation)
     if _numba.usable(x, g):
         chunks = max(1, min(torch.get_num_threads(), graph.num_nodes))
         parts = x.new_empty(chunks, R, x.size(1))
         _numba.set_threads()
-        _numba.routines().typed_weight_grad(graph.rowptr_in.numpy(), graph.col_in.numpy(),
-                                            graph.rel_in.numpy(),
-                                            graph.weight_in.to(x.dtype).numpy(), x.numpy(),
-                                            g.numpy(), parts.numpy())
+        _numba.routines().typed_weight_grad(rowptr.numpy(), col.numpy(), rel.numpy(),
+                                            weight.to(x.dtype).numpy(), x.numpy(), g.numpy(),
+                                            parts.numpy())
         return parts.sum(0)
     out = x.new_zeros(R, x.size(1))
     step = max(1, CHUNK_ELEMENTS // max(1, x.size(1)))
-    weight = graph.weight_in.to(x.dtype).unsqueeze(1)
-    for s in range(0, graph.col_in.numel(), step):
+    weight = weight.to(x.dtype).unsqueeze(1)
+    for s in range(0, col.numel(), step):
         e = slice(s, s + step)
-        out.index_add_(0, graph.rel_in[e], weight[e] * x[graph.col_in[e]] * g[graph.row_in[e]])
+        out.index_add_(0, rel[e], weight[e] * x[col[e]] * g[row[e]])
     return out
 
 
@@ -181,33 +198,48 @@ class _TypedProduct(torch.autograd.Function):
     ``a`` (:func:`_weight_grad`); once differentiable."""
 
     @staticmethod
-    def forward(ctx, x, a, graph):
+    def forward(ctx, x, a, graph, per_relation):
         x, a = x.detach().contiguous(), a.detach().contiguous()
         ctx.save_for_backward(x, a)
-        ctx.graph = graph
-        return _product(graph, x, a, transpose=False)
+        ctx.graph, ctx.per_relation = graph, per_relation
+        return _product(graph, x, a, False, per_relation)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, a = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_x = _product(ctx.graph, grad, a, transpose=True) if ctx.needs_input_grad[0] \
-            else None
-        grad_a = _weight_grad(ctx.graph, x, grad) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_a, None
+        grad_x = _product(ctx.graph, grad, a, True, ctx.per_relation) \
+            if ctx.needs_input_grad[0] else None
+        grad_a = _weight_grad(ctx.graph, x, grad, ctx.per_relation) \
+            if ctx.needs_input_grad[1] else None
+        return grad_x, grad_a, None, None
 
 
-def relational_step(graph: RelationalGraph, x: Tensor, a: Tensor) -> Tensor:
+def _times(C: Tensor, a: Tensor) -> Tensor:
+    """``C @ a`` for a dense or sparse ``C`` ``[N, R]``."""
+    return torch.sparse.mm(C.to(a.dtype), a) if C.is_sparse else C.to(a.dtype) @ a
+
+
+def relational_step(graph: RelationalGraph, x: Tensor, a: Tensor,
+                    normalization: str = "node", dangling: str = "keep") -> Tensor:
     r"""One step :math:`x P(a)` in the node-major layout: ``x`` ``[N, B]`` (one column per
-    query), relation weights ``a`` ``[R, B]``; nodes without out-mass keep theirs."""
-    C = graph.degree
-    degree = torch.sparse.mm(C.to(x.dtype), a) if C.is_sparse else C.to(x.dtype) @ a  # [N, B]
-    has_mass = degree > 0
-    inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, degree, torch.ones_like(degree)),
-                          torch.zeros_like(degree))
-    moved = _TypedProduct.apply(x * inverse, a, graph)
-    return moved + torch.where(has_mass, torch.zeros_like(x), x)
+    query), relation weights ``a`` ``[R, B]`` (see :func:`relational_flow` for
+    ``normalization`` and ``dangling``)."""
+    if normalization == "node":
+        degree = _times(graph.degree, a)  # D: [N, B]
+        has_mass = degree > MIN_MASS  # 1 / D and its gradient -1 / D^2 stay finite
+        inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, degree,
+                                                          torch.ones_like(degree)),
+                              torch.zeros_like(degree))
+        moved = _TypedProduct.apply(x * inverse, a, graph, False)
+        if dangling == "drop":
+            return moved
+        return moved + torch.where(has_mass, torch.zeros_like(x), x)
+    moved = _TypedProduct.apply(x, a, graph, normalization == "relation")
+    if dangling == "drop":
+        return moved
+    return moved + x * (a.sum(0, keepdim=True) - _times(graph.has_relation, a))
 
 
 def _check_weights(name: str, value: Tensor, validate: bool) -> None:
@@ -221,7 +253,8 @@ def _check_weights(name: str, value: Tensor, validate: bool) -> None:
 @torch.compiler.disable  # compiled CPU routines: torch.compile breaks the graph here
 def relational_flow(p0: Tensor, graph: RelationalGraph,
                     relation_weights: Union[Tensor, Sequence[Tensor]], alpha: float = 0.85,
-                    hop_weights: Optional[Tensor] = None, return_steps: bool = False,
+                    hop_weights: Optional[Tensor] = None, normalization: str = "node",
+                    dangling: str = "keep", return_steps: bool = False,
                     validate: Optional[bool] = None
                     ) -> Union[Tensor, Tuple[Tensor, List[Tensor]]]:
     r"""Diffuses a batch of seeds over per-query, per-step mixtures of relations (see the
@@ -249,6 +282,22 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         hop_weights (torch.Tensor, optional): :math:`\theta_0..\theta_T`, ``[T + 1]`` for all
             queries or ``[B, T + 1]`` per query, e.g. learnt (GPR-GNN); any real values.
             (default: ``None``)
+        normalization (str): ``"node"``: :math:`P_t(q) = D_t(q)^{-1} \sum_r a_t(q, r) A_r`,
+            each node's out-edges normalised together under the query's weighting (the
+            module docstring); ``"relation"``: :math:`P_t(q) = \sum_r a_t(q, r) C_r^{-1}
+            A_r`, each relation's walk normalised on its own and mixed by :math:`a_t(q)`
+            (which should then sum to one), so that a node without edges of relation
+            :math:`r` passes on nothing of :math:`r`'s share (TransferNet's and NeuralLP's
+            reading: following a relation the node lacks leads nowhere); ``"none"``:
+            :math:`P_t(q) = \sum_r a_t(q, r) A_r` unnormalised, so that :math:`p_T` counts the
+            (weighted) walks that reach a node, not their probability (TransferNet's score
+            propagation without its clipping): every node a walk of the query's relations
+            reaches gets at least that walk's weight, however many other walks spread from
+            the same nodes. (default: ``"node"``)
+        dangling (str): what happens to mass that has no edge to follow (``"node"``: nodes
+            with :math:`D_t(q)_{ii} = 0`; ``"relation"``: the shares of the relations a node
+            lacks): ``"keep"`` leaves it on its node, ``"drop"`` removes it (the flow is then
+            sub-stochastic, and a walk that hits a dead end is gone). (default: ``"keep"``)
         return_steps (bool): also return the walks :math:`p_0 P_0 \cdots P_{k-1}`,
             ``k = 0..T``, each ``[B, N]``. (default: ``False``)
         validate (bool, optional): check that the weights are finite and non-negative; these
@@ -262,6 +311,8 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
           ``return_steps``
     """
     alpha = check_alpha(alpha)
+    normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+    dangling = check_choice("dangling", dangling, ("keep", "drop"))
     if not isinstance(graph, RelationalGraph):
         raise ValueError(f"graph must be a RelationalGraph (got {type(graph).__name__})")
     if not isinstance(p0, Tensor) or p0.dim() != 2 or p0.size(1) != graph.num_nodes:
@@ -309,7 +360,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     out = coefficient(0) * x
     walks = [x]
     for t, a in enumerate(relation_weights):
-        x = relational_step(graph, x, a.to(dtype).t().contiguous())
+        x = relational_step(graph, x, a.to(dtype).t().contiguous(), normalization, dangling)
         out = out + coefficient(t + 1) * x
         if return_steps:
             walks.append(x)

@@ -11,7 +11,7 @@ from torch import Tensor
 from tiny_data import WN18RR_RELATIONS, write_kg, write_ogbl
 
 from qgfd_pyg.bench import cli
-from qgfd_pyg.bench.kg import (KGGraph, KGQGFD, Filter, PyGKGE, Triples, filtered_ranking,
+from qgfd_pyg.bench.kg import (KGGraph, Filter, PyGKGE, Triples, filtered_ranking,
                                queries)
 from qgfd_pyg.bench.metrics import hits_at, link_metrics, ranking
 from qgfd_pyg.bench.tasks import load_task
@@ -62,67 +62,6 @@ def test_queries_and_graph_without_a_batch_of_triples():
     graph = KGGraph.from_triples(train, 2).without(torch.tensor([1]))
     edges = sorted(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist(), strict=True))
     assert edges == [(0, 1, 0), (0, 2, 2), (1, 0, 2), (2, 0, 0)]
-
-
-def _dense_transition(graph, logits, relation, n):
-    """Brute force: each node's out-edges and its self loop, weights exp(A[r, rho])."""
-    P = torch.zeros(n, n, dtype=torch.float64)
-    for u in range(n):
-        outs = [(v, rho) for s, v, rho in zip(graph.src.tolist(), graph.dst.tolist(),
-                                               graph.rel.tolist(), strict=True) if s == u]
-        outs.append((u, logits.size(1) - 1))
-        weights = [math.exp(float(logits[relation, rho])) for _, rho in outs]
-        for (v, _), w in zip(outs, weights, strict=True):
-            P[u, v] += w / sum(weights)
-    return P
-
-
-@pytest.fixture(params=["torch_sparse", "torch"])
-def sparse_backend(request, monkeypatch):
-    """Runs a test with transitions as SparseTensors and as torch sparse tensors (what
-    :func:`qgfd_pyg.spmm.sparse_matrix` builds where torch-sparse is not installed)."""
-    import qgfd_pyg.spmm
-
-    if request.param == "torch":
-        monkeypatch.setattr(qgfd_pyg.spmm, "WITH_TORCH_SPARSE", False)
-    return request.param
-
-
-def test_kg_qgfd_equals_the_dense_computation(sparse_backend):
-    n, r = 6, 2
-    train = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [5, 1, 2]])
-    graph = KGGraph.from_triples(train, r)
-    model = KGQGFD(n, r, hidden=8, alpha=0.7, steps=4).double().eval()
-    torch.nn.init.normal_(model.edge_logits)
-    torch.nn.init.normal_(model.out.weight)
-    torch.nn.init.normal_(model.anchor)
-    entity, relation = torch.tensor([0, 3]), torch.tensor([1, 1])
-    E, W = model.entity.weight, model.relation.weight
-    P = _dense_transition(graph, model.edge_logits.detach(), 1, n)
-    built = model.transition(graph, 1)
-    assert isinstance(built, Tensor) == (sparse_backend == "torch")
-    V = E @ model.value.weight.t()
-    Z = V
-    for _ in range(4):  # Z_{t+1} = (1 - a) V + a P Z_t
-        Z = 0.3 * V + 0.7 * P @ Z
-    q = E[entity] * W[relation]
-    logits = q @ E.t() / math.sqrt(8)
-    for i, (e, r) in enumerate(zip(entity.tolist(), relation.tolist(), strict=True)):
-        logits[i, e] = logits[i, e] + model.anchor[r]  # the seed's bonus on the query entity
-    p0 = torch.softmax(logits, dim=-1)
-    expected = (q + (p0 @ Z) @ model.out.weight.t()) @ E.t()
-    torch.testing.assert_close(model(entity, relation, graph), expected)
-    # alpha = 0: one-hop attention over the entities' values, no diffusion
-    model.alpha = 0.0
-    expected0 = (q + (p0 @ V) @ model.out.weight.t()) @ E.t()
-    torch.testing.assert_close(model(entity, relation, graph), expected0)
-    with pytest.raises(ValueError, match="one relation"):
-        model(entity, torch.tensor([0, 1]), graph)
-    model.alpha = 0.7
-    model.train()
-    model(entity, relation, graph).sum().backward()
-    assert model.edge_logits.grad.abs().sum() > 0  # the transition is learnt
-    assert model.anchor.grad[1] != 0 and model.anchor.grad[0] == 0
 
 
 @pytest.mark.parametrize("cls", ["DistMult", "RotatE"])

@@ -77,7 +77,7 @@ def test_path_qa_end_to_end_and_bad_input(tmp_path, capsys):
     import json
     with open(os.path.join(out, "path-qa-nations.json")) as f:
         result = json.load(f)
-    assert [r["model"] for r in result["summary"]] == ["qgfd", "attention", "gat", "appnp"]
+    assert [r["model"] for r in result["summary"]] == ["qgfd", "attention", "gat", "appnp", "rule"]
     for run in result["runs"]:
         assert 0.0 <= run["test"] <= 1.0
         assert all(f"mrr_{k}hop" in run for k in (1, 2, 3))
@@ -89,67 +89,43 @@ def test_path_qa_end_to_end_and_bad_input(tmp_path, capsys):
     assert open(os.path.join(out, "path-qa-nations.json")).read() == before
 
 
-@pytest.mark.parametrize("torch_sparse", [True, False])
-def test_path_qgfd_equals_the_dense_computation_on_both_paths(torch_sparse, monkeypatch):
-    import math
+def test_rule_row_follows_the_path_on_the_training_graph(tmp_path):
+    from qgfd_pyg.bench.qa import PathRule
+    from qgfd_pyg.bench.relational import KGGraph
 
-    from qgfd_pyg.bench.kg import KGGraph
-    from qgfd_pyg.bench.qa import PathQGFD
-    n, r = 5, 2
-    train = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [1, 0, 3]])
-    graph = KGGraph.from_triples(train, r)
-    model = PathQGFD(n, r, hidden=6, alpha=0.6, steps=3, dropout=0.0).double().eval()
-    for p in (model.edge_logits, model.out.weight, model.anchor):
-        torch.nn.init.normal_(p)
-    anchor, path = torch.tensor([0, 3]), torch.tensor([[0, 3, -1], [2, -1, -1]])
-    E, W = model.entity.weight, model.relation.weight
-    V = E @ model.value.weight.t()
-    expected = []
-    for a, p in zip(anchor.tolist(), path.tolist(), strict=True):
-        rels = [x for x in p if x >= 0]
-        logits = sum(model.edge_logits[x] for x in rels).detach()
-        P = torch.zeros(n, n, dtype=torch.float64)  # brute force, self loops included
-        for u in range(n):
-            outs = [(v, rho) for s, v, rho in zip(graph.src.tolist(), graph.dst.tolist(),
-                                                   graph.rel.tolist(), strict=True) if s == u]
-            outs.append((u, 2 * r))
-            total = sum(math.exp(float(logits[rho])) for _, rho in outs)
-            for v, rho in outs:
-                P[u, v] += math.exp(float(logits[rho])) / total
-        Z = V
-        for _ in range(3):
-            Z = 0.4 * V + 0.6 * P @ Z
-        q = E[a] * torch.stack([W[x] for x in rels]).prod(0)
-        seed_logits = q @ E.t() / math.sqrt(6)
-        seed_logits[a] += model.anchor
-        read = torch.softmax(seed_logits, -1) @ Z
-        expected.append((q + model.out(read)) @ E.t())
-    expected = torch.stack(expected)
-    torch.testing.assert_close(model(anchor, path, graph), expected)
-    model.dense_up_to = 0  # the block-diagonal sparse path (without torch-sparse: torch's)
-    import qgfd_pyg.spmm
-
-    monkeypatch.setattr(qgfd_pyg.spmm, "WITH_TORCH_SPARSE", torch_sparse)
-    torch.testing.assert_close(model(anchor, path, graph), expected)
-    model.train()
-    model(anchor, path, graph).sum().backward()
-    assert model.edge_logits.grad.abs().sum() > 0  # the transitions are learnt
+    train = torch.tensor([[0, 0, 1], [1, 1, 2], [1, 1, 3], [4, 0, 1]])
+    rule = PathRule(5, 2)
+    graph = KGGraph.from_triples(train, 2)
+    # 0 -r0-> 1 -r1-> {2, 3};  2 -r1^-1-> 1 -r0^-1-> {0, 4};  3 -r0-> nothing
+    scores = rule(torch.tensor([0, 2, 3]), torch.tensor([[0, 1, -1], [3, 2, -1], [0, -1, -1]]),
+                  graph)
+    assert scores.tolist() == [[0, 0, 1, 1, 0], [1, 0, 0, 0, 1], [0, 0, 0, 0, 0]]
+    assert not list(rule.parameters())
 
 
 def _write_metaqa(folder, extra_test_line=""):
+    """MetaQA's layout: kb.txt at the top, {k}-hop/vanilla/qa_{train,dev,test}.txt."""
     folder.mkdir(parents=True, exist_ok=True)
     kb = ["Top Hat|directed_by|Mark Sandrich", "Top Hat|starred_actors|Ginger Rogers",
           "Kitty Foyle|starred_actors|Ginger Rogers", "Kitty Foyle|directed_by|Sam Wood",
           "Our Town|directed_by|Sam Wood", "Swing Time|starred_actors|Ginger Rogers",
           "Swing Time|directed_by|George Stevens"]
     (folder / "kb.txt").write_text("\n".join(kb) + "\n")
-    train = ["what movies did [Ginger Rogers] act in\tTop Hat|Kitty Foyle|Swing Time",
-             "who directed [Top Hat]\tMark Sandrich", "who directed [Our Town]\tSam Wood",
-             "who directed [Swing Time]\tGeorge Stevens"]
-    (folder / "qa_train.txt").write_text("\n".join(train) + "\n")
-    (folder / "qa_dev.txt").write_text("who directed [Kitty Foyle]\tSam Wood\n")
-    (folder / "qa_test.txt").write_text("which films star [Ginger Rogers]\tTop Hat|Kitty Foyle|"
-                                        "Swing Time\n" + extra_test_line)
+    one = folder / "1-hop" / "vanilla"
+    two = folder / "2-hop" / "vanilla"
+    one.mkdir(parents=True)
+    two.mkdir(parents=True)
+    (one / "qa_train.txt").write_text(
+        "what movies did [Ginger Rogers] act in\tTop Hat|Kitty Foyle|Swing Time\n"
+        "who directed [Top Hat]\tMark Sandrich\nwho directed [Our Town]\tSam Wood\n")
+    (two / "qa_train.txt").write_text(
+        "who directed the films of [Ginger Rogers]\tMark Sandrich|Sam Wood|George Stevens\n")
+    (one / "qa_dev.txt").write_text("who directed [Kitty Foyle]\tSam Wood\n")
+    (two / "qa_dev.txt").write_text("who acted in films by [Sam Wood]\tGinger Rogers\n")
+    (one / "qa_test.txt").write_text("which films star [Ginger Rogers]\tTop Hat|Kitty Foyle|"
+                                     "Swing Time\n" + extra_test_line)
+    (two / "qa_test.txt").write_text("who directed the films of [Ginger Rogers]\t"
+                                     "Mark Sandrich|Sam Wood|George Stevens\n")
 
 
 def test_metaqa_layout_is_read_and_runs(tmp_path, capsys):
@@ -160,7 +136,9 @@ def test_metaqa_layout_is_read_and_runs(tmp_path, capsys):
     assert (task.num_entities, task.num_relations) == (8, 2)
     train = task.split(0)["train"]
     # entities numbered in kb order: Top Hat 0, Mark Sandrich 1, Ginger Rogers 2, Kitty Foyle 3
-    assert train.anchor.tolist()[:2] == [2, 0]
+    assert train.anchor.tolist() == [2, 0, 5, 2]
+    assert train.hops.tolist() == [1, 1, 1, 2]  # every question keeps its hop count
+    assert task.split(0)["test"].hops.tolist() == [1, 2]
     assert train.answers(0) == [0, 3, 6] and train.answers(1) == [1]
     words = train.path[0][train.path[0] >= 0].tolist()
     assert len(words) == 6 and len(set(words)) == 6  # what movies did <e> act in
@@ -184,5 +162,5 @@ def test_malformed_metaqa_lines_are_one_line_exit_2(tmp_path, capsys, line, mess
     assert cli.main(["path-qa", "--metaqa", str(tmp_path / "metaqa"), "--out",
                      str(tmp_path / "out")] + SHORT) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0] and "qa_test.txt:2" in err[0]
+    assert len(err) == 1 and message in err[0] and "1-hop/vanilla/qa_test.txt:2" in err[0]
     assert not (tmp_path / "out").exists()

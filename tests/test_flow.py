@@ -22,7 +22,8 @@ def _graphs():
     yield ei, torch.randint(0, r, (ei.size(1),), generator=g), r, n
 
 
-def _dense_flow(p0, ei, et, R, N, a, theta, weight=None):
+def _dense_flow(p0, ei, et, R, N, a, theta, weight=None, normalization="node",
+                dangling="keep"):
     """p_T = sum_k theta_k p0 P_0 .. P_{k-1}, one query at a time, dense [N, N] matrices."""
     A = torch.zeros(R, N, N, dtype=torch.float64)
     w = torch.ones(ei.size(1), dtype=torch.float64) if weight is None else weight.double()
@@ -33,10 +34,21 @@ def _dense_flow(p0, ei, et, R, N, a, theta, weight=None):
         th = theta[b] if theta.dim() == 2 else theta
         acc = th[0].double() * x
         for t in range(a.size(0)):
-            M = (a[t, b].double().view(R, 1, 1) * A).sum(0)
-            out_mass = M.sum(1, keepdim=True)
-            P = torch.where(out_mass > 0, M / out_mass.clamp_min(1e-300),
-                            torch.eye(N, dtype=torch.float64))  # no out-mass: keeps its mass
+            if normalization == "node":
+                M = (a[t, b].double().view(R, 1, 1) * A).sum(0)
+                out_mass = M.sum(1, keepdim=True)
+                P = torch.where(out_mass > 0, M / out_mass.clamp_min(1e-300),
+                                torch.zeros(N, N, dtype=torch.float64))
+                if dangling == "keep":  # no out-mass: the node keeps its mass
+                    P = P + torch.diag((out_mass.view(-1) == 0).double())
+            else:  # each relation's own walk, mixed; a missing relation's share stays/drops
+                P = torch.zeros(N, N, dtype=torch.float64)
+                for r in range(R):
+                    deg = A[r].sum(1, keepdim=True)
+                    walk = torch.where(deg > 0, A[r] / deg.clamp_min(1e-300), torch.zeros_like(A[r]))
+                    P = P + a[t, b, r].double() * walk
+                    if dangling == "keep":
+                        P = P + a[t, b, r].double() * torch.diag((deg.view(-1) == 0).double())
             x = x @ P
             acc = acc + th[t + 1].double() * x
         rows.append(acc)
@@ -147,6 +159,8 @@ def test_masked_graph_equals_graph_without_the_edges():
     (lambda g, p, a: relational_flow(p, g, a, hop_weights=torch.ones(4)),
      "hop_weights must be \\[T \\+ 1 = 3\\]"),
     (lambda g, p, a: relational_flow(p, g, a, alpha=1.5), "alpha must lie in"),
+    (lambda g, p, a: relational_flow(p, g, a, normalization="row"), "normalization must be"),
+    (lambda g, p, a: relational_flow(p, g, a, dangling="loop"), "dangling must be"),
     (lambda g, p, a: relational_flow(p, "graph", a), "graph must be a RelationalGraph"),
     (lambda g, p, a: RelationalGraph(g.col_in.view(1, -1), g.rel_in, 3), "edge_index must have"),
     (lambda g, p, a: RelationalGraph(torch.tensor([[0], [1]]), torch.tensor([3]), 3),
@@ -247,3 +261,28 @@ def test_many_relations_use_sparse_degrees(monkeypatch):
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(torch.autograd.grad(out.sum(), a)[0],
                                    torch.autograd.grad(ref.sum(), a)[0])
+
+
+@pytest.mark.parametrize("normalization", ["node", "relation"])
+@pytest.mark.parametrize("dangling", ["keep", "drop"])
+def test_normalizations_and_dangling_mass_against_the_dense_loop(backend, normalization,
+                                                                  dangling):
+    for ei, et, R, N in _graphs():
+        graph = RelationalGraph(ei, et, R, N, edge_weight=torch.rand(ei.size(1)) + 0.5)
+        p0 = torch.softmax(torch.randn(4, N, dtype=torch.float64), 1).requires_grad_()
+        a = torch.softmax(torch.randn(3, 4, R, dtype=torch.float64), -1)
+        a[1, 0] = torch.eye(R, dtype=torch.float64)[0]  # one relation only
+        a.requires_grad_()
+        out = relational_flow(p0, graph, a, alpha=0.6, normalization=normalization,
+                              dangling=dangling)
+        ref = _dense_flow(p0, ei, et, R, N, a, ppr_hop_weights(0.6, 3).double(), graph.weight,
+                          normalization, dangling)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(ref)
+        for x, y in zip(torch.autograd.grad((out * g).sum(), [p0, a]),
+                        torch.autograd.grad((ref * g).sum(), [p0, a]), strict=True):
+            torch.testing.assert_close(x, y)
+        if dangling == "keep":  # with distributions a_t, every step keeps the mass
+            torch.testing.assert_close(out.sum(1), torch.ones(4, dtype=torch.float64))
+        else:
+            assert bool((out.sum(1) < 1).all())  # the dead ends lose theirs

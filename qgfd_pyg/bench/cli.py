@@ -84,6 +84,9 @@ def list_tasks() -> str:
     kinds = {}  # kind name -> its first Task class (countries share the kg kind's table)
     for entry in TASKS.values():
         kinds.setdefault(entry.kind.kind, entry.kind)
+    order = ("node", "link", "kg", "qa")  # then the rest as registered
+    kinds = dict(sorted(kinds.items(), key=lambda item: order.index(item[0])
+                        if item[0] in order else len(order)))
     for name, kind in kinds.items():
         lines += [f"{name} tasks:"] + [f"  {task:<14} {entry.description}"
                                        for task, entry in TASKS.items()

@@ -5,13 +5,13 @@ Every triple gives two queries, ``(h, r)`` with answer ``t`` and ``(t, r^{-1})``
 ``h`` (relation ``r + R``), so all models answer one kind of query ``(e, q)`` with a score per
 entity. Models:
 
-- ``qgfd`` (:class:`KGQGFD`): the DistMult query :math:`q = e_e \odot w_q` attends over all
-  entities with the seed :math:`p_0 = \mathrm{softmax}(q E^\top/\sqrt{d})`, which is diffused
-  over the training graph with a transition conditioned on the query relation,
-  :math:`p_{t+1} = (1-\alpha) p_0 + \alpha p_t P_q`; the read-out :math:`p_T V` of the entity
-  values refines the query, and every candidate is scored against it (1-vs-all softmax loss).
-- ``gat``, ``appnp`` (:class:`EncoderDistMult`): learnt entity embeddings through the
-  encoder over the training graph, then the same DistMult scorer and loss.
+- ``qgfd`` (:class:`~qgfd_pyg.bench.relational.RelationalQGFD`, ``controller="relation"``):
+  mass flows from the query entity over the training graph, at every step over a mixture of
+  relations that a learnt table gives the query relation (a ``T``-step rule per relation),
+  summed with learnt hop weights; scores :math:`\log(p_T + \epsilon)` plus a DistMult term
+  (1-vs-all softmax loss). ``attention``: the same with one step, the one-hop control.
+- ``gat``, ``appnp`` (:class:`~qgfd_pyg.bench.relational.EncoderScorer`): learnt entity
+  embeddings through the encoder over the training graph, then the DistMult scorer and loss.
 - ``distmult``, ``rotate``: PyG's :mod:`torch_geometric.nn.kge` models with their own loss
   (margin / negative sampling), ranked by their own scores.
 
@@ -26,36 +26,19 @@ the ranking, as in the published protocol.
 import math
 import os
 from functools import partial
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Embedding, Linear, Module, Parameter
-from torch_geometric.utils import softmax
-from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+from torch.nn import Module
 
-from .._checks import check_alpha, check_positive_int, check_steps
-from ..diffusion import diffuse
-from ..spmm import Transition, sparse_matrix
-from .data import MissingData
 from .metrics import ranking
-from .models import GAT, APPNPNet, ModelSpec
+from .models import ModelSpec
+from .relational import (KGGraph, RelationalQGFD, Triples, appnp_scorer, gat_scorer,
+                         index_triples, queries, read_triples)
 from .tasks import MiniBatchExperiment, Task, register
-
-
-class Triples(NamedTuple):
-    """``[n, 3]`` long tensors of (head, relation, tail) per split."""
-    train: Tensor
-    valid: Tensor
-    test: Tensor
-
-
-def queries(triples: Tensor, num_relations: int) -> Tensor:
-    """``[2n, 3]`` (entity, query relation, answer): tail queries, then head queries as
-    inverse relations ``r + R``."""
-    h, r, t = triples.unbind(1)
-    return torch.cat([torch.stack([h, r, t], 1), torch.stack([t, r + num_relations, h], 1)])
+from .train import make_optimizer
 
 
 class Filter:
@@ -93,150 +76,6 @@ def filtered_ranking(scores: Tensor, answer: Tensor, true: Tensor) -> Dict[str, 
     neg = scores.masked_fill(true, -math.inf)
     neg[rows, answer] = -math.inf
     return ranking(pos, neg)
-
-
-class KGGraph(NamedTuple):
-    """The training graph with inverse edges: ``src -> dst`` with relation ``rel``; edge
-    ``i`` and ``i + n`` come from training triple ``i``."""
-    src: Tensor
-    dst: Tensor
-    rel: Tensor
-
-    @classmethod
-    def from_triples(cls, train: Tensor, num_relations: int) -> "KGGraph":
-        h, r, t = train.unbind(1)
-        return cls(torch.cat([h, t]), torch.cat([t, h]), torch.cat([r, r + num_relations]))
-
-    def without(self, triple_ids: Optional[Tensor]) -> "KGGraph":
-        """The graph without the edges (both directions) of training triples ``triple_ids``."""
-        if triple_ids is None or triple_ids.numel() == 0:
-            return self
-        keep = torch.ones(self.src.numel(), dtype=torch.bool, device=self.src.device)
-        n = self.src.numel() // 2
-        keep[triple_ids] = False
-        keep[triple_ids + n] = False
-        return KGGraph(self.src[keep], self.dst[keep], self.rel[keep])
-
-    @property
-    def edge_index(self) -> Tensor:
-        return torch.stack([self.src, self.dst])
-
-    def adj_t(self, num_nodes: int) -> SparseTensor:
-        """The transposed adjacency (row: target), for layers that multiply by it."""
-        return SparseTensor(row=self.dst, col=self.src, sparse_sizes=(num_nodes, num_nodes))
-
-
-class KGQGFD(Module):
-    r"""QGFD for knowledge-graph queries (see the module docstring): the query
-    :math:`q = e_h \odot w_r` attends over all entities, reads their values diffused over a
-    transition conditioned on the query relation, and scores every candidate with its
-    embedding,
-
-    .. math::
-        p_0 = \mathrm{softmax}(q E^\top / \sqrt{d}), \qquad
-        Z_T = \mathrm{diffuse}(E W_v, P_r), \qquad
-        s(e) = (q + W_o\, p_0 Z_T) \cdot e_e .
-
-    :math:`P_r` gives an edge of relation :math:`\rho` out of a node the weight
-    :math:`\exp A_{r\rho}`, normalised over the node's out-edges and a self loop (learnt
-    :math:`A`, zero at the start: a uniform walk). :math:`p_0 Z_T = p_T E W_v`: the query
-    reads the entities its diffused attention reaches. ``alpha = 0`` is one-hop attention
-    over the entities added to DistMult.
-
-    Args:
-        num_entities, num_relations: entities and relations (inverse relations are added).
-        hidden: embedding width :math:`d`.
-        alpha: diffusion weight in ``[0, 1]``.
-        steps: diffusion steps ``T``.
-        dropout: dropout on the query and the read-out.
-    """
-
-    def __init__(self, num_entities: int, num_relations: int, hidden: int = 128,
-                 alpha: float = 0.5, steps: int = 3, dropout: float = 0.0):
-        super().__init__()
-        self.alpha, self.steps, self.dropout = check_alpha(alpha), check_steps(steps), dropout
-        hidden = check_positive_int("hidden", hidden)
-        self.entity = Embedding(num_entities, hidden)
-        self.relation = Embedding(2 * num_relations, hidden)
-        self.value = Linear(hidden, hidden, bias=False)
-        self.out = Linear(hidden, hidden, bias=False)
-        # the seed's extra logit on the query's own entity, per query relation
-        self.anchor = Parameter(torch.empty(2 * num_relations))
-        # A[r, rho]; the last column is the self loop
-        self.edge_logits = Parameter(torch.zeros(2 * num_relations, 2 * num_relations + 1))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.entity.weight)
-        torch.nn.init.xavier_uniform_(self.relation.weight)
-        self.value.reset_parameters()
-        torch.nn.init.zeros_(self.out.weight)  # starts as DistMult
-        torch.nn.init.zeros_(self.edge_logits)
-        # about half the seed's mass on the anchor at the start
-        torch.nn.init.constant_(self.anchor, math.log(self.entity.num_embeddings))
-
-    def transition(self, graph: KGGraph, relation: int) -> Transition:
-        """:math:`P_r` over the graph's edges and a self loop per entity."""
-        n = self.entity.num_embeddings
-        loops = torch.arange(n, device=graph.src.device)
-        src, dst = torch.cat([graph.src, loops]), torch.cat([graph.dst, loops])
-        rel = torch.cat([graph.rel, loops.new_full((n,), self.edge_logits.size(1) - 1)])
-        weight = softmax(self.edge_logits[relation, rel], src, num_nodes=n)
-        return sparse_matrix(src, dst, weight, n)
-
-    per_relation = True  # prepare() depends on the query relation
-
-    def prepare(self, graph: KGGraph, relation: int) -> Tensor:
-        """:math:`Z_T`: the entity values diffused over :math:`P_r`."""
-        values = self.value(self.entity.weight)
-        if self.alpha > 0.0 and self.steps > 0:
-            values = diffuse(values, self.transition(graph, relation), self.alpha, self.steps)
-        return values
-
-    def score(self, entity: Tensor, relation: Tensor, values: Tensor) -> Tensor:
-        emb = self.entity.weight
-        query = F.dropout(self.entity(entity) * self.relation(relation), self.dropout,
-                          self.training)
-        logits = query @ emb.t() / math.sqrt(emb.size(1))
-        rows = torch.arange(entity.numel(), device=entity.device)
-        logits = logits.index_put((rows, entity), logits[rows, entity] + self.anchor[relation])
-        read = F.dropout(logits.softmax(dim=-1) @ values, self.dropout, self.training)
-        return (query + self.out(read)) @ emb.t()
-
-    def forward(self, entity: Tensor, relation: Tensor, graph: KGGraph) -> Tensor:
-        """Scores ``[B, N]`` of every entity for queries of one relation."""
-        if entity.numel() == 0:
-            return self.entity.weight.new_zeros(0, self.entity.num_embeddings)
-        if not bool((relation == relation[0]).all()):
-            raise ValueError("KGQGFD diffuses over the transition of one relation per call")
-        return self.score(entity, relation, self.prepare(graph, int(relation[0])))
-
-
-class EncoderDistMult(Module):
-    """Learnt entity embeddings through a graph encoder, then DistMult over all entities."""
-
-    def __init__(self, encoder: Module, num_entities: int, num_relations: int, hidden: int,
-                 sparse: bool = False):
-        super().__init__()
-        self.sparse = sparse  # pass the graph as a SparseTensor (one product per step)
-        self.entity = Embedding(num_entities, hidden)
-        self.relation = Embedding(2 * num_relations, hidden)
-        self.encoder = encoder
-        torch.nn.init.xavier_uniform_(self.entity.weight)
-        torch.nn.init.xavier_uniform_(self.relation.weight)
-
-    per_relation = False
-
-    def prepare(self, graph: KGGraph, relation: int) -> Tensor:
-        n = self.entity.num_embeddings
-        return self.encoder(self.entity.weight,
-                            graph.adj_t(n) if self.sparse else graph.edge_index)
-
-    def score(self, entity: Tensor, relation: Tensor, z: Tensor) -> Tensor:
-        return (z[entity] * self.relation(relation)) @ z.t()
-
-    def forward(self, entity: Tensor, relation: Tensor, graph: KGGraph) -> Tensor:
-        return self.score(entity, relation, self.prepare(graph, 0))
 
 
 class PyGKGE(Module):
@@ -302,36 +141,23 @@ def _kge(cls_name: str, num_entities: int, num_relations: int, hidden: int = 128
     return PyGKGE(cls(num_entities, num_relations, hidden, margin=margin), num_relations)
 
 
-def _encoder(kind: str, num_entities: int, num_relations: int, hidden: int = 128,
-             **options) -> EncoderDistMult:
-    if kind == "gat":
-        heads = options.pop("heads", 4)
-        net = GAT(hidden, hidden, hidden=hidden // heads, heads=heads, **options)
-    else:
-        net = APPNPNet(hidden, hidden, hidden=hidden, cached=False, **options)
-    # APPNP: one sparse product per step where torch-sparse is there (the same numbers as
-    # message passing over edge_index, faster on CPU)
-    return EncoderDistMult(net, num_entities, num_relations, hidden,
-                           sparse=kind == "appnp" and WITH_TORCH_SPARSE)
-
-
 _SAME = "128 dimensions, batches of 512 queries"
+_FLOW = dict(hidden=128, steps=3, alpha=0.9, heads=2, controller="relation", dropout=0.2)
 KG_MODELS: Dict[str, ModelSpec] = {
-    "qgfd": ModelSpec(KGQGFD, 0.005, 0.0, dict(hidden=128, alpha=0.5, steps=3, dropout=0.2),
-                      "DistMult query read-out of entity values diffused over a query-conditioned "
-                      "transition; " + _SAME),
-    "gat": ModelSpec(partial(_encoder, "gat"), 0.005, 0.0,
+    "qgfd": ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
+                      "query-conditioned flow (a 3-step relation rule per query relation, 2 "
+                      "heads, learnt hop weights) + DistMult term; " + _SAME),
+    "gat": ModelSpec(gat_scorer, 0.005, 0.0,
                      dict(hidden=128, heads=4, dropout=0.2), "GAT encoder + DistMult; " + _SAME),
-    "appnp": ModelSpec(partial(_encoder, "appnp"), 0.005, 0.0,
+    "appnp": ModelSpec(appnp_scorer, 0.005, 0.0,
                        dict(hidden=128, dropout=0.2, K=10, alpha=0.1),
                        "APPNP encoder + DistMult; " + _SAME),
     "distmult": ModelSpec(partial(_kge, "DistMult"), 0.005, 0.0, dict(hidden=128, margin=1.0),
                           "torch_geometric.nn.kge.DistMult, its own loss; " + _SAME),
     "rotate": ModelSpec(partial(_kge, "RotatE"), 0.005, 0.0, dict(hidden=128, margin=9.0),
                         "torch_geometric.nn.kge.RotatE, its own loss; " + _SAME),
-    "attention": ModelSpec(KGQGFD, 0.005, 0.0, dict(hidden=128, alpha=0.0, steps=3, dropout=0.2),
-                           "the qgfd model with alpha = 0: one-hop attention, the control; "
-                           + _SAME),
+    "attention": ModelSpec(RelationalQGFD, 0.01, 0.0, {**_FLOW, "steps": 1},
+                           "the qgfd model with one step: the one-hop control; " + _SAME),
 }
 
 
@@ -420,8 +246,7 @@ class KGExperiment(MiniBatchExperiment):
         self.task, self.device, self.name = task, device, model
         spec = task.models[model]
         self.model = spec.build(task.num_entities, task.num_relations, **options).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr,
-                                          weight_decay=spec.weight_decay)
+        self.optimizer = make_optimizer(self.model, spec)
         r = task.num_relations
         self.train = queries(task.triples.train, r).to(device)
         self.train_ids = torch.arange(task.triples.train.size(0)).repeat(2).to(device)
@@ -471,63 +296,6 @@ class KGExperiment(MiniBatchExperiment):
                 e, q, a = batch.unbind(1)
                 parts.append(self.task.batch_metrics(e, q, a, self.model.score(e, q, state)))
         return self.task.reduce(parts)
-
-
-def read_triples(raw_dir: str, relations: Optional[Sequence[str]] = None,
-                 known_entities: bool = False, columns: str = "hrt"
-                 ) -> Tuple[Dict[str, List[Tuple[str, str, str]]], List[str]]:
-    """Reads ``train/valid/test.txt`` (tab-separated head, relation, tail) and checks them:
-    three fields per line, every relation of valid/test known from train (or from
-    ``relations``) and, with ``known_entities``, every entity of valid/test seen in train; a
-    ValueError naming the file and line otherwise. ``columns`` is the files' column order
-    (``"hrt"``, or ``"rht"`` as kinship and nations ship)."""
-    names = ("train", "valid", "test")
-    missing = [f"{n}.txt" for n in names if not os.path.isfile(os.path.join(raw_dir, f"{n}.txt"))]
-    if missing:
-        raise MissingData(f"knowledge graph not found: {raw_dir} lacks {', '.join(missing)}; "
-                          f"put the data set's raw files there (nothing is downloaded)")
-    out: Dict[str, List[Tuple[str, str, str]]] = {}
-    for name in names:
-        path = os.path.join(raw_dir, f"{name}.txt")
-        rows = []
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                line = line.rstrip("\n").rstrip("\r")
-                if not line.strip():
-                    continue
-                fields = line.split("\t")
-                if len(fields) != 3 or not all(x.strip() for x in fields):
-                    raise ValueError(f"{path}:{number}: expected 3 tab-separated fields "
-                                     f"(head, relation, tail), got {len(fields)}")
-                fields = dict(zip(columns, (x.strip() for x in fields), strict=True))
-                rows.append((fields["h"], fields["r"], fields["t"]))
-        out[name] = rows
-    known = list(relations) if relations is not None else sorted({r for _, r, _ in out["train"]})
-    allowed = set(known)
-    entities = {x for h, _, t in out["train"] for x in (h, t)}
-    for name in names:
-        for number, (h, r, t) in enumerate(out[name], 1):
-            where = f"{os.path.join(raw_dir, name + '.txt')}: triple {number}"
-            if r not in allowed:
-                raise ValueError(f"{where} has the unknown relation {r!r}")
-            unknown = [x for x in (h, t) if x not in entities]
-            if known_entities and unknown:
-                raise ValueError(f"{where} has the entity {unknown[0]!r}, which no training "
-                                 f"triple has")
-    return out, known
-
-
-def index_triples(rows: Dict[str, List[Tuple[str, str, str]]], relations: Sequence[str]
-                  ) -> Tuple[Triples, List[str]]:
-    """Integer triples of the three splits and the entity names (in order of appearance)."""
-    entity_id: Dict[str, int] = {}
-    relation_id = {r: i for i, r in enumerate(relations)}
-    out = []
-    for name in ("train", "valid", "test"):
-        ids = [(entity_id.setdefault(h, len(entity_id)), relation_id[r],
-                entity_id.setdefault(t, len(entity_id))) for h, r, t in rows[name]]
-        out.append(torch.tensor(ids, dtype=torch.long).view(-1, 3))
-    return Triples(*out), list(entity_id)
 
 
 @register("wn18rr", KGTask, "WordNet18RR through PyG's WordNet18RR (40,943 entities, 11 "

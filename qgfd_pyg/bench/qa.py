@@ -8,30 +8,30 @@ seed. Every model scores all entities for a question, trained with the cross-ent
 the uniform distribution over its answers; reported: Hits@1 (the top entity is an answer) and
 MRR (of the best-ranked answer), overall and per hop count.
 
-Models (one budget): ``qgfd`` (:class:`PathQGFD`): the question attends over the entities,
-anchor first, and reads their values diffused over a transition conditioned on the question's
-relations; ``attention``: the same with ``alpha = 0`` (one hop); ``gat`` / ``appnp``: the
-encoders over the training graph, with the same question scorer. The question vector composes
-the path as DistMult does: :math:`q = e_a \odot w_{r_1} \odot \dots \odot w_{r_k}`.
+The anchor is never an answer: every model's score for it is set below all others.
+
+Models (one budget): ``qgfd`` (:class:`~qgfd_pyg.bench.relational.RelationalQGFD`): mass
+flows from the anchor, at step ``t`` over the relations that the path's ``t``-th relation
+picks through a learnt table (MetaQA: a GRU over the question's tokens), summed with learnt
+hop weights, plus a DistMult-style embedding term; ``attention``: the same with one step (the
+one-hop control); ``gat`` / ``appnp``: the encoders over the training graph, with the
+embedding scorer :math:`(z_a \odot w_{r_1} \odot \dots \odot w_{r_k}) \cdot z_v`;
+``rule``: the reference, the path followed on the training graph, no learning.
 """
 import math
 import os
 import random
-from functools import partial
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Embedding, Linear, Module, Parameter
-from torch_geometric.utils import softmax
+from torch.nn import Module
 
-from .._checks import check_alpha, check_positive_int, check_steps
-from ..diffusion import diffuse
-from ..spmm import sparse_matrix
-from .kg import KGGraph, index_triples, read_triples
-from .models import GAT, APPNPNet, ModelSpec
+from .models import ModelSpec
+from .relational import (KGGraph, RelationalQGFD, appnp_scorer, gat_scorer, index_triples,
+                         log_uniform_target, read_triples)
 from .tasks import MiniBatchExperiment, Task, register
+from .train import make_optimizer
 
 MAX_HOPS = 3
 # name -> (folder under --root, column order of its files)
@@ -118,132 +118,45 @@ def generate_questions(triples: Tensor, num_entities: int, num_relations: int,
     return Questions(anchor, path, hops_t, ptr, flat)
 
 
-def compose(relation: Embedding, path: Tensor) -> Tensor:
-    """``w_{r_1} * ... * w_{r_k}`` per question (padding ``-1`` contributes ones)."""
-    weights = relation(path.clamp_min(0))
-    weights = torch.where((path >= 0).unsqueeze(-1), weights, torch.ones_like(weights))
-    return weights.prod(dim=1)
+class PathRule(Module):
+    """The reference row: follows each question's relation path on the training graph
+    (breadth-first, no learning); scores 1 on every entity it reaches, 0 elsewhere."""
 
-
-class PathQGFD(Module):
-    r"""QGFD for path questions: the question :math:`q = e_a \odot \prod_i w_{r_i}` attends
-    over all entities (an extra, learnt logit on the anchor), and reads the entity values
-    diffused over a transition conditioned on the question's relations (edge logit
-    :math:`\sum_i A_{r_i \rho}`, normalised over a node's out-edges and a self loop); every
-    entity is scored against :math:`q + W_o\, p_0 Z_T`. Each question diffuses over its own
-    transition: a batch is one block-diagonal graph.
-
-    Args:
-        num_entities, num_relations: entities and relations (inverse relations are added).
-        hidden: embedding width.
-        alpha: diffusion weight in ``[0, 1]`` (``0``: one-hop attention, no diffusion).
-        steps: diffusion steps ``T``.
-        dropout: dropout on the question and the read-out.
-        vocab: size of the question vocabulary when questions are token ids (MetaQA) rather
-            than relation paths.
-    """
-
-    dense_up_to = 2048  # entities up to which the transitions are dense [B, N, N]
-
-    def __init__(self, num_entities: int, num_relations: int, hidden: int = 64,
-                 alpha: float = 0.7, steps: int = 4, dropout: float = 0.1,
-                 vocab: Optional[int] = None):
+    def __init__(self, num_entities: int, num_relations: int, **_):
         super().__init__()
-        self.alpha, self.steps, self.dropout = check_alpha(alpha), check_steps(steps), dropout
-        hidden = check_positive_int("hidden", hidden)
-        self.entity = Embedding(num_entities, hidden)
-        # the question's words: its relations (path-qa) or its tokens (MetaQA, vocab)
-        self.relation = Embedding(vocab or 2 * num_relations, hidden)
-        self.value = Linear(hidden, hidden, bias=False)
-        self.out = Linear(hidden, hidden, bias=False)
-        self.anchor = Parameter(torch.empty(()))
-        self.edge_logits = Parameter(torch.empty(vocab or 2 * num_relations,
-                                                 2 * num_relations + 1))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.entity.weight)
-        torch.nn.init.normal_(self.relation.weight, 1.0, 0.1)  # near-identity compositions
-        self.value.reset_parameters()
-        torch.nn.init.zeros_(self.out.weight)
-        torch.nn.init.zeros_(self.edge_logits)
-        torch.nn.init.constant_(self.anchor, math.log(self.entity.num_embeddings))
+        self.num_entities, self.num_relations = num_entities, num_relations
+        self._adjacency: Dict[int, Dict[Tuple[int, int], List[int]]] = {}
 
     def forward(self, anchor: Tensor, path: Tensor, graph: KGGraph) -> Tensor:
-        """Scores ``[B, N]`` of every entity."""
-        emb = self.entity.weight
-        n, b = emb.size(0), anchor.numel()
-        query = F.dropout(self.entity(anchor) * compose(self.relation, path), self.dropout,
-                          self.training)
-        logits = query @ emb.t() / math.sqrt(emb.size(1))
-        rows = torch.arange(b, device=anchor.device)
-        seed = logits.index_put((rows, anchor), logits[rows, anchor] + self.anchor).softmax(-1)
-        values = self.value(emb)
-        if self.alpha > 0.0 and self.steps > 0 and b:
-            # per question: sum of A over its relations, for every edge and self loop
-            loops = torch.arange(n, device=anchor.device)
-            src, dst = torch.cat([graph.src, loops]), torch.cat([graph.dst, loops])
-            rel = torch.cat([graph.rel, loops.new_full((n,), self.edge_logits.size(1) - 1)])
-            mask = (path >= 0).unsqueeze(-1).to(emb.dtype)
-            per_question = (self.edge_logits[path.clamp_min(0)] * mask).sum(1)  # [B, 2R+1]
-            weight = softmax(per_question[:, rel], src, num_nodes=n, dim=1)  # [B, E + N]
-            if n <= self.dense_up_to:  # one dense [N, N] transition per question
-                P = values.new_zeros(b, n, n).index_put(
-                    (rows.view(-1, 1).expand_as(weight), src.expand_as(weight),
-                     dst.expand_as(weight)), weight, accumulate=True)
-                z = diffuse(values.expand(b, n, -1), P, self.alpha, self.steps)
-            else:  # a block-diagonal sparse batch
-                offset = (rows * n).view(-1, 1)
-                P = sparse_matrix((src.view(1, -1) + offset).view(-1),
-                                  (dst.view(1, -1) + offset).view(-1), weight.reshape(-1), b * n)
-                z = diffuse(values.repeat(b, 1), P, self.alpha, self.steps).view(b, n, -1)
-            read = torch.einsum("bn,bnd->bd", seed, z)
-        else:
-            read = seed @ values
-        read = F.dropout(read, self.dropout, self.training)
-        return (query + self.out(read)) @ emb.t()
-
-
-class EncoderPathScorer(Module):
-    """Entity embeddings through a graph encoder, then the DistMult path scorer."""
-
-    def __init__(self, encoder: Module, num_entities: int, num_relations: int, hidden: int,
-                 vocab: Optional[int] = None):
-        super().__init__()
-        self.entity = Embedding(num_entities, hidden)
-        self.relation = Embedding(vocab or 2 * num_relations, hidden)
-        self.encoder = encoder
-        torch.nn.init.xavier_uniform_(self.entity.weight)
-        torch.nn.init.normal_(self.relation.weight, 1.0, 0.1)
-
-    def forward(self, anchor: Tensor, path: Tensor, graph: KGGraph) -> Tensor:
-        z = self.encoder(self.entity.weight, graph.edge_index)
-        return (z[anchor] * compose(self.relation, path)) @ z.t()
-
-
-def _encoder(kind: str, num_entities: int, num_relations: int, hidden: int = 64,
-             vocab: Optional[int] = None, **options) -> EncoderPathScorer:
-    if kind == "gat":
-        heads = options.pop("heads", 4)
-        net = GAT(hidden, hidden, hidden=hidden // heads, heads=heads, **options)
-    else:
-        net = APPNPNet(hidden, hidden, hidden=hidden, cached=True, **options)
-    return EncoderPathScorer(net, num_entities, num_relations, hidden, vocab)
+        key = id(graph)
+        if key not in self._adjacency:  # one adjacency per graph object
+            triples = torch.stack([graph.src, graph.rel, graph.dst], 1)
+            forward = triples[graph.rel < self.num_relations].cpu()
+            self._adjacency = {key: adjacency(forward, self.num_relations)}
+        adj = self._adjacency[key]
+        scores = torch.zeros(anchor.numel(), self.num_entities)
+        for row, (a, p) in enumerate(zip(anchor.tolist(), path.tolist(), strict=True)):
+            reached = list(follow(adj, a, [r for r in p if r >= 0]))
+            scores[row, reached] = 1.0
+        return scores.to(anchor.device)
 
 
 _SAME = "64 dimensions, batches of 128 questions"
+_FLOW = dict(hidden=64, steps=3, alpha=0.9, heads=1, dropout=0.1)
 QA_MODELS: Dict[str, ModelSpec] = {
-    "qgfd": ModelSpec(PathQGFD, 0.005, 0.0, dict(hidden=64, alpha=0.7, steps=4, dropout=0.1),
-                      "question attention over entities diffused over a question-conditioned "
-                      "transition; " + _SAME),
-    "attention": ModelSpec(PathQGFD, 0.005, 0.0, dict(hidden=64, alpha=0.0, steps=4,
-                                                       dropout=0.1),
-                           "the qgfd model with alpha = 0 (one hop), the control; " + _SAME),
-    "gat": ModelSpec(partial(_encoder, "gat"), 0.005, 0.0, dict(hidden=64, heads=4, dropout=0.1),
+    "qgfd": ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
+                      "query-conditioned flow: step t weighs the relations by the path's t-th "
+                      "relation (or the question's tokens), learnt hop weights; " + _SAME),
+    "attention": ModelSpec(RelationalQGFD, 0.01, 0.0, {**_FLOW, "steps": 1},
+                           "the qgfd model with one step, the one-hop control; " + _SAME),
+    "gat": ModelSpec(gat_scorer, 0.005, 0.0, dict(hidden=64, heads=4, dropout=0.1),
                      "GAT encoder + path scorer; " + _SAME),
-    "appnp": ModelSpec(partial(_encoder, "appnp"), 0.005, 0.0,
+    "appnp": ModelSpec(appnp_scorer, 0.005, 0.0,
                        dict(hidden=64, dropout=0.1, K=10, alpha=0.1),
                        "APPNP encoder + path scorer; " + _SAME),
+    "rule": ModelSpec(PathRule, 0.0, 0.0, {},
+                      "reference, not learnt: the question's relation path followed on the "
+                      "training graph (breadth-first)"),
 }
 
 
@@ -256,6 +169,7 @@ class PathQATask(Task):
                     for m, label in (("hits@1", "Hits@1"), ("mrr", "MRR"))) + (("mrr", "MRR"),)
     budget = (200, 20)
     vocab: Optional[int] = None  # token vocabulary of text questions (MetaQA)
+    controller = "path"  # how RelationalQGFD reads a question
 
     def __init__(self, name: str, graph_triples: Tensor, questions: Questions,
                  num_entities: int, num_relations: int, quick: bool = False,
@@ -318,10 +232,12 @@ class PathQAExperiment(MiniBatchExperiment):
                  device: torch.device):
         self.task, self.device, self.name = task, device, model
         spec = task.models[model]
+        if spec.build is RelationalQGFD:  # its controller reads paths or question tokens
+            options = {"controller": task.controller, **options}
         self.model = spec.build(task.num_entities, task.num_relations, vocab=task.vocab,
                                 **options).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr,
-                                          weight_decay=spec.weight_decay)
+        trained = any(True for _ in self.model.parameters())
+        self.optimizer = make_optimizer(self.model, spec) if trained else None
         self.graph = KGGraph.from_triples(task.graph_triples.to(device), task.num_relations)
         self.splits = task.split(seed)
 
@@ -332,15 +248,21 @@ class PathQAExperiment(MiniBatchExperiment):
         return batches[:4] if self.task.quick and shuffle else batches
 
     def train_batches(self) -> List[Tensor]:
+        if self.optimizer is None:  # the rule: nothing to learn
+            return []
         return self._batches(self.splits["train"], shuffle=True)
+
+    def scores(self, questions: Questions, idx: Tensor) -> Tensor:
+        """Scores ``[B, N]``; the anchor, never an answer, is ranked last for every model."""
+        anchor = questions.anchor[idx].to(self.device)
+        out = self.model(anchor, questions.path[idx].to(self.device), self.graph)
+        rows = torch.arange(anchor.numel(), device=self.device)
+        return out.index_put((rows, anchor), out.new_tensor(-1e9))
 
     def batch_loss(self, idx: Tensor) -> Tensor:
         questions = self.splits["train"]
         target = answer_mask(questions, idx, self.task.num_entities).to(self.device)
-        target = target.double() / target.sum(1, keepdim=True)
-        scores = self.model(questions.anchor[idx].to(self.device),
-                            questions.path[idx].to(self.device), self.graph)
-        return -(target.to(scores.dtype) * scores.log_softmax(-1)).sum(1).mean()
+        return log_uniform_target(self.scores(questions, idx), target)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:
@@ -348,8 +270,7 @@ class PathQAExperiment(MiniBatchExperiment):
         questions = self.splits[split]
         hits, rr = [], []
         for idx in self._batches(questions, shuffle=False):
-            scores = self.model(questions.anchor[idx].to(self.device),
-                                questions.path[idx].to(self.device), self.graph).cpu()
+            scores = self.scores(questions, idx).cpu()
             h, r = path_metrics(scores, answer_mask(questions, idx, self.task.num_entities))
             hits.append(h)
             rr.append(r)
@@ -378,7 +299,7 @@ def load_kg(root: str, name: str) -> Tuple[Tensor, Tensor, int, int]:
           "MetaQA-style k-hop path questions (k = 1, 2, 3) generated from --kg KG "
           "(kinship, nations, umls, wn18rr; default kinship); answers in the full graph, "
           "models see the training graph; Hits@1 and MRR per hop; --metaqa DIR reads "
-          "MetaQA's kb.txt and qa_{train,dev,test}.txt instead")
+          "MetaQA (kb.txt, {1,2,3}-hop/vanilla/qa_{train,dev,test}.txt) instead")
 def path_qa(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> PathQATask:
     if extra.get("metaqa"):
         return read_metaqa(extra["metaqa"], quick=bool(extra.get("quick")))
@@ -390,11 +311,12 @@ def path_qa(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> PathQAT
 
 
 class MetaQATask(PathQATask):
-    """MetaQA's own layout: ``kb.txt`` (``head|relation|tail``) and
-    ``qa_{train,dev,test}.txt`` (a question with its anchor in ``[brackets]``, a tab, the
-    answers joined by ``|``). A question is its anchor and its words (the anchor's replaced
-    by ``<e>``), which take the place of the relation path in the same models; the files'
-    splits are used as they are."""
+    """MetaQA's own layout (see :func:`read_metaqa`). A question is its anchor and its words
+    (the anchor's replaced by ``<e>``), which take the place of the relation path: the qgfd
+    model reads them with its text controller, the encoders compose their embeddings; the
+    files' splits are used as they are, and each question keeps its hop count."""
+    controller = "text"
+    models = {name: spec for name, spec in QA_MODELS.items() if name != "rule"}
 
     def __init__(self, name: str, graph_triples: Tensor, splits: Dict[str, Questions],
                  num_entities: int, num_relations: int, vocab: int, quick: bool = False):
@@ -414,65 +336,78 @@ def _tokens(text: str) -> List[str]:
     return [w for w in "".join(c.lower() if c.isalnum() else " " for c in text).split()]
 
 
+METAQA_SPLITS = (("train", "qa_train.txt"), ("val", "qa_dev.txt"), ("test", "qa_test.txt"))
+
+
 def read_metaqa(folder: str, quick: bool = False) -> MetaQATask:
-    """Reads MetaQA's ``kb.txt`` and ``qa_{train,dev,test}.txt`` from ``folder``; a
-    ValueError naming the file and line for a malformed line or an entity the KB lacks."""
+    """Reads MetaQA as it ships: ``folder/kb.txt`` (``head|relation|tail``) and
+    ``folder/{1,2,3}-hop/vanilla/qa_{train,dev,test}.txt`` (a question with its anchor in
+    ``[brackets]``, a tab, the answers joined by ``|``). Every hop folder present is read
+    (at least one must be); each question records its hop count. A ValueError names the
+    file and line of a malformed line or of an entity the KB lacks."""
     from .data import MissingData
 
-    files = ["kb.txt"] + [f"qa_{s}.txt" for s in ("train", "dev", "test")]
-    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    kb = os.path.join(folder, "kb.txt")
+    hops = [k for k in (1, 2, 3) if os.path.isdir(os.path.join(folder, f"{k}-hop", "vanilla"))]
+    if not os.path.isfile(kb) or not hops:
+        raise MissingData(f"MetaQA not found: {folder} needs kb.txt and "
+                          f"{{1,2,3}}-hop/vanilla/qa_{{train,dev,test}}.txt as MetaQA ships "
+                          f"them (nothing is downloaded)")
+    missing = [os.path.join(f"{k}-hop", "vanilla", file) for k in hops
+               for _, file in METAQA_SPLITS
+               if not os.path.isfile(os.path.join(folder, f"{k}-hop", "vanilla", file))]
     if missing:
-        raise MissingData(f"MetaQA not found: {folder} lacks {', '.join(missing)}; put "
-                          f"MetaQA's kb.txt and qa_*.txt there (nothing is downloaded)")
+        raise MissingData(f"MetaQA incomplete: {folder} lacks {', '.join(missing)}")
     entity: Dict[str, int] = {}
     relation: Dict[str, int] = {}
     triples = []
-    path = os.path.join(folder, "kb.txt")
-    with open(path) as f:
+    with open(kb) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             fields = line.rstrip("\n").split("|")
             if len(fields) != 3 or not all(x.strip() for x in fields):
-                raise ValueError(f"{path}:{number}: expected head|relation|tail")
+                raise ValueError(f"{kb}:{number}: expected head|relation|tail")
             h, r, t = (x.strip() for x in fields)
             triples.append((entity.setdefault(h, len(entity)),
                             relation.setdefault(r, len(relation)),
                             entity.setdefault(t, len(entity))))
     words: Dict[str, int] = {"<unk>": 0}
     splits = {}
-    for split, file in (("train", "qa_train.txt"), ("val", "qa_dev.txt"),
-                        ("test", "qa_test.txt")):
-        path = os.path.join(folder, file)
+    for split, file in METAQA_SPLITS:  # train first: it defines the vocabulary
         rows = []
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                question, tab, answers = line.rstrip("\n").partition("\t")
-                start, end = question.find("["), question.find("]")
-                if not tab or start < 0 or end < start or not answers.strip():
-                    raise ValueError(f"{path}:{number}: expected 'question with [anchor]<TAB>"
-                                     f"answer|answer...'")
-                names = [question[start + 1:end].strip()] + [
-                    a.strip() for a in answers.split("|") if a.strip()]
-                unknown = [x for x in names if x not in entity]
-                if unknown:
-                    raise ValueError(f"{path}:{number}: entity {unknown[0]!r} is not in kb.txt")
-                tokens = _tokens(question[:start]) + ["<e>"] + _tokens(question[end + 1:])
-                ids = [words.setdefault(w, len(words)) if split == "train" else
-                       words.get(w, 0) for w in tokens]
-                rows.append((entity[names[0]], ids, sorted({entity[a] for a in names[1:]})))
+        for k in hops:
+            path = os.path.join(folder, f"{k}-hop", "vanilla", file)
+            found = []
+            with open(path) as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    question, tab, answers = line.rstrip("\n").partition("\t")
+                    start, end = question.find("["), question.find("]")
+                    if not tab or start < 0 or end < start or not answers.strip():
+                        raise ValueError(f"{path}:{number}: expected 'question with [anchor]"
+                                         f"<TAB>answer|answer...'")
+                    names = [question[start + 1:end].strip()] + [
+                        a.strip() for a in answers.split("|") if a.strip()]
+                    unknown = [x for x in names if x not in entity]
+                    if unknown:
+                        raise ValueError(f"{path}:{number}: entity {unknown[0]!r} is not in "
+                                         f"kb.txt")
+                    tokens = _tokens(question[:start]) + ["<e>"] + _tokens(question[end + 1:])
+                    ids = [words.setdefault(w, len(words)) if split == "train" else
+                           words.get(w, 0) for w in tokens]
+                    found.append((entity[names[0]], ids,
+                                  sorted({entity[a] for a in names[1:]}), k))
+            rows.extend(found[:200] if quick else found)
         if not rows:
-            raise ValueError(f"{path}: no questions")
-        if quick:
-            rows = rows[:200]
-        length = max(len(ids) for _, ids, _ in rows)
+            raise ValueError(f"{folder}: no questions in the {split} files")
+        length = max(len(ids) for _, ids, _, _ in rows)
         splits[split] = Questions(
-            torch.tensor([a for a, _, _ in rows]),
-            torch.tensor([ids + [-1] * (length - len(ids)) for _, ids, _ in rows]),
-            torch.zeros(len(rows), dtype=torch.long),
-            torch.tensor([0] + [len(a) for _, _, a in rows]).cumsum(0),
-            torch.tensor([x for _, _, a in rows for x in a], dtype=torch.long))
+            torch.tensor([a for a, _, _, _ in rows]),
+            torch.tensor([ids + [-1] * (length - len(ids)) for _, ids, _, _ in rows]),
+            torch.tensor([k for _, _, _, k in rows]),
+            torch.tensor([0] + [len(a) for _, _, a, _ in rows]).cumsum(0),
+            torch.tensor([x for _, _, a, _ in rows for x in a], dtype=torch.long))
     return MetaQATask("path-qa-metaqa", torch.tensor(triples).view(-1, 3), splits, len(entity),
                       len(relation), len(words), quick=quick)

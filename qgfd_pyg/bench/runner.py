@@ -136,6 +136,12 @@ def run_benchmark(config: RunConfig) -> Results:
     if config.threads:
         torch.set_num_threads(config.threads)
     task = load_task(config.task, config.root, config.dataset, config.extra)
+    if not config.models:  # the defaults that apply to this data (MetaQA has no rule row)
+        models = [m for m in models if m in task.models]
+    missing = [m for m in models if m not in task.models]
+    if missing:
+        raise ValueError(f"models {missing} do not apply to {task.name}; choose from "
+                         f"{', '.join(task.models)}")
     options = {m: model_options(task, m, config.qgfd) for m in models}
     for model in models:  # bad options fail here, before any run
         task.check_options(model, options[model])

@@ -1,0 +1,151 @@
+"""The one relational QGFD model of the kg and qa kinds, against a brute-force dense loop."""
+import math
+
+import pytest
+import torch
+
+from qgfd_pyg.bench.relational import EncoderScorer, KGGraph, RelationalQGFD, encoder_scorer
+
+TRAIN = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [1, 0, 3],
+                      [1, 0, 3]])  # a repeated triple; entity 5 is isolated
+N, R = 6, 2
+
+
+def _dense_walks(graph, a_steps, theta):
+    """sum_k theta_k e_anchor P_0 .. P_{k-1} with P_t = D^-1 sum_r a_t[r] A_r, self loops as
+    relation 2R, one query at a time, written out with Python loops."""
+    edges = list(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist(), strict=True))
+    edges += [(i, i, 2 * R) for i in range(N)]
+
+    def step(x, a):
+        out = torch.zeros(N, dtype=torch.float64)
+        for u in range(N):
+            total = sum(float(a[rho]) for s, _, rho in edges if s == u)
+            if total == 0:
+                out[u] += x[u]
+                continue
+            for s, v, rho in edges:
+                if s == u:
+                    out[v] += x[u] * float(a[rho]) / total
+        return out
+    return step, theta
+
+
+def _expected(model, graph, anchor, words, rows_per_step, key):
+    """The model's scores by hand: its tables read at the rows the controller should use."""
+    E, W = model.entity.weight.detach(), model.word.weight.detach()
+    step, _ = _dense_walks(graph, None, None)
+    out = []
+    for b in range(anchor.numel()):
+        p = torch.zeros(N, dtype=torch.float64)
+        mix = torch.softmax(model.head_logits[key[b]].detach(), -1)
+        for h in range(model.heads):
+            theta = torch.softmax(model.hop_logits[key[b], h].detach(), -1)
+            x = torch.zeros(N, dtype=torch.float64)
+            x[anchor[b]] = 1.0
+            acc = theta[0] * x
+            for t in range(model.steps):
+                row = rows_per_step[b][t]
+                if model.controller == "path":  # k_row^T W_t k_rho / sqrt(d)
+                    K = model.relation_key.detach()
+                    logits = (K[row] @ model.step_map[h, t].detach()) @ K.t() / math.sqrt(
+                        model.hidden)
+                else:
+                    logits = model.step_logits[h, t, row].detach()
+                a = torch.softmax(logits, -1)
+                x = step(x, a)
+                acc = acc + theta[t + 1] * x
+            p = p + mix[h] * acc
+        vector = torch.ones(E.size(1), dtype=torch.float64)
+        for w in words[b].tolist():
+            if w >= 0:
+                vector = vector * W[w]
+        out.append(torch.log(p + model.eps) + (E[anchor[b]] * vector) @ E.t())
+    return torch.stack(out)
+
+
+def _randomise(model):
+    for name in ("step_logits", "step_map", "hop_logits", "head_logits"):
+        if hasattr(model, name):
+            torch.nn.init.normal_(getattr(model, name))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_relation_controller_equals_the_dense_loop(heads):
+    graph = KGGraph.from_triples(TRAIN, R).without(torch.tensor([2]))
+    model = RelationalQGFD(N, R, hidden=5, steps=3, heads=heads).double().eval()
+    _randomise(model)
+    anchor, relation = torch.tensor([0, 3, 5, 1]), torch.tensor([1, 3, 0, 1])
+    # the query relation picks the table row at every step; hop weights and mixture per relation
+    rows = [[int(r)] * 3 for r in relation]
+    expected = _expected(model, graph, anchor, relation.view(-1, 1), rows, relation.tolist())
+    torch.testing.assert_close(model(anchor, relation, graph), expected)
+    torch.testing.assert_close(model.score(anchor, relation, model.prepare(graph, 0)), expected)
+    model.train()
+    model(anchor, relation, graph).sum().backward()
+    for p in (model.step_logits, model.hop_logits, model.entity.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("controller", ["path", "path-table"])
+def test_path_controller_reads_the_t_th_relation_then_stops(controller):
+    graph = KGGraph.from_triples(TRAIN, R)
+    model = RelationalQGFD(N, R, hidden=4, steps=3, heads=2, controller=controller).double()
+    _randomise(model)
+    anchor = torch.tensor([0, 3, 1])
+    path = torch.tensor([[0, 3, -1], [2, -1, -1], [1, 0, 2]])
+    # past the path's end: the self loop's vector (path) or the table's stop row (path-table)
+    stop = 2 * R
+    rows = [[0, 3, stop], [2, stop, stop], [1, 0, 2]]
+    key = [2, 1, 3]  # hop weights and mixture by path length
+    expected = _expected(model, graph, anchor, path, rows, key)
+    torch.testing.assert_close(model(anchor, path, graph), expected)
+
+
+def test_path_controller_starts_by_following_the_path():
+    model = RelationalQGFD(N, R, hidden=64, steps=3, controller="path")
+    a = model.controls(torch.tensor([[0, 3, -1]]))[0][:, 0]  # [T, 2R + 1]
+    assert a.argmax(-1).tolist() == [0, 3, 2 * R]  # r_1, r_2, then stay (the self loop)
+    assert bool((a.max(-1).values > 0.9).all())
+
+
+def test_text_controller_and_the_seed_only_control():
+    graph = KGGraph.from_triples(TRAIN, R)
+    model = RelationalQGFD(N, R, hidden=8, steps=2, controller="text", vocab=11)
+    words = torch.tensor([[3, 4, 5, -1], [7, -1, -1, -1]])
+    a, theta, mix, vector = model.controls(words)
+    assert a.shape == (2, 2, 2 * R + 1) and theta.shape == (2, 3) and vector.shape == (2, 8)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 2))
+    torch.testing.assert_close(theta[0], torch.tensor([0.1, 0.09, 0.81]))  # PPR(0.9) start
+    scores = model(torch.tensor([0, 1]), words, graph)
+    scores.logsumexp(-1).sum().backward()
+    assert model.encoder.weight_ih_l0.grad.abs().sum() > 0
+    # no steps: the flow stays on the anchor, the rest is the embedding term
+    control = RelationalQGFD(N, R, hidden=4, steps=0).double()
+    anchor, relation = torch.tensor([2]), torch.tensor([1])
+    flow = control.flow(anchor, relation.view(-1, 1), graph)
+    torch.testing.assert_close(flow, torch.eye(N, dtype=torch.float64)[[2]])
+
+
+def test_encoder_scorer_composes_the_query_words():
+    graph = KGGraph.from_triples(TRAIN, R)
+    model = encoder_scorer("gat", N, R, hidden=8, heads=2).eval()
+    assert isinstance(model, EncoderScorer)
+    z = model.prepare(graph)
+    path = torch.tensor([[0, 3, -1]])
+    W = model.word.weight
+    torch.testing.assert_close(model(torch.tensor([4]), path, graph),
+                               ((z[4] * W[0] * W[3]) @ z.t()).view(1, -1))
+
+
+def test_hidden_edges_share_the_sorted_structure():
+    graph = KGGraph.from_triples(TRAIN, R)
+    full = graph.relational(N, 2 * R)
+    part = graph.without(torch.tensor([0, 5]))
+    masked = part.relational(N, 2 * R)
+    assert masked.col_in is full.col_in  # not sorted again
+    # edges 0, 5 and their inverses 7, 12 weigh 0; the self loops stay
+    n = TRAIN.size(0)
+    zero = (masked.weight == 0).nonzero().view(-1).tolist()
+    assert zero == [0, 5, n, n + 5]
+    assert math.isclose(float(masked.weight.sum()), 2 * n - 4 + N)
