@@ -104,3 +104,15 @@ def test_split_and_grid_choice_use_validation_only(tmp_path):
     assert experiment.train_epoch() == 0.0
     assert float(experiment.model.alpha) == pytest.approx(0.7)
     assert experiment.evaluate("test")["metric"] == 1.0
+
+
+def test_the_shipped_subset_file_is_read_when_the_full_set_is_absent(tmp_path):
+    from qgfd_pyg.bench.hotpot import DEV_FILE, SUBSET_FILE
+    from qgfd_pyg.bench.tasks import load_task
+
+    root = write_hotpot(tmp_path / "data")
+    folder = os.path.join(root, "HotpotQA")
+    os.rename(os.path.join(folder, DEV_FILE), os.path.join(folder, SUBSET_FILE))
+    assert len(load_task("hotpotqa", root, None, {"quick": True}).questions) == 24
+    write_hotpot(tmp_path / "data", extra=[hotpot_question(50)])  # the full set wins
+    assert len(load_task("hotpotqa", root, None, {"quick": True}).questions) == 25
