@@ -65,3 +65,24 @@ def test_chain_runs_from_the_cli_and_rejects_bad_hops(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["chain", "--hops", "0", "--out", out]) == 2
     assert "hops" in capsys.readouterr().err
+
+
+def test_learnt_hop_weights_row_and_boolean_option(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    argv = ["chain", "--hops", "2", "--models", "qgfd-hops", "--seeds", "1", "--epochs", "2",
+            "--out", out, "--no-progress"]
+    assert cli.main(argv) == 0
+    with open(os.path.join(out, "chain-2.json")) as f:
+        runs = json.load(f)["runs"]
+    assert len(runs) == 1 and runs[0]["model"] == "qgfd-hops"
+    from qgfd_pyg.bench.toy import ChainTask
+    options = ChainTask.models["qgfd-hops"].options
+    assert options["learn_hop_weights"] is True and options["transition"] == "graph"
+    # a boolean QGFD option takes true/false, anything else is one line and exit 2
+    assert cli.main(argv + ["--learn-hop-weights", "false", "--name", "off"]) == 0
+    with open(os.path.join(out, "off.json")) as f:
+        assert json.load(f)["config"]["qgfd"]["learn_hop_weights"] is False
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv + ["--learn-hop-weights", "maybe"])
+    assert stop.value.code == 2 and "expected true or false" in capsys.readouterr().err

@@ -57,10 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
         "QGFD hyper-parameters (model 'qgfd'; defaults are the node tasks', the other kinds "
         "set their own: see --list)")
     for option in fields(QGFDOptions):
+        kind = _yes_no if option.type is bool else option.type
         qgfd.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name,
-                          type=option.type, default=None, choices=option.metadata["choices"],
+                          type=kind, default=None, choices=option.metadata["choices"],
                           help=f"{option.metadata['help']} ({option.default})")
     return parser
+
+
+def _yes_no(text: str) -> bool:
+    """A boolean option's value: true/false (also yes/no, 1/0)."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (got {text!r})")
 
 
 def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:

@@ -142,7 +142,10 @@ def _kge(cls_name: str, num_entities: int, num_relations: int, hidden: int = 128
 
 
 _SAME = "128 dimensions, batches of 512 queries"
-_FLOW = dict(hidden=128, steps=3, alpha=0.9, heads=2, controller="relation", dropout=0.2)
+# normalization, dangling and the embedding term: chosen on validation by
+# benchmarks/sweep_relational.py (benchmarks/results/relational_search.md)
+_FLOW = dict(hidden=128, steps=3, alpha=0.9, heads=2, controller="relation", dropout=0.2,
+             normalization="relation", dangling="drop", embedding_scores=True)
 KG_MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
                       "query-conditioned flow (a 3-step relation rule per query relation, 2 "

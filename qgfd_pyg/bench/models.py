@@ -167,6 +167,8 @@ class QGFDOptions:
     k: int = _option(8, "kNN neighbours per key (transition=knn)")
     layers: int = _option(1, "1: MLP then QGFDConv; 2: two QGFDConv layers", (1, 2))
     attention: str = _option("dot", "seed score", ("dot", "additive"))
+    learn_hop_weights: bool = _option(False, "learn the hop weights theta_0..theta_T "
+                                             "(GPR-GNN), started at PageRank's")
 
     @classmethod
     def merged(cls, overrides: Dict[str, Any]) -> Dict[str, Any]:
@@ -197,7 +199,7 @@ class QGFDNet(Module):
         conv = dict(alpha=o.alpha, steps=o.steps, transition=o.transition, k=o.k,
                     dropout=o.attn_dropout,
                     cached=o.transition != "knn" if cached is None else cached,
-                    attention=o.attention)
+                    attention=o.attention, learn_hop_weights=o.learn_hop_weights)
         if o.layers == 1:
             self.first = Linear(in_channels, o.hidden)
         else:

@@ -142,11 +142,15 @@ class PathRule(Module):
 
 
 _SAME = "64 dimensions, batches of 128 questions"
-_FLOW = dict(hidden=64, steps=3, alpha=0.9, heads=1, dropout=0.1)
+# normalization, dangling and the embedding term: chosen on validation by
+# benchmarks/sweep_relational.py (benchmarks/results/relational_search.md)
+_FLOW = dict(hidden=64, steps=3, alpha=0.9, heads=1, dropout=0.1, normalization="none",
+             dangling="drop", embedding_scores=False)
 QA_MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
                       "query-conditioned flow: step t weighs the relations by the path's t-th "
-                      "relation (or the question's tokens), learnt hop weights; " + _SAME),
+                      "relation (or the question's tokens), learnt hop weights, walk counts "
+                      "(settings: relational_search.md); " + _SAME),
     "attention": ModelSpec(RelationalQGFD, 0.01, 0.0, {**_FLOW, "steps": 1},
                            "the qgfd model with one step, the one-hop control; " + _SAME),
     "gat": ModelSpec(gat_scorer, 0.005, 0.0, dict(hidden=64, heads=4, dropout=0.1),

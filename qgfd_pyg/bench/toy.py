@@ -57,6 +57,11 @@ class ChainTask(NodeTask):
         "attention": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
                                {**asdict(QGFDOptions()), "alpha": 0.0},
                                "the qgfd model with alpha = 0: one-hop attention"),
+        "qgfd-hops": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
+                               {**asdict(QGFDOptions()), "learn_hop_weights": True,
+                                "transition": "graph"},
+                               "the qgfd model with learnt hop weights (GPR-GNN's form) over "
+                               "the graph's random walk"),
     }
     budget = (200, 50)
 
@@ -75,6 +80,7 @@ class ChainTask(NodeTask):
 
 @register("chain", ChainTask, "toy: paths whose anchor's label sits on the node --hops H away "
                               "(default 4); 400 paths, 4 classes, chance 25%; the node models "
-                              "and attention (qgfd with alpha = 0)")
+                              "attention (qgfd with alpha = 0) and qgfd-hops (learnt hop "
+                              "weights)")
 def chain(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> ChainTask:
     return ChainTask(extra.get("hops", 4))
