@@ -3,7 +3,8 @@
     ./run python benchmarks/sweep_relational.py --seeds 2 --resume
 
 For each task of a kind (path-qa on kinship / umls / nations; Countries S1-S3) and each
-configuration, the qgfd model is trained with the runner's protocol (``fit``: the kind's
+configuration (the runner's qgfd options with the grid's settings in place), the qgfd model is
+trained with the runner's protocol (``fit``: the kind's
 splits, epochs, early stopping). A kind's settings are the configuration with the best mean
 *validation* metric over its tasks and seeds; test metrics are recorded, never used to choose.
 Writes benchmarks/results/relational_search.{json,md} after every run; --resume skips the
@@ -93,7 +94,8 @@ def main() -> None:
                 if k in records:
                     continue
                 start = time.perf_counter()
-                r = fit(task, "qgfd", seed, dict(config), epochs, patience, torch.device("cpu"))
+                options = {**task.models["qgfd"].options, **config}  # the rest as the runner has it
+                r = fit(task, "qgfd", seed, options, epochs, patience, torch.device("cpu"))
                 records[k] = {"task": task_name, "extra": extra, "config": config, "seed": seed,
                               "val": r["val"], "test": r["test"], "epochs": r["epochs"],
                               "seconds": time.perf_counter() - start}

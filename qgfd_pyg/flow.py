@@ -150,6 +150,13 @@ class RelationalGraph:
                 f"num_relations={self.num_relations})")
 
 
+def _edge_chunks(num_edges: int, width: int) -> List[slice]:
+    """Slices of the edges whose ``[edges, width]`` products hold ``CHUNK_ELEMENTS`` or fewer
+    (the torch path's bound on memory: never a ``[E, B]`` tensor)."""
+    step = max(1, CHUNK_ELEMENTS // max(1, width))
+    return [slice(s, s + step) for s in range(0, num_edges, step)]
+
+
 def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool,
              per_relation: bool) -> Tensor:
     """``y[j, b] = sum_{e: i -> j} w_e a[r_e, b] x[i, b]`` (``transpose``: over the reversed
@@ -164,10 +171,8 @@ def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool,
                                          out.numpy())
         return out
     out = torch.zeros_like(x)
-    step = max(1, CHUNK_ELEMENTS // max(1, x.size(1)))
     weight = weight.to(x.dtype).unsqueeze(1)
-    for s in range(0, col.numel(), step):
-        e = slice(s, s + step)
+    for e in _edge_chunks(col.numel(), x.size(1)):
         out.index_add_(0, row[e], weight[e] * a[rel[e]] * x[col[e]])
     return out
 
@@ -185,10 +190,8 @@ def _weight_grad(graph: RelationalGraph, x: Tensor, g: Tensor, per_relation: boo
                                             parts.numpy())
         return parts.sum(0)
     out = x.new_zeros(R, x.size(1))
-    step = max(1, CHUNK_ELEMENTS // max(1, x.size(1)))
     weight = weight.to(x.dtype).unsqueeze(1)
-    for s in range(0, col.numel(), step):
-        e = slice(s, s + step)
+    for e in _edge_chunks(col.numel(), x.size(1)):
         out.index_add_(0, rel[e], weight[e] * x[col[e]] * g[row[e]])
     return out
 
@@ -356,7 +359,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     dtype = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
     theta = theta.to(dtype)
     coefficient = (lambda k: theta[k]) if theta.dim() == 1 else (lambda k: theta[:, k])
-    x = p0.to(dtype).t()  # [N, B]: the queries side by side, as the products want them
+    x = p0.to(dtype).t().contiguous()  # [N, B]: the queries side by side, one row per node
     out = coefficient(0) * x
     walks = [x]
     for t, a in enumerate(relation_weights):
@@ -364,7 +367,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         out = out + coefficient(t + 1) * x
         if return_steps:
             walks.append(x)
-    out = out.t().to(p0.dtype)
+    out = out.t().contiguous().to(p0.dtype)
     if return_steps:
-        return out, [w.t().to(p0.dtype) for w in walks]
+        return out, [w.t().contiguous().to(p0.dtype) for w in walks]
     return out

@@ -31,6 +31,10 @@ def atomic_write(path: str, text: str) -> None:
         raise
 
 
+# QGFD options added after results were committed, with the value every earlier run had
+NEW_OPTION_DEFAULTS = {"learn_hop_weights": False}
+
+
 class ResultStore:
     """Per-seed records of one sweep in ``<out>/<name>.json``, rewritten after every run."""
 
@@ -47,6 +51,11 @@ class ResultStore:
                 stored = json.load(f)
             old = {k: v for k, v in stored.get("config", {}).items() if k not in EXTENDABLE}
             new = {k: v for k, v in config.items() if k not in EXTENDABLE}
+            if isinstance(old.get("qgfd"), dict) and isinstance(new.get("qgfd"), dict):
+                # an option added since the file was written, at its default value (the value
+                # the stored runs had), does not change what they computed
+                added = NEW_OPTION_DEFAULTS.items()
+                old["qgfd"] = {**{k: v for k, v in added if k in new["qgfd"]}, **old["qgfd"]}
             if old != new:
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ValueError(f"--resume needs the options of the stored sweep "

@@ -1,0 +1,109 @@
+"""One step of the query-conditioned flow against the project's own SpMM at the same work.
+
+    ./run python benchmarks/perf_flow.py
+
+For a random typed graph (N nodes, E edges, R relations) and B queries, one step of
+``relational_flow`` (each query its own mixture of relations) is timed against one
+``qgfd_pyg.spmm`` product of the same graph's transition with ``[N, B]`` values, i.e. the same
+``nnz * B`` multiply-adds (the perf_spmm product). Forward alone and forward + backward
+(gradients w.r.t. the seeds and the relation weights; for the SpMM, w.r.t. the values),
+median of --repeats, for the numba and the torch (chunked edges: GPUs, no numba) paths of the
+flow and for numba's and torch's CSR products. Writes benchmarks/results/perf_flow.{json,md}.
+"""
+import argparse
+import json
+import os
+
+import torch
+from qgfd_pyg.bench.measure import timed, write_results
+
+from qgfd_pyg import RelationalGraph, diffuse, graph_transition, relational_flow, \
+    set_spmm_backend
+from qgfd_pyg import _numba
+from qgfd_pyg.spmm import spmm
+
+CPU = torch.device("cpu")
+
+
+def flow_times(graph, p0, a, repeats, normalization):
+    def forward():
+        with torch.no_grad():
+            relational_flow(p0, graph, a, hop_weights=torch.tensor([0.0, 1.0]),
+                            normalization=normalization, validate=False)
+
+    def both():
+        p0.grad = a.grad = None
+        relational_flow(p0, graph, a, hop_weights=torch.tensor([0.0, 1.0]),
+                        normalization=normalization, validate=False).sum().backward()
+    return timed(forward, CPU, repeats)[0], timed(both, CPU, repeats)[0]
+
+
+def spmm_times(P, x, repeats):
+    def both():
+        x.grad = None
+        diffuse(x, P, 1.0, 1).sum().backward()
+    return timed(lambda: spmm(P, x.detach()), CPU, repeats)[0], timed(both, CPU, repeats)[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--graphs", default="40943:215000:23,14541:559000:475,200000:4000000:20")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    args = parser.parse_args()
+    rows = []
+    for spec in args.graphs.split(","):
+        n, e, r = map(int, spec.split(":"))
+        g = torch.Generator().manual_seed(0)
+        edge_index = torch.randint(0, n, (2, e), generator=g)
+        edge_type = torch.randint(0, r, (e,), generator=g)
+        graph = RelationalGraph(edge_index, edge_type, r, n)
+        p0 = torch.softmax(torch.randn(args.batch, n, generator=g), 1).requires_grad_()
+        a = torch.softmax(torch.randn(1, args.batch, r, generator=g), -1).requires_grad_()
+        P = graph_transition(edge_index, n, add_self_loops=False)
+        x = torch.randn(n, args.batch, generator=g, requires_grad=True)
+        row = {"nodes": n, "edges": e, "relations": r, "batch": args.batch}
+        paths = (["numba"] if _numba.routines() is not None else []) + ["torch"]
+        for path in paths:
+            original = _numba.usable
+            if path == "torch":
+                _numba.usable = lambda *t: False
+            try:
+                for norm in ("node", "relation"):
+                    row[f"flow_{norm}_{path}"] = flow_times(graph, p0, a, args.repeats, norm)
+            finally:
+                _numba.usable = original
+            set_spmm_backend(path)
+            row[f"spmm_{path}"] = spmm_times(P, x, args.repeats)
+        set_spmm_backend("auto")
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "batch": args.batch, "repeats": args.repeats}
+    paths = [p for p in ("numba", "torch") if f"spmm_{p}" in rows[0]]
+    lines = [f"# One query-conditioned flow step against one SpMM at the same nnz * B (CPU, "
+             f"{env['threads']} threads, torch {env['torch']}, B = {args.batch})", "",
+             "`relational_flow` with one step (every query its own relation weights) and one "
+             "`qgfd_pyg.spmm` product of the same graph's random walk with [N, B] values; "
+             "forward / forward + backward, median of "
+             f"{args.repeats}. Ratio = flow / SpMM on the same path (numba: the compiled CPU "
+             "routines; torch: chunked edge gathers for the flow, torch's CSR product for the "
+             "SpMM). Target: ratio <= 2.", "",
+             "| nodes | edges | relations | path | normalization | flow fwd | SpMM fwd | "
+             "ratio fwd | flow fwd+bwd | SpMM fwd+bwd | ratio fwd+bwd |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        for path in paths:
+            s_fwd, s_both = r[f"spmm_{path}"]
+            for norm in ("node", "relation"):
+                f_fwd, f_both = r[f"flow_{norm}_{path}"]
+                lines.append(f"| {r['nodes']:,} | {r['edges']:,} | {r['relations']} | {path} | "
+                             f"{norm} | {1000 * f_fwd:.1f} ms | {1000 * s_fwd:.1f} ms | "
+                             f"{f_fwd / s_fwd:.2f} | {1000 * f_both:.1f} ms | "
+                             f"{1000 * s_both:.1f} ms | {f_both / s_both:.2f} |")
+    write_results(args.out, "perf_flow", env, rows, lines)
+
+
+if __name__ == "__main__":
+    main()
