@@ -166,6 +166,26 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
     assert timed["config"]["max_minutes"] == 1e-9 and timed["runs"][0]["epochs"] == 1
     assert "at most 1e-09 minutes" in open(os.path.join(out, "timed.md")).read()
     assert "max_minutes" not in config  # absent unless set: earlier result files resume
+    # --epoch-batches: an epoch is that many random training batches, stated in the results
+    base = ["wn18rr", "--root", root, "--out", out, "--seeds", "1", "--no-progress", "--models",
+            "distmult", "--epochs", "1", "--patience", "1"]
+    batches = []
+    from qgfd_pyg.bench import kg
+    original = kg.KGExperiment.batch_loss
+
+    def counting(self, idx):
+        batches.append(idx.numel())
+        return original(self, idx)
+    kg.KGExperiment.batch_loss = counting
+    try:
+        assert cli.main(base + ["--epoch-batches", "2", "--name", "two"]) == 0
+    finally:
+        kg.KGExperiment.batch_loss = original
+    assert len(batches) == 2 and read(out, "two")["config"]["train_batches"] == 2
+    assert "an epoch: 2 random batches" in open(os.path.join(out, "two.md")).read()
+    capsys.readouterr()
+    assert cli.main(base + ["--epoch-batches", "0", "--name", "zero"]) == 2
+    assert "epoch_batches must be a positive integer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("corrupt,message", [

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="path-qa: a folder with MetaQA's kb.txt and qa_{train,dev,test}.txt")
     parser.add_argument("--hops", type=int, default=None,
                         help="chain: how many hops separate each anchor from its label (4)")
+    parser.add_argument("--epoch-batches", type=int, default=None,
+                        help="knowledge-graph tasks: an epoch is this many random training "
+                             "batches (default: all), so that --max-minutes and early stopping "
+                             "are checked more often on large graphs")
     parser.add_argument("--quick", action="store_true",
                         help="knowledge-graph tasks: a short budget (for tests and smoke runs)")
     qgfd = parser.add_argument_group(
@@ -82,7 +86,8 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
         dataset=args.dataset, max_minutes=args.max_minutes,
         extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg),
-                                 ("metaqa", args.metaqa), ("hops", args.hops))
+                                 ("metaqa", args.metaqa), ("hops", args.hops),
+                                 ("epoch_batches", args.epoch_batches))
                if v is not None and v is not False},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)
               if getattr(args, o.name) is not None},

@@ -188,13 +188,18 @@ class KGTask(Task):
         return (2, 1) if extra.get("quick") else cls.budget
 
     def __init__(self, name: str, triples: Triples, num_entities: int, num_relations: int,
-                 quick: bool = False, batch_size: int = 512, val_queries: int = 2000):
+                 quick: bool = False, batch_size: int = 512, val_queries: int = 2000,
+                 epoch_batches: Optional[int] = None):
         self.name, self.triples, self.quick = name, triples, quick
         self.num_entities, self.num_relations = num_entities, num_relations
         self.batch_size = 64 if quick else batch_size
         self.val_queries = 100 if quick else val_queries
         self.test_queries = 200 if quick else None
-        self.train_batches = 4 if quick else None
+        if epoch_batches is not None and (isinstance(epoch_batches, bool)
+                                          or int(epoch_batches) != epoch_batches
+                                          or epoch_batches < 1):
+            raise ValueError(f"epoch_batches must be a positive integer (got {epoch_batches!r})")
+        self.train_batches = 4 if quick else epoch_batches
         self.filter = Filter(triples, num_entities, num_relations)
 
     def stored_config(self) -> Dict[str, Any]:
@@ -235,8 +240,10 @@ class KGTask(Task):
     def protocol(self, config: Dict[str, Any]) -> str:
         subset = (f"{self.val_queries} validation queries" if self.val_queries
                   else "all validation queries")
+        epoch = (f" (an epoch: {self.train_batches} random batches)" if self.train_batches
+                 and not self.quick else "")
         return (f"Adam, batches of {self.batch_size} queries of one relation with their own "
-                f"edges taken out of the graph, up to {config['epochs']} epochs, early "
+                f"edges taken out of the graph, up to {config['epochs']} epochs{epoch}, early "
                 f"stopping after {config['patience']} epochs without a better filtered MRR "
                 f"on {subset} (fixed); test on "
                 f"{self.test_queries or 'all'} test queries (both directions)"
@@ -313,7 +320,7 @@ def wn18rr(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTask:
     triples = [torch.stack([data.edge_index[0], data.edge_type, data.edge_index[1]], 1)[mask]
                for mask in (data.train_mask, data.val_mask, data.test_mask)]
     return KGTask("wn18rr", Triples(*triples), data.num_nodes, len(WordNet18RR.edge2id),
-                  quick=bool(extra.get("quick")))
+                  quick=bool(extra.get("quick")), epoch_batches=extra.get("epoch_batches"))
 
 
 @register("fb15k-237", KGTask, "FB15k-237 through PyG's FB15k_237, the wn18rr protocol; raw "
@@ -328,7 +335,7 @@ def fb15k_237(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTas
     triples = [torch.stack([d.edge_index[0], d.edge_type, d.edge_index[1]], 1) for d in splits]
     num_relations = int(torch.cat([t[:, 1] for t in triples]).max()) + 1
     return KGTask("fb15k-237", Triples(*triples), splits[0].num_nodes, num_relations,
-                  quick=bool(extra.get("quick")))
+                  quick=bool(extra.get("quick")), epoch_batches=extra.get("epoch_batches"))
 
 
 REGIONS = ("africa", "americas", "asia", "europe", "oceania")
