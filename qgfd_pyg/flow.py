@@ -289,7 +289,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
             each node's out-edges normalised together under the query's weighting (the
             module docstring); ``"relation"``: :math:`P_t(q) = \sum_r a_t(q, r) C_r^{-1}
             A_r`, each relation's walk normalised on its own and mixed by :math:`a_t(q)`
-            (which should then sum to one), so that a node without edges of relation
+            (whose rows must then sum to one), so that a node without edges of relation
             :math:`r` passes on nothing of :math:`r`'s share (TransferNet's and NeuralLP's
             reading: following a relation the node lacks leads nowhere); ``"none"``:
             :math:`P_t(q) = \sum_r a_t(q, r) A_r` unnormalised, so that :math:`p_T` counts the
@@ -343,6 +343,10 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         validate = p0.device.type == "cpu" and not torch.compiler.is_compiling()
     for t, a in enumerate(relation_weights):
         _check_weights(f"relation_weights[{t}]", a, validate)
+        if validate and normalization == "relation" and a.numel() and not torch.allclose(
+                a.sum(1), a.new_ones(B), atol=1e-4):
+            raise ValueError(f"relation_weights[{t}] rows must be distributions (sum to 1) "
+                             f"with normalization='relation', which mixes the relations' walks")
     if hop_weights is None:
         theta = ppr_hop_weights(alpha, steps).to(p0.device)
     else:

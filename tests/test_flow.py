@@ -161,6 +161,8 @@ def test_masked_graph_equals_graph_without_the_edges():
     (lambda g, p, a: relational_flow(p, g, a, alpha=1.5), "alpha must lie in"),
     (lambda g, p, a: relational_flow(p, g, a, normalization="row"), "normalization must be"),
     (lambda g, p, a: relational_flow(p, g, a, dangling="loop"), "dangling must be"),
+    (lambda g, p, a: relational_flow(p, g, a, normalization="relation"),
+     "relation_weights\\[0\\] rows must be distributions"),
     (lambda g, p, a: relational_flow(p, "graph", a), "graph must be a RelationalGraph"),
     (lambda g, p, a: RelationalGraph(g.col_in.view(1, -1), g.rel_in, 3), "edge_index must have"),
     (lambda g, p, a: RelationalGraph(torch.tensor([[0], [1]]), torch.tensor([3]), 3),
