@@ -11,30 +11,40 @@ TRAIN = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [1,
 N, R = 6, 2
 
 
-def _dense_walks(graph, a_steps, theta):
-    """sum_k theta_k e_anchor P_0 .. P_{k-1} with P_t = D^-1 sum_r a_t[r] A_r, self loops as
-    relation 2R, one query at a time, written out with Python loops."""
+def _dense_walks(graph, normalization="node", dangling="keep"):
+    """One step of a query's flow with relation weights a (self loops as relation 2R), written
+    out with Python loops: node-normalised (the mass a node has no edge for stays or goes),
+    each relation's walk normalised on its own, or walk counts."""
     edges = list(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist(), strict=True))
     edges += [(i, i, 2 * R) for i in range(N)]
 
     def step(x, a):
         out = torch.zeros(N, dtype=torch.float64)
         for u in range(N):
-            total = sum(float(a[rho]) for s, _, rho in edges if s == u)
-            if total == 0:
-                out[u] += x[u]
-                continue
-            for s, v, rho in edges:
-                if s == u:
+            mine = [(v, rho) for s, v, rho in edges if s == u]
+            if normalization == "node":
+                total = sum(float(a[rho]) for _, rho in mine)
+                if total == 0:
+                    out[u] += x[u] if dangling == "keep" else 0.0
+                    continue
+                for v, rho in mine:
                     out[v] += x[u] * float(a[rho]) / total
+            else:
+                for v, rho in mine:
+                    degree = sum(1 for _, other in mine if other == rho)
+                    share = 1.0 / degree if normalization == "relation" else 1.0
+                    out[v] += x[u] * float(a[rho]) * share
+                if dangling == "keep":  # the shares of the relations u has no edge of
+                    lacking = set(range(2 * R + 1)) - {rho for _, rho in mine}
+                    out[u] += x[u] * sum(float(a[rho]) for rho in lacking)
         return out
-    return step, theta
+    return step
 
 
 def _expected(model, graph, anchor, words, rows_per_step, key):
     """The model's scores by hand: its tables read at the rows the controller should use."""
     E, W = model.entity.weight.detach(), model.word.weight.detach()
-    step, _ = _dense_walks(graph, None, None)
+    step = _dense_walks(graph, model.normalization, model.dangling)
     out = []
     for b in range(anchor.numel()):
         p = torch.zeros(N, dtype=torch.float64)
@@ -60,7 +70,8 @@ def _expected(model, graph, anchor, words, rows_per_step, key):
         for w in words[b].tolist():
             if w >= 0:
                 vector = vector * W[w]
-        out.append(torch.log(p + model.eps) + (E[anchor[b]] * vector) @ E.t())
+        out.append(torch.log(p + model.eps) + (
+            (E[anchor[b]] * vector) @ E.t() if model.embedding_scores else 0.0))
     return torch.stack(out)
 
 
@@ -70,10 +81,13 @@ def _randomise(model):
             torch.nn.init.normal_(getattr(model, name))
 
 
-@pytest.mark.parametrize("heads", [1, 2])
-def test_relation_controller_equals_the_dense_loop(heads):
+@pytest.mark.parametrize("heads, normalization, dangling, embedding", [
+    (1, "node", "keep", True), (2, "node", "keep", True), (2, "relation", "drop", True),
+    (1, "none", "drop", False), (2, "relation", "keep", False)])
+def test_relation_controller_equals_the_dense_loop(heads, normalization, dangling, embedding):
     graph = KGGraph.from_triples(TRAIN, R).without(torch.tensor([2]))
-    model = RelationalQGFD(N, R, hidden=5, steps=3, heads=heads).double().eval()
+    model = RelationalQGFD(N, R, hidden=5, steps=3, heads=heads, normalization=normalization,
+                           dangling=dangling, embedding_scores=embedding).double().eval()
     _randomise(model)
     anchor, relation = torch.tensor([0, 3, 5, 1]), torch.tensor([1, 3, 0, 1])
     # the query relation picks the table row at every step; hop weights and mixture per relation
@@ -83,7 +97,8 @@ def test_relation_controller_equals_the_dense_loop(heads):
     torch.testing.assert_close(model.score(anchor, relation, model.prepare(graph, 0)), expected)
     model.train()
     model(anchor, relation, graph).sum().backward()
-    for p in (model.step_logits, model.hop_logits, model.entity.weight):
+    for p in (model.step_logits, model.hop_logits) + ((model.entity.weight,) if embedding
+                                                       else ()):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 

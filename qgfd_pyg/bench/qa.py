@@ -156,8 +156,9 @@ QA_MODELS: Dict[str, ModelSpec] = {
     "gat": ModelSpec(gat_scorer, 0.005, 0.0, dict(hidden=64, heads=4, dropout=0.1),
                      "GAT encoder + path scorer; " + _SAME),
     "appnp": ModelSpec(appnp_scorer, 0.005, 0.0,
-                       dict(hidden=64, dropout=0.1, K=10, alpha=0.1),
-                       "APPNP encoder + path scorer; " + _SAME),
+                       dict(hidden=64, dropout=0.1, K=10, alpha=0.1, cached=True),
+                       "APPNP encoder + path scorer (the training graph is fixed: its "
+                       "propagation matrix cached); " + _SAME),
     "rule": ModelSpec(PathRule, 0.0, 0.0, {},
                       "reference, not learnt: the question's relation path followed on the "
                       "training graph (breadth-first)"),

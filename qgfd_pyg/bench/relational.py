@@ -379,8 +379,8 @@ def encoder_scorer(kind: str, num_entities: int, num_relations: int, hidden: int
     if kind == "gat":
         heads = options.pop("heads", 4)
         net = GAT(hidden, hidden, hidden=hidden // heads, heads=heads, **options)
-    else:
-        net = APPNPNet(hidden, hidden, hidden=hidden, cached=False, **options)
+    else:  # cached: the propagation matrix of the first call (for a graph that stays fixed)
+        net = APPNPNet(hidden, hidden, hidden=hidden, **{"cached": False, **options})
     # APPNP: one sparse product per step where torch-sparse is there (the same numbers as
     # message passing over edge_index, faster on CPU)
     return EncoderScorer(net, num_entities, vocab or 2 * num_relations, hidden,
