@@ -308,7 +308,8 @@ def _compile() -> Optional[SimpleNamespace]:
                         parts[c, r, b] += w * x[q, b] * g[i, b]
 
     return SimpleNamespace(csr_spmm=csr_spmm, typed_spmm=typed_spmm,
-                           typed_weight_grad=typed_weight_grad, csr_diffuse=csr_diffuse, unique_pairs=unique_pairs,
+                           typed_weight_grad=typed_weight_grad, csr_diffuse=csr_diffuse,
+                           unique_pairs=unique_pairs,
                            edge_dot=edge_dot,
                            segment_aggregate=segment_aggregate, group_by=group_by,
                            transition_values=transition_values,

@@ -2,12 +2,10 @@
 the KG models against brute-force computations, and every task end to end on short budgets
 (tiny data in the real on-disk formats where the real data do not ship)."""
 import json
-import math
 import os
 
 import pytest
 import torch
-from torch import Tensor
 from tiny_data import WN18RR_RELATIONS, write_kg, write_ogbl
 
 from qgfd_pyg.bench import cli

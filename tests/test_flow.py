@@ -45,7 +45,8 @@ def _dense_flow(p0, ei, et, R, N, a, theta, weight=None, normalization="node",
                 P = torch.zeros(N, N, dtype=torch.float64)
                 for r in range(R):
                     deg = A[r].sum(1, keepdim=True)
-                    walk = torch.where(deg > 0, A[r] / deg.clamp_min(1e-300), torch.zeros_like(A[r]))
+                    walk = torch.where(deg > 0, A[r] / deg.clamp_min(1e-300),
+                                       torch.zeros_like(A[r]))
                     P = P + a[t, b, r].double() * walk
                     if dangling == "keep":
                         P = P + a[t, b, r].double() * torch.diag((deg.view(-1) == 0).double())
@@ -152,7 +153,8 @@ def test_masked_graph_equals_graph_without_the_edges():
 @pytest.mark.parametrize("call, match", [
     (lambda g, p, a: relational_flow(p, g, a[:, :, :2]), "weighs 2 relations but the graph has 3"),
     (lambda g, p, a: relational_flow(p, g, -a), "relation_weights\\[0\\] contains negative"),
-    (lambda g, p, a: relational_flow(p, g, a * float("nan")), "relation_weights\\[0\\] contains NaN"),
+    (lambda g, p, a: relational_flow(p, g, a * float("nan")),
+     "relation_weights\\[0\\] contains NaN"),
     (lambda g, p, a: relational_flow(p[:, :5], g, a), "p0 must be a tensor \\[B, 7\\]"),
     (lambda g, p, a: relational_flow(p, g, a[:, :2]), "relation_weights\\[0\\] must be \\[B=4"),
     (lambda g, p, a: relational_flow(p, g, a[0]), "relation_weights must be \\[T, B, R\\]"),
