@@ -70,13 +70,15 @@ def _expected(model, graph, anchor, words, rows_per_step, key):
         for w in words[b].tolist():
             if w >= 0:
                 vector = vector * W[w]
-        out.append(torch.log(p + model.eps) + (
-            (E[anchor[b]] * vector) @ E.t() if model.embedding_scores else 0.0))
+        score = torch.log(p + model.eps) + (
+            (E[anchor[b]] * vector) @ E.t() if model.embedding_scores else 0.0)
+        score[anchor[b]] += model.anchor_logits[key[b]].detach()  # the anchor's own offset
+        out.append(score)
     return torch.stack(out)
 
 
 def _randomise(model):
-    for name in ("step_logits", "step_map", "hop_logits", "head_logits"):
+    for name in ("step_logits", "step_map", "hop_logits", "head_logits", "anchor_logits"):
         if hasattr(model, name):
             torch.nn.init.normal_(getattr(model, name))
 
@@ -128,7 +130,8 @@ def test_text_controller_and_the_seed_only_control():
     graph = KGGraph.from_triples(TRAIN, R)
     model = RelationalQGFD(N, R, hidden=8, steps=2, controller="text", vocab=11)
     words = torch.tensor([[3, 4, 5, -1], [7, -1, -1, -1]])
-    a, theta, mix, vector = model.controls(words)
+    a, theta, mix, vector, offset = model.controls(words)
+    assert offset.shape == (2,)
     assert a.shape == (2, 2, 2 * R + 1) and theta.shape == (2, 3) and vector.shape == (2, 8)
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 2))
     torch.testing.assert_close(theta[0], torch.tensor([0.1, 0.09, 0.81]))  # PPR(0.9) start

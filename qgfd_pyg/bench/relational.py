@@ -164,6 +164,15 @@ def compose(word: Embedding, words: Tensor) -> Tensor:
 CONTROLLERS = ("relation", "path", "path-table", "text")
 
 
+class Controls(NamedTuple):
+    """What :class:`RelationalQGFD`'s controller gives a batch of queries."""
+    relation_weights: Tensor  # [T, B H, 2R + 1]
+    hop_weights: Tensor  # [B H, T + 1]
+    mix: Tensor  # [B, H]
+    vector: Tensor  # [B, d], the query vector of the embedding term
+    anchor_offset: Tensor  # [B], added to the anchor's own score
+
+
 class RelationalQGFD(Module):
     r"""QGFD over a knowledge graph with a query-conditioned flow (see the module docstring).
 
@@ -234,6 +243,7 @@ class RelationalQGFD(Module):
             self.step_map = Linear(hidden, H * T * flow_relations)
             self.hop_map = Linear(hidden, H * (T + 1))
             self.head_map = Linear(hidden, H)
+            self.anchor_map = Linear(hidden, 1)
             self.query_map = Linear(hidden, hidden)
         else:
             # relation: rows are query relations; path: words plus a stop word / path lengths
@@ -246,6 +256,7 @@ class RelationalQGFD(Module):
                 self.step_logits = Parameter(torch.empty(H, T, step_rows, flow_relations))
             self.hop_logits = Parameter(torch.empty(key_rows, H, T + 1))
             self.head_logits = Parameter(torch.empty(key_rows, H))
+            self.anchor_logits = Parameter(torch.empty(key_rows))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -254,8 +265,11 @@ class RelationalQGFD(Module):
         start = ppr_hop_weights(self.alpha, self.steps).clamp_min(1e-6).log()
         if self.controller == "text":
             self.encoder.reset_parameters()
-            for lin in (self.step_map, self.hop_map, self.head_map, self.query_map):
+            for lin in (self.step_map, self.hop_map, self.head_map, self.query_map,
+                        self.anchor_map):
                 lin.reset_parameters()
+            torch.nn.init.zeros_(self.anchor_map.weight)
+            torch.nn.init.zeros_(self.anchor_map.bias)
             torch.nn.init.zeros_(self.step_map.weight)
             torch.nn.init.zeros_(self.step_map.bias)
             torch.nn.init.zeros_(self.hop_map.weight)
@@ -271,10 +285,12 @@ class RelationalQGFD(Module):
             with torch.no_grad():
                 self.hop_logits.copy_(start.expand_as(self.hop_logits))
             torch.nn.init.zeros_(self.head_logits)
+            torch.nn.init.zeros_(self.anchor_logits)
 
-    def controls(self, words: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def controls(self, words: Tensor) -> "Controls":
         """Per query: relation weights ``[T, B H, 2R + 1]``, hop weights ``[B H, T + 1]``,
-        head mixture ``[B, H]`` and the query vector of the embedding term ``[B, d]``."""
+        head mixture ``[B, H]``, the query vector of the embedding term ``[B, d]`` and the
+        offset of the anchor's own score ``[B]``."""
         B, H, T = words.size(0), self.heads, self.steps
         if self.controller == "text":
             tokens = self.word(words.clamp_min(0)) * (words >= 0).unsqueeze(-1)
@@ -286,6 +302,7 @@ class RelationalQGFD(Module):
             hop = self.hop_map(state).view(B, H, T + 1)
             head = self.head_map(state)
             vector = self.query_map(state)
+            offset = self.anchor_map(state).view(B)
         else:
             if self.controller == "relation":
                 rows = words[:, :1].expand(B, T) if T else words[:, :0]
@@ -303,14 +320,16 @@ class RelationalQGFD(Module):
                 t_index = torch.arange(T, device=words.device).view(T, 1)
                 step = self.step_logits[:, t_index, rows.t()].permute(1, 2, 0, 3)
             hop, head = self.hop_logits[key], self.head_logits[key]
-            vector = compose(self.word, words)
+            vector, offset = compose(self.word, words), self.anchor_logits[key]
         relation_weights = step.softmax(-1).reshape(T, B * H, 2 * self.num_relations + 1)
-        return relation_weights, hop.softmax(-1).reshape(B * H, T + 1), head.softmax(-1), vector
+        return Controls(relation_weights, hop.softmax(-1).reshape(B * H, T + 1),
+                        head.softmax(-1), vector, offset)
 
-    def flow(self, anchor: Tensor, words: Tensor, graph: KGGraph) -> Tensor:
+    def flow(self, anchor: Tensor, words: Tensor, graph: KGGraph,
+             controls: Optional["Controls"] = None) -> Tensor:
         """:math:`p_T` ``[B, N]``: the heads' flows from the anchors, mixed."""
         B, N, H = anchor.numel(), self.num_entities, self.heads
-        a, theta, mix, _ = self.controls(words)
+        a, theta, mix = (controls or self.controls(words))[:3]
         p0 = torch.zeros(B * H, N, device=anchor.device, dtype=self.entity.weight.dtype)
         p0[torch.arange(B * H, device=anchor.device), anchor.repeat_interleave(H)] = 1.0
         p = relational_flow(p0, graph.relational(N, 2 * self.num_relations), a,
@@ -322,13 +341,16 @@ class RelationalQGFD(Module):
         """Scores ``[B, N]`` of every entity for queries (``anchor`` ``[B]``, ``words``
         ``[B, L]``) over ``graph``."""
         words = words.view(-1, 1) if words.dim() == 1 else words
-        scores = (self.flow(anchor, words, graph) + self.eps).log()
+        controls = self.controls(words)
+        scores = (self.flow(anchor, words, graph, controls) + self.eps).log()
         if self.embedding_scores:
-            vector = self.controls(words)[3] if self.controller == "text" else \
-                compose(self.word, words)
-            query = F.dropout(self.entity(anchor) * vector, self.dropout, self.training)
+            query = F.dropout(self.entity(anchor) * controls.vector, self.dropout,
+                              self.training)
             scores = scores + query @ self.entity.weight.t()
-        return scores
+        # the anchor's own score: the flow keeps mass there (theta_0, self loops), while a
+        # query's answer is rarely its own entity; a learnt offset per query says how rarely
+        rows = torch.arange(anchor.numel(), device=anchor.device)
+        return scores.index_put((rows, anchor), scores[rows, anchor] + controls.anchor_offset)
 
     # the kg kind's evaluation interface: nothing to prepare per relation
     per_relation = False
