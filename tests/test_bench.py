@@ -144,6 +144,14 @@ def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
         cli.main(argv[:6] + ["3"] + argv[7:])
     assert len(read(out, "cora")["runs"]) == 2
     assert cli.main(argv[:-1] + ["--resume", "--epochs", "4"]) == 2  # options differ: refused
+    # resuming with other models adds their rows and keeps the earlier models' rows
+    monkeypatch.setattr(runner, "fit", real)
+    assert cli.main(["cora", "--out", out, "--models", "mlp", "--seeds", "1", "--epochs", "3",
+                     "--patience", "2", "--no-progress", "--resume"]) == 0
+    result = read(out, "cora")
+    assert [row["model"] for row in result["summary"]] == ["mlp", "gcn"]
+    assert result["config"]["models"] == ["mlp", "gcn"] and len(result["runs"]) == 3
+    assert "| gcn |" in open(os.path.join(out, "cora.md")).read()
 
 
 def test_result_store_refuses_resume_with_other_options(tmp_path):

@@ -70,7 +70,11 @@ class ResultStore:
         self.save(environment, complete=False)
 
     def save(self, environment: Dict[str, Any], complete: bool) -> List[Dict[str, Any]]:
-        rows = summarize(self.runs, self.config["models"], [k for k, _ in self.columns])
+        # every model the file holds: a resumed sweep of some models keeps the others' rows
+        models = list(self.config["models"])
+        models += [m for m in dict.fromkeys(r["model"] for r in self.runs) if m not in models]
+        self.config = {**self.config, "models": models}
+        rows = summarize(self.runs, models, [k for k, _ in self.columns])
         payload = {"config": self.config, "environment": environment, "complete": complete,
                    "summary": rows, "runs": self.runs}
         atomic_write(self.json_path, json.dumps(payload, indent=1) + "\n")
