@@ -3,10 +3,14 @@
     ./run python benchmarks/sweep_qgfd.py search cora --seeds 3
     ./run python benchmarks/sweep_qgfd.py ablation cora --seeds 3
     ./run python benchmarks/sweep_qgfd.py transitions cora --seeds 3
+    ./run python benchmarks/sweep_qgfd.py network cora --seeds 3 --threads 1   # one per task
+    ./run python benchmarks/sweep_qgfd.py select network cora citeseer chameleon-filtered ...
 
 Every configuration is trained with the benchmark's protocol (same splits, seeds, epochs and
 early stopping as the final tables). In the search, the best mean *validation* accuracy wins;
-test accuracy is recorded for transparency but never used to choose. The ablation varies alpha,
+test accuracy is recorded for transparency but never used to choose. ``select GRID TASK...``
+chooses one configuration for all the tasks named, by the mean over them of the validation
+accuracy (``network_search.md``). The ablation varies alpha,
 steps and the transition around the chosen configuration. Writes <out>/<task>_<grid>.{json,md}
 after every configuration; a rerun with --resume skips the finished ones.
 """
@@ -39,7 +43,14 @@ TRANSITIONS = [dict(layers=1, hidden=64, dropout=0.5, alpha=a, steps=10, heads=1
                     attn_dropout=ad, transition=t)
                for t, a, ad in itertools.product(["graph", "sym", "attention"], [0.8, 0.9],
                                                  [0.0, 0.5])]
-GRIDS = {"search": SEARCH, "ablation": ABLATION, "transitions": TRANSITIONS}
+# The network (qgfd_pyg.QGFD): depth, normalisation, learnt hop weights and heads, with the
+# residual path on (the self path heterophilous graphs need); searched on homophilous and
+# heterophilous tasks and selected on their mean validation accuracy.
+NETWORK = [dict(layers=layers, norm=norm, learn_hop_weights=hops, heads=heads)
+           for layers, norm, hops, heads in itertools.product(
+               [1, 2], ["none", "layer_norm"], [True, False], [1, 4])]
+GRIDS = {"search": SEARCH, "ablation": ABLATION, "transitions": TRANSITIONS,
+         "network": NETWORK}
 
 
 def canonical(config):
@@ -51,12 +62,19 @@ def canonical(config):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("grid", choices=sorted(GRIDS))
-    parser.add_argument("task", nargs="?", default="cora")
+    parser.add_argument("grid", choices=sorted(GRIDS) + ["select"])
+    parser.add_argument("task", nargs="*", default=["cora"],
+                        help="the task (select: the grid, then the tasks)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
+    if args.grid == "select":
+        return select(args.out, args.task[0], args.task[1:])
+    if len(args.task) != 1:
+        parser.error("a search runs on one task (choose across tasks with select)")
+    args.task = args.task[0]
     path = os.path.join(args.out, f"{args.task}_{args.grid}.json")
     done = {}
     if args.resume and os.path.exists(path):
@@ -72,6 +90,7 @@ def main() -> None:
             continue
         row = run_benchmark(RunConfig(
             args.task, models=["qgfd"], seeds=args.seeds, progress=False, qgfd=config,
+            threads=args.threads,
             out=os.path.join(args.out, "search_runs"),
             name=f"{args.task}_{args.grid}_{len(results)}",
             command=f"benchmarks/sweep_qgfd.py {args.grid} {args.task} --seeds {args.seeds}",
@@ -84,7 +103,7 @@ def main() -> None:
 
 def write(args, path, results) -> None:
     best = max(results, key=lambda r: r["val"]["mean"])
-    search = args.grid in ("search", "transitions")
+    search = args.grid in ("search", "transitions", "network")
     atomic_write(path, json.dumps({"task": args.task, "grid": args.grid, "seeds": args.seeds,
                                    "selected_by": "mean validation accuracy" if search else None,
                                    "best_val": best["config"], "base": MODELS["qgfd"].options,
@@ -106,6 +125,43 @@ def write(args, path, results) -> None:
                      f" | {100 * r['test']['mean']:.1f} ± {100 * r['test']['std']:.1f} "
                      f"| {r['sec_per_epoch']:.4f} |")
     atomic_write(path[:-5] + ".md", "\n".join(lines) + "\n")
+
+
+def select(out: str, grid: str, tasks) -> None:
+    """One configuration of ``grid`` for all ``tasks``: the best mean over the tasks of the
+    mean validation accuracy (each task's search must have run)."""
+    runs, seeds = {}, {}
+    for task in tasks:
+        with open(os.path.join(out, f"{task}_{grid}.json")) as f:
+            stored = json.load(f)
+        runs[task] = {json.dumps(r["config"], sort_keys=True): r for r in stored["results"]}
+        seeds[task] = stored["seeds"]
+    keys = [k for k in runs[tasks[0]] if all(k in runs[t] for t in tasks)]
+    if not keys:
+        raise SystemExit("no configuration was searched on every task")
+
+    def mean_val(key):
+        return sum(runs[t][key]["val"]["mean"] for t in tasks) / len(tasks)
+
+    keys.sort(key=mean_val, reverse=True)
+    head = " | ".join(f"{t} val / test (%)" for t in tasks)
+    lines = [f"# QGFD {grid} search: one configuration for {', '.join(tasks)}", "",
+             "Chosen by the mean over the tasks of the mean validation accuracy (test shown for "
+             "transparency, never used). Per-task files: `<task>_" + grid + ".md`; "
+             f"command: `python benchmarks/sweep_qgfd.py {grid} TASK --seeds 3` per task, then "
+             f"`python benchmarks/sweep_qgfd.py select {grid} {' '.join(tasks)}`.", "",
+             f"| config | mean val (%) | {head} |", "| --- | --- | " + "--- | " * len(tasks)]
+    for i, key in enumerate(keys):
+        cfg = ", ".join(f"{k}={v}" for k, v in json.loads(key).items())
+        cells = " | ".join(f"{100 * runs[t][key]['val']['mean']:.1f} / "
+                           f"{100 * runs[t][key]['test']['mean']:.1f}" for t in tasks)
+        lines.append(f"| {cfg}{' **(chosen)**' if i == 0 else ''} | "
+                     f"{100 * mean_val(key):.1f} | {cells} |")
+    atomic_write(os.path.join(out, f"{grid}_search.md"), "\n".join(lines) + "\n")
+    atomic_write(os.path.join(out, f"{grid}_search.json"), json.dumps(
+        {"grid": grid, "tasks": tasks, "seeds": seeds, "chosen": json.loads(keys[0]),
+         "mean_val": {k: mean_val(k) for k in keys}}, indent=1) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

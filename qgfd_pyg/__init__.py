@@ -1,6 +1,7 @@
 """qgfd-pyg: Query-Graph-Flow Diffusion for PyTorch Geometric."""
 from .attention import QGFDAttention
 from .conv import QGFDConv
+from .models import QGFD
 from .diffusion import DiffusionInfo, diffuse, kernel_coefficients, ppr_hop_weights
 from .flow import RelationalGraph, relational_flow
 from .spmm import get_spmm_backend, set_spmm_backend
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "QGFDAttention",
     "QGFDConv",
+    "QGFD",
     "DiffusionInfo",
     "diffuse",
     "kernel_coefficients",

@@ -261,7 +261,8 @@ class QGFDConv(MessagePassing):
                 # blocks are in CSR order; the diffusion runs in float32 (half precision too)
                 P = sparse_matrix((dst.view(1, -1) + offset).view(-1),
                                   (src.view(1, -1) + offset).view(-1),
-                                  p0_used.t().reshape(-1).float(), H * N, is_sorted=True)
+                                  self._transition_weights(p0_used, dst, N), H * N,
+                                  is_sorted=True)
             z = self._diffuse_heads(value, P)
         else:
             z = self._diffuse(value, P)
@@ -322,6 +323,18 @@ class QGFDConv(MessagePassing):
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
         out = self._heads_out(edge_aggregate(p0_used, z, src, dst, n_dst))
         return (out, (edge_index, p0)) if return_attention_weights else out
+
+    def _transition_weights(self, p0_used: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
+        """The values ``[H * E]`` (head-major) of ``transition="attention"``'s ``P``: the seed
+        attention, after dropout renormalised over each row's kept edges, so that every step
+        stays a random walk (the rescaled dropout alone makes ``P``'s row sums random, and
+        their product over ``T`` steps grows without bound; a row that loses every edge keeps
+        no mass)."""
+        weight = p0_used.float()
+        if self.training and self.dropout > 0.0:
+            rows = scatter(weight, dst, 0, dim_size=num_nodes, reduce="sum")[dst]
+            weight = weight / rows.clamp_min(1e-12)
+        return weight.t().reshape(-1)
 
     def _diffuse_heads(self, value: Tensor, P: Transition) -> Tensor:
         """Values ``[N, H, C]`` diffused over a block-diagonal ``[H N, H N]`` transition, one

@@ -187,7 +187,8 @@ def test_module_entry_point_help():
     assert done.returncode == 0 and "--resume" in done.stdout
 
 
-@pytest.mark.parametrize("task", ["pubmed", "ogbn-arxiv", "pyg"])
+@pytest.mark.parametrize("task", ["pubmed", "ogbn-arxiv", "pyg", "chameleon",
+                                  "squirrel-filtered"])
 def test_missing_data_is_one_line_exit_2_and_leaves_nothing(task, tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "out"
     root.mkdir()

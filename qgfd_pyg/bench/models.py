@@ -8,41 +8,7 @@ from torch import Tensor
 from torch.nn import Linear, Module
 from torch_geometric.nn import APPNP, GATConv, GCNConv
 
-from ..conv import QGFDConv
-
-
-class InputDropout(Module):
-    """Dropout on the input features, drawn only over their non-zero entries.
-
-    Dropping a zero leaves it zero, so for sparse bag-of-words features (Cora: 1.3% non-zero)
-    this has exactly the distribution of :func:`torch.nn.functional.dropout` at a fraction of
-    the cost of drawing a mask for every entry. Sparse CSR input (see
-    :func:`qgfd_pyg.bench.train.as_model_input`) keeps its layout; for dense input the
-    non-zero pattern of the last input is kept.
-    """
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-        self._key = None
-        self._index = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if x.layout == torch.sparse_csr:
-            return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(),
-                                           F.dropout(x.values(), self.p, True), x.shape,
-                                           check_invariants=False)  # x's own structure
-        key = (x.data_ptr(), tuple(x.shape), x._version, x.device)
-        if key != self._key:
-            nonzero = x.nonzero(as_tuple=True)
-            self._key, self._index = key, nonzero if nonzero[0].numel() < x.numel() // 2 else None
-        if self._index is None:  # dense features: plain dropout
-            return F.dropout(x, self.p, True)
-        out = torch.zeros_like(x)
-        out[self._index] = F.dropout(x[self._index], self.p, True)
-        return out
+from ..models import QGFD, InputDropout
 
 
 class GCN(Module):
@@ -154,21 +120,26 @@ def _option(default, help: str, choices=None):
 
 @dataclass
 class QGFDOptions:
-    """The hyper-parameters of the runner's QGFD model (:class:`QGFDNet`): the one place they
-    are declared. The CLI makes one ``--option`` of each; sweeps pass them as a dict."""
-    hidden: int = _option(64, "hidden width (the MLP layer's output)")
-    heads: int = _option(1, "attention heads of the QGFDConv layer(s)")
-    dropout: float = _option(0.5, "dropout on the inputs and hidden features")
-    attn_dropout: float = _option(0.5, "dropout on the seed attention")
-    alpha: float = _option(0.9, "diffusion weight in [0, 1]")
+    """The hyper-parameters of the runner's QGFD model (:class:`QGFDNet`, the package's
+    :class:`~qgfd_pyg.QGFD` network): the one place they are declared. The CLI makes one
+    ``--option`` of each; sweeps pass them as a dict."""
+    hidden: int = _option(64, "width of the blocks")
+    heads: int = _option(4, "attention heads per block (concatenated)")
+    layers: int = _option(2, "QGFD blocks")
+    dropout: float = _option(0.5, "dropout on the inputs and after every sublayer")
+    attn_dropout: float = _option(0.5, "dropout on the seed attention (and so the transition)")
+    alpha: float = _option(0.9, "diffusion weight in [0, 1] (1 - APPNP's teleport)")
     steps: int = _option(10, "diffusion steps T")
     transition: str = _option("attention", "what the values diffuse over",
                               ("graph", "sym", "knn", "attention"))
     k: int = _option(8, "kNN neighbours per key (transition=knn)")
-    layers: int = _option(1, "1: MLP then QGFDConv; 2: two QGFDConv layers", (1, 2))
     attention: str = _option("dot", "seed score", ("dot", "additive"))
-    learn_hop_weights: bool = _option(False, "learn the hop weights theta_0..theta_T "
-                                             "(GPR-GNN), started at PageRank's")
+    learn_hop_weights: bool = _option(True, "learn the hop weights theta_0..theta_T "
+                                            "(GPR-GNN), started at PageRank's")
+    norm: str = _option("layer_norm", "normalisation before every sublayer",
+                        ("layer_norm", "batch_norm", "none"))
+    residual: bool = _option(True, "residual connections around every sublayer")
+    feed_forward: bool = _option(True, "a feed-forward sublayer in every block")
 
     @classmethod
     def merged(cls, overrides: Dict[str, Any]) -> Dict[str, Any]:
@@ -179,38 +150,19 @@ class QGFDOptions:
         return {**asdict(cls()), **overrides}
 
 
-class QGFDNet(Module):
-    """Predict, diffuse, attend: an MLP layer, then one :class:`QGFDConv` whose values (the
-    class scores) are diffused over the graph before the seed attention reads them.
-
-    ``layers=2`` stacks two QGFDConv layers instead (the GAT shape, heads concatenated in the
-    first), each diffusing over the same transition. ``cached`` (default: for the graph
-    transition) keeps the first call's transition, for training on one fixed graph.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, cached: Optional[bool] = None,
-                 **options):
-        super().__init__()
-        o = QGFDOptions(**QGFDOptions.merged(options))
-        if o.layers not in (1, 2):
-            raise ValueError(f"layers must be 1 or 2 (got {o.layers})")
-        self.dropout = o.dropout
-        self.input_dropout = InputDropout(o.dropout)
-        conv = dict(alpha=o.alpha, steps=o.steps, transition=o.transition, k=o.k,
-                    dropout=o.attn_dropout,
-                    cached=o.transition != "knn" if cached is None else cached,
-                    attention=o.attention, learn_hop_weights=o.learn_hop_weights)
-        if o.layers == 1:
-            self.first = Linear(in_channels, o.hidden)
-        else:
-            self.first = QGFDConv(in_channels, o.hidden // o.heads, heads=o.heads, **conv)
-        self.conv = QGFDConv(o.hidden, num_classes, heads=o.heads, concat=False, **conv)
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        x = self.input_dropout(x)
-        x = self.first(x) if isinstance(self.first, Linear) else self.first(x, edge_index)
-        x = F.dropout(F.elu(x), self.dropout, self.training)
-        return self.conv(x, edge_index)
+def QGFDNet(in_channels: int, num_classes: int, cached: Optional[bool] = None,
+            **options) -> QGFD:
+    """The runner's ``qgfd`` model: the package's :class:`~qgfd_pyg.QGFD` network built from
+    :class:`QGFDOptions`. ``cached`` (default: every transition but kNN) keeps the first
+    call's graph structure, for training on one fixed graph."""
+    o = QGFDOptions(**QGFDOptions.merged(options))
+    return QGFD(in_channels, o.hidden, o.layers, num_classes, heads=o.heads, dropout=o.dropout,
+                attn_dropout=o.attn_dropout, alpha=o.alpha, steps=o.steps,
+                transition=o.transition, k=o.k, attention=o.attention,
+                learn_hop_weights=o.learn_hop_weights,
+                norm=None if o.norm == "none" else o.norm, residual=o.residual,
+                feed_forward=o.feed_forward,
+                cached=o.transition != "knn" if cached is None else cached)
 
 
 @dataclass
