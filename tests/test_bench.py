@@ -163,6 +163,19 @@ def test_result_store_refuses_resume_with_other_options(tmp_path):
     with pytest.raises(ValueError, match="epochs"):
         ResultStore(str(tmp_path), "cora", {**config, "epochs": 5}, resume=True)
     assert ResultStore(str(tmp_path), "cora", {**config, "seeds": 4}, resume=True).done("gcn", 0)
+    # the QGFD options describe QGFD's rows only: baselines and QGFD may run apart
+    record = {"seed": 0, "test": 0.5, "val": 0.5, "ece": 0.1, "params": 1,
+              "sec_per_epoch": 0.1, "epochs": 3, "peak_mem_mb": None}
+    qgfd = ResultStore(str(tmp_path), "cora", {**config, "models": ["qgfd"],
+                                               "qgfd": {"alpha": 0.5}}, resume=True)
+    qgfd.add({**record, "model": "qgfd"}, {})
+    with pytest.raises(ValueError, match="qgfd"):
+        ResultStore(str(tmp_path), "cora", {**config, "models": ["qgfd"],
+                                            "qgfd": {"alpha": 0.9}}, resume=True)
+    gcn = ResultStore(str(tmp_path), "cora", {**config, "qgfd": {"alpha": 0.9}}, resume=True)
+    assert gcn.config["qgfd"] == {"alpha": 0.5}  # the options of the stored QGFD rows
+    gcn.add({**record, "model": "gcn", "seed": 1}, {})
+    assert read(tmp_path, "cora")["config"]["qgfd"] == {"alpha": 0.5}
 
 
 def test_cli_errors_and_listing(tmp_path, capsys):

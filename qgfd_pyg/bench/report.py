@@ -51,6 +51,14 @@ class ResultStore:
                 stored = json.load(f)
             old = {k: v for k, v in stored.get("config", {}).items() if k not in EXTENDABLE}
             new = {k: v for k, v in config.items() if k not in EXTENDABLE}
+            stored_qgfd = _ran_qgfd(stored.get("runs", []))
+            if not stored_qgfd or "qgfd" not in config.get("models", ()):
+                # the QGFD options describe QGFD's rows only: baselines run apart from them
+                # (before, or after) share the file; the rows kept keep their options
+                old.pop("qgfd", None)
+                new.pop("qgfd", None)
+                if stored_qgfd:
+                    self.config = {**config, "qgfd": stored["config"]["qgfd"]}
             if isinstance(old.get("qgfd"), dict) and isinstance(new.get("qgfd"), dict):
                 # an option added since the file was written, at its default value (the value
                 # the stored runs had), does not change what they computed
@@ -83,6 +91,10 @@ class ResultStore:
         atomic_write(self.md_path, markdown(self.config, environment, rows, complete,
                                             self.columns, percent, protocol))
         return rows
+
+
+def _ran_qgfd(runs: Sequence[Dict[str, Any]]) -> bool:
+    return any(r["model"] == "qgfd" for r in runs)
 
 
 def merge_results(paths: Sequence[str], out: str, name: str, task: "Task") -> ResultStore:
