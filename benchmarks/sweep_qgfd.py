@@ -4,7 +4,8 @@
     ./run python benchmarks/sweep_qgfd.py ablation cora --seeds 3
     ./run python benchmarks/sweep_qgfd.py transitions cora --seeds 3
     ./run python benchmarks/sweep_qgfd.py network cora --seeds 3 --threads 1   # one per task
-    ./run python benchmarks/sweep_qgfd.py select network cora citeseer chameleon-filtered ...
+    ./run python benchmarks/sweep_qgfd.py select network cora chameleon-filtered
+    (then the same with network2: regularisation around the chosen shape)
 
 Every configuration is trained with the benchmark's protocol (same splits, seeds, epochs and
 early stopping as the final tables). In the search, the best mean *validation* accuracy wins;
@@ -49,8 +50,20 @@ TRANSITIONS = [dict(layers=1, hidden=64, dropout=0.5, alpha=a, steps=10, heads=1
 NETWORK = [dict(layers=layers, norm=norm, learn_hop_weights=hops, heads=heads)
            for layers, norm, hops, heads in itertools.product(
                [1, 2], ["none", "layer_norm"], [True, False], [1, 4])]
+
+def _network_stage2():
+    """Regularisation and reach around the shape the network search chose (network_search)."""
+    path = os.path.join("benchmarks", "results", "network_search.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        base = json.load(f)["chosen"]
+    return [{**base, "dropout": d, "attn_dropout": ad, "alpha": a}
+            for d, ad, a in itertools.product([0.5, 0.7], [0.3, 0.6], [0.8, 0.9])]
+
+
 GRIDS = {"search": SEARCH, "ablation": ABLATION, "transitions": TRANSITIONS,
-         "network": NETWORK}
+         "network": NETWORK, "network2": _network_stage2()}
 
 
 def canonical(config):
@@ -103,7 +116,7 @@ def main() -> None:
 
 def write(args, path, results) -> None:
     best = max(results, key=lambda r: r["val"]["mean"])
-    search = args.grid in ("search", "transitions", "network")
+    search = args.grid in ("search", "transitions", "network", "network2")
     atomic_write(path, json.dumps({"task": args.task, "grid": args.grid, "seeds": args.seeds,
                                    "selected_by": "mean validation accuracy" if search else None,
                                    "best_val": best["config"], "base": MODELS["qgfd"].options,
@@ -148,9 +161,10 @@ def select(out: str, grid: str, tasks) -> None:
     lines = [f"# QGFD {grid} search: one configuration for {', '.join(tasks)}", "",
              "Chosen by the mean over the tasks of the mean validation accuracy (test shown for "
              "transparency, never used). Per-task files: `<task>_" + grid + ".md`; "
-             f"command: `python benchmarks/sweep_qgfd.py {grid} TASK --seeds 3` per task, then "
-             f"`python benchmarks/sweep_qgfd.py select {grid} {' '.join(tasks)}`.", "",
-             f"| config | mean val (%) | {head} |", "| --- | --- | " + "--- | " * len(tasks)]
+             "commands: " + "; ".join(f"`python benchmarks/sweep_qgfd.py {grid} {t} --seeds "
+                                      f"{seeds[t]}`" for t in tasks)
+             + f"; then `python benchmarks/sweep_qgfd.py select {grid} {' '.join(tasks)}`.", "",
+             f"| config | mean val (%) | {head} |", "| --- | --- |" + " --- |" * len(tasks)]
     for i, key in enumerate(keys):
         cfg = ", ".join(f"{k}={v}" for k, v in json.loads(key).items())
         cells = " | ".join(f"{100 * runs[t][key]['val']['mean']:.1f} / "
