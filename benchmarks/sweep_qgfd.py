@@ -52,14 +52,15 @@ NETWORK = [dict(layers=layers, norm=norm, learn_hop_weights=hops, heads=heads)
                [1, 2], ["none", "layer_norm"], [True, False], [1, 4])]
 
 def _network_stage2():
-    """Regularisation and reach around the shape the network search chose (network_search)."""
+    """Regularisation around the shape the network search chose (network_search): dropout,
+    attention dropout, and the transition's dropout mask drawn once or at every step."""
     path = os.path.join("benchmarks", "results", "network_search.json")
     if not os.path.exists(path):
         return []
     with open(path) as f:
         base = json.load(f)["chosen"]
-    return [{**base, "dropout": d, "attn_dropout": ad, "alpha": a}
-            for d, ad, a in itertools.product([0.5, 0.7], [0.3, 0.6], [0.8, 0.9])]
+    return [{**base, "dropout": d, "attn_dropout": ad, "redraw_dropout": redraw}
+            for d, ad, redraw in itertools.product([0.5, 0.7], [0.3, 0.6], [False, True])]
 
 
 GRIDS = {"search": SEARCH, "ablation": ABLATION, "transitions": TRANSITIONS,

@@ -79,6 +79,9 @@ class QGFDConv(MessagePassing):
         learn_hop_weights (bool): learn the hop weights :math:`\theta_0..\theta_T` of
             :math:`\mathbf{Z} = \sum_k \theta_k \mathbf{P}^k \mathbf{V}` (GPR-GNN's form),
             started at the PageRank weights of ``alpha``. (default: ``False``)
+        redraw_dropout (bool): with ``transition="attention"``, draw a new dropout mask of
+            the transition at every diffusion step while training (MAGNA's recipe) instead of
+            one for all steps. (default: ``False``)
         checkpoint (bool): with ``transition="knn"`` or ``"attention"`` (learnt transitions),
             keep no per-step copy of the values for the backward pass and run the diffusion
             again during it (a fixed graph transition keeps none anyway; see
@@ -102,7 +105,8 @@ class QGFDConv(MessagePassing):
                  alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
                  dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
                  tol: Optional[float] = None, cached: bool = False, attention: str = "dot",
-                 checkpoint: bool = False, learn_hop_weights: bool = False, **kwargs):
+                 checkpoint: bool = False, learn_hop_weights: bool = False,
+                 redraw_dropout: bool = False, **kwargs):
         # the layer aggregates with its own attention weights, along the edges' direction
         if kwargs.get("aggr", "add") != "add":
             raise ValueError(f"QGFDConv sums over its attention weights; aggr="
@@ -137,7 +141,11 @@ class QGFDConv(MessagePassing):
         self.tol = check_positive_float("tol", tol, allow_none=True)
         self.cached = cached
         self.checkpoint = checkpoint
+        self.redraw_dropout = redraw_dropout
         self._cached = None
+        if redraw_dropout and self.tol is not None:
+            raise ValueError("redraw_dropout=True needs tol=None (a new transition at every "
+                             "step has no fixed point to stop at)")
         if learn_hop_weights and self.tol is not None:
             raise ValueError("learn_hop_weights=True needs tol=None (early stopping would "
                              "change which hop weights apply)")
@@ -257,12 +265,17 @@ class QGFDConv(MessagePassing):
                 P = knn_transition(key.transpose(0, 1), self.k)
             else:  # P_ij = p0_ij: row i (query) spreads over its keys j, per head
                 offset = (torch.arange(H, device=x.device) * N).view(H, 1)
+                rows = (dst.view(1, -1) + offset).view(-1)
+                cols = (src.view(1, -1) + offset).view(-1)
                 # the attention edges are unique and sorted by target, then source, so the
                 # blocks are in CSR order; the diffusion runs in float32 (half precision too)
-                P = sparse_matrix((dst.view(1, -1) + offset).view(-1),
-                                  (src.view(1, -1) + offset).view(-1),
-                                  self._transition_weights(p0_used, dst, N), H * N,
+                P = sparse_matrix(rows, cols, self._transition_weights(p0_used, dst, N), H * N,
                                   is_sorted=True)
+                if self.redraw_dropout and self.training and self.dropout > 0 and self.steps:
+                    # a new dropout mask of the transition at every step (the seed keeps its own)
+                    P = [P] + [sparse_matrix(rows, cols, self._transition_weights(
+                        F.dropout(p0, self.dropout, True), dst, N), H * N, is_sorted=True)
+                        for _ in range(self.steps - 1)]
             z = self._diffuse_heads(value, P)
         else:
             z = self._diffuse(value, P)

@@ -144,3 +144,38 @@ def test_bad_arguments_are_value_errors():
         QGFD(5, 8, 1, dropout=1.0)
     with pytest.raises(ValueError, match="in_channels=5"):
         QGFD(5, 8, 1)(torch.rand(N, 4), EDGES)
+
+
+def test_redrawn_transition_dropout_matches_a_dense_computation():
+    """redraw_dropout: the seed keeps the first dropout draw, step t walks over the t-th draw
+    (renormalised); replayed here from the same random state."""
+    conv = QGFDConv(5, 3, heads=2, transition="attention", dropout=0.5, steps=3,
+                    learn_hop_weights=True, redraw_dropout=True).double()
+    randomise(conv)
+    x = torch.randn(N, 5, dtype=torch.float64)
+    conv.eval()
+    _, (index, p0) = conv(x, EDGES, return_attention_weights=True)
+    conv.train()
+    torch.manual_seed(3)
+    out = conv(x, EDGES)
+    torch.manual_seed(3)
+    draws = [F.dropout(p0, 0.5, True) for _ in range(3)]
+    src, dst = index
+    v = x @ conv.lin_value.weight.t()
+    heads = []
+    for h in range(2):
+        def dense(w):
+            m = torch.zeros(N, N, dtype=torch.float64)
+            m[dst, src] = w[:, h]
+            return m
+        seed = dense(draws[0])
+        steps = [dense(d) / dense(d).sum(1, keepdim=True).clamp_min(1e-12) for d in draws]
+        z, walk = torch.zeros(N, 3, dtype=torch.float64), torch.eye(N, dtype=torch.float64)
+        for t in range(4):
+            z = z + conv.hop_weights[t] * walk @ v[:, 3 * h:3 * h + 3]
+            if t < 3:
+                walk = walk @ steps[t]
+        heads.append(seed @ z)
+    torch.testing.assert_close(out, torch.cat(heads, 1) + conv.bias)
+    with pytest.raises(ValueError, match="redraw_dropout"):
+        QGFDConv(5, 3, redraw_dropout=True, tol=1e-3)

@@ -140,6 +140,8 @@ class QGFDOptions:
                         ("layer_norm", "batch_norm", "none"))
     residual: bool = _option(True, "residual connections around every sublayer")
     feed_forward: bool = _option(True, "a feed-forward sublayer in every block")
+    redraw_dropout: bool = _option(False, "a new attention-dropout mask of the transition at "
+                                          "every diffusion step")
 
     @classmethod
     def merged(cls, overrides: Dict[str, Any]) -> Dict[str, Any]:
@@ -161,7 +163,7 @@ def QGFDNet(in_channels: int, num_classes: int, cached: Optional[bool] = None,
                 transition=o.transition, k=o.k, attention=o.attention,
                 learn_hop_weights=o.learn_hop_weights,
                 norm=None if o.norm == "none" else o.norm, residual=o.residual,
-                feed_forward=o.feed_forward,
+                feed_forward=o.feed_forward, redraw_dropout=o.redraw_dropout,
                 cached=o.transition != "knn" if cached is None else cached)
 
 
