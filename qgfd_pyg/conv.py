@@ -63,29 +63,38 @@ class QGFDConv(MessagePassing):
     Args:
         in_channels (int): size of each input sample, or ``-1`` to infer it on first use.
         out_channels (int): size of each output sample (per head).
-        heads (int): number of attention heads.
-        concat (bool): concatenate the heads (else average them).
-        alpha (float): diffusion weight :math:`\alpha \in [0, 1]`.
-        steps (int): diffusion steps :math:`T \ge 0`.
-        transition (str): ``"graph"``, ``"sym"``, ``"knn"`` or ``"attention"``.
-        k (int): neighbours per key for ``transition="knn"``.
-        attention (str): seed score, ``"dot"`` (scaled dot product) or ``"additive"`` (GAT's).
-        dropout (float): dropout probability of the seed attention coefficients.
-        add_self_loops (bool): add self-loops to the attention and to the graph transition.
-        bias (bool): learn an additive bias.
-        tol (float, optional): stop diffusing once :math:`\max|Z^{(t+1)} - Z^{(t)}| <` ``tol``.
-        cached (bool): cache the self-loop edges and graph transition of the first call
-            (transductive use on one fixed graph only).
-        learn_hop_weights (bool): learn the hop weights :math:`\theta_0..\theta_T` of
+        heads (int, optional): number of attention heads. (default: :obj:`1`)
+        concat (bool, optional): concatenate the heads (else average them).
+            (default: :obj:`True`)
+        alpha (float, optional): the weight of the diffusion :math:`\alpha \in [0, 1]`, the
+            probability of taking one more step (QGFD's ``alpha=0.85`` is APPNP's teleport
+            ``alpha=0.15``); ``0`` is plain neighbour attention. (default: :obj:`0.85`)
+        steps (int, optional): diffusion steps :math:`T \ge 0`. (default: :obj:`6`)
+        transition (str, optional): ``"graph"``, ``"sym"``, ``"knn"`` or ``"attention"``.
+            (default: :obj:`"graph"`)
+        k (int, optional): neighbours per key for ``transition="knn"``. (default: :obj:`8`)
+        attention (str, optional): seed score, ``"dot"`` (scaled dot product) or
+            ``"additive"`` (GAT's). (default: :obj:`"dot"`)
+        dropout (float, optional): dropout probability of the seed attention coefficients
+            (with ``transition="attention"`` also of the transition, renormalised over each
+            row's kept edges). (default: :obj:`0.0`)
+        add_self_loops (bool, optional): add self-loops to the attention and to the graph
+            transition. (default: :obj:`True`)
+        bias (bool, optional): learn an additive bias. (default: :obj:`True`)
+        tol (float, optional): stop diffusing once :math:`\max|Z^{(t+1)} - Z^{(t)}| <`
+            ``tol``. (default: :obj:`None`)
+        cached (bool, optional): cache the self-loop edges and graph transition of the first
+            call (transductive use on one fixed graph only). (default: :obj:`False`)
+        learn_hop_weights (bool, optional): learn the hop weights :math:`\theta_0..\theta_T` of
             :math:`\mathbf{Z} = \sum_k \theta_k \mathbf{P}^k \mathbf{V}` (GPR-GNN's form),
-            started at the PageRank weights of ``alpha``. (default: ``False``)
-        redraw_dropout (bool): with ``transition="attention"``, draw a new dropout mask of
-            the transition at every diffusion step while training (MAGNA's recipe) instead of
-            one for all steps. (default: ``False``)
-        checkpoint (bool): with ``transition="knn"`` or ``"attention"`` (learnt transitions),
-            keep no per-step copy of the values for the backward pass and run the diffusion
-            again during it (a fixed graph transition keeps none anyway; see
-            :func:`qgfd_pyg.diffuse`).
+            started at the PageRank weights of ``alpha``. (default: :obj:`False`)
+        redraw_dropout (bool, optional): with ``transition="attention"``, draw a new dropout
+            mask of the transition at every diffusion step while training (MAGNA's recipe)
+            instead of one for all steps. (default: :obj:`False`)
+        checkpoint (bool, optional): with ``transition="knn"`` or ``"attention"`` (learnt
+            transitions), keep no per-step copy of the values for the backward pass and run
+            the diffusion again during it (a fixed graph transition keeps none anyway; see
+            :func:`qgfd_pyg.diffuse`). (default: :obj:`False`)
         **kwargs: arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
