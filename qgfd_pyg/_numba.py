@@ -13,9 +13,20 @@ _state = {}
 
 
 def routines() -> Optional[SimpleNamespace]:
+    """The compiled routines (``None`` without numba). Each runs outside ``torch.compile``'s
+    tracing (a graph break): dynamo must not trace into numba's own compilation, which a
+    model compiled before any eager call would otherwise hit on its first call."""
     if "routines" not in _state:
-        _state["routines"] = _compile()
+        _state["routines"] = _eager(_compile())
     return _state["routines"]
+
+
+@torch.compiler.disable
+def _eager(compiled: Optional[SimpleNamespace]) -> Optional[SimpleNamespace]:
+    if compiled is None:
+        return None
+    return SimpleNamespace(**{name: torch.compiler.disable(value) if callable(value) else value
+                              for name, value in vars(compiled).items()})
 
 
 def usable(*tensors: torch.Tensor) -> bool:

@@ -462,6 +462,36 @@ def test_torch_compile_gives_the_eager_output_and_gradients(transition):
         torch.testing.assert_close(got, want)
 
 
+FIRST_CALL_COMPILED = """
+import torch
+from qgfd_pyg import QGFD
+torch.manual_seed(0)
+x, edge_index = torch.randn(20, 6), torch.randint(0, 20, (2, 60))
+model = QGFD(6, 8, num_layers=2, out_channels=3, heads=2, steps=3, dropout=0.0,
+             attn_dropout=0.0)
+out = torch.compile(model, backend="aot_eager")(x, edge_index)  # before any eager call
+grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+eager = model(x, edge_index)
+torch.testing.assert_close(out, eager)
+for got, want in zip(grads, torch.autograd.grad(eager.square().sum(),
+                                                list(model.parameters())), strict=True):
+    torch.testing.assert_close(got, want)
+print("same as eager")
+"""
+
+
+def test_torch_compile_as_the_first_call_of_a_fresh_process():
+    """Users compile before any eager call: dynamo must not trace into numba's compilation of
+    the CPU routines (it crashed there); the compiled network equals the eager one."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL_COMPILED], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "same as eager" in done.stdout
+
+
 def test_knn_transition_stays_inside_each_graph_of_a_batch():
     """With batch=, each graph's nodes diffuse over a kNN of their own keys: the output on
     a Batch equals each graph run alone, and a graph-classification model pools over it."""

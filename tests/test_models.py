@@ -164,7 +164,7 @@ def test_redrawn_transition_dropout_matches_a_dense_computation():
     v = x @ conv.lin_value.weight.t()
     heads = []
     for h in range(2):
-        def dense(w):
+        def dense(w, h=h):
             m = torch.zeros(N, N, dtype=torch.float64)
             m[dst, src] = w[:, h]
             return m
