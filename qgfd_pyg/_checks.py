@@ -43,8 +43,21 @@ def check_choice(name: str, value: str, choices) -> str:
     return value
 
 
+def check_values(tensor: Tensor) -> bool:
+    """Whether to check ``tensor``'s values (its range, NaN): reading them is a device sync on
+    GPUs and a graph break under ``torch.compile``, so, as PyG does, they are checked on CPU
+    tensors in eager mode, and elsewhere only on request (``torch_geometric.debug()``).
+    Dtypes and shapes are always checked."""
+    import torch_geometric
+
+    if torch_geometric.is_debug_enabled():
+        return True
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
-    """``edge_index`` must be an integer tensor [2, E] with entries in [0, num_nodes)."""
+    """``edge_index`` must be an integer tensor [2, E] with entries in [0, num_nodes) (the
+    range only where :func:`check_values` allows)."""
     if not isinstance(edge_index, Tensor):
         raise ValueError(f"edge_index must be a torch.Tensor (got {type(edge_index).__name__})")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
@@ -52,7 +65,7 @@ def check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
                          f"(got {list(edge_index.shape)})")
     if edge_index.dtype.is_floating_point or edge_index.dtype == torch.bool:
         raise ValueError(f"edge_index must hold integers (got dtype {edge_index.dtype})")
-    if edge_index.numel() > 0:
+    if edge_index.numel() > 0 and check_values(edge_index):
         lo, hi = int(edge_index.min()), int(edge_index.max())
         if lo < 0 or hi >= num_nodes:
             raise ValueError(
@@ -61,7 +74,8 @@ def check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
 
 
 def check_edge_weight(edge_weight: Optional[Tensor], num_edges: int) -> None:
-    """Edge weights must be a finite, non-negative vector with one entry per edge."""
+    """Edge weights must be a finite, non-negative vector with one entry per edge (the values
+    only where :func:`check_values` allows)."""
     if edge_weight is None:
         return
     if not isinstance(edge_weight, Tensor):
@@ -71,7 +85,7 @@ def check_edge_weight(edge_weight: Optional[Tensor], num_edges: int) -> None:
                          f"(got {list(edge_weight.shape)})")
     if not edge_weight.dtype.is_floating_point:
         raise ValueError(f"edge_weight must be floating point (got dtype {edge_weight.dtype})")
-    if num_edges > 0:
+    if num_edges > 0 and check_values(edge_weight):
         if not bool(torch.isfinite(edge_weight).all()):
             raise ValueError("edge_weight contains NaN or infinite values")
         if bool((edge_weight < 0).any()):

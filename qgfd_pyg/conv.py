@@ -13,6 +13,7 @@ from torch_geometric.utils import is_torch_sparse_tensor, scatter, softmax, to_d
 from torch_geometric.typing import SparseTensor
 
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
+                      check_values,
                       check_positive_float, check_positive_int, check_steps)
 from .diffusion import diffuse, ppr_hop_weights
 from .edge_ops import EdgeLayout, edge_aggregate, edge_dot, edge_softmax
@@ -328,7 +329,8 @@ class QGFDConv(MessagePassing):
         n_src, n_dst, H, C = x_src.size(0), x_dst.size(0), self.heads, self.out_channels
         check_edge_index(edge_index, max(n_src, n_dst))
         src, dst = edge_index
-        if edge_index.numel() and (int(src.max()) >= n_src or int(dst.max()) >= n_dst):
+        if edge_index.numel() and check_values(edge_index) and (
+                int(src.max()) >= n_src or int(dst.max()) >= n_dst):
             raise ValueError(f"edge_index points outside the {n_src} sources or {n_dst} "
                              f"targets")
         check_edge_weight(edge_weight, edge_index.size(1))

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from . import _numba
 from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
+                      check_values,
                       check_steps)
 from .diffusion import ppr_hop_weights
 
@@ -340,7 +341,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
                              f"has {R}")
     steps = check_steps(len(relation_weights))
     if validate is None:
-        validate = p0.device.type == "cpu" and not torch.compiler.is_compiling()
+        validate = check_values(p0)
     for t, a in enumerate(relation_weights):
         _check_weights(f"relation_weights[{t}]", a, validate)
         if validate and normalization == "relation" and a.numel() and not torch.allclose(

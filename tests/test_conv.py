@@ -603,3 +603,31 @@ def test_to_hetero_builds_a_heterogeneous_model_with_lazy_sizes():
     sum(o.sum() for o in out.values()).backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_value_checks_run_on_cpu_in_eager_mode_and_elsewhere_on_request(monkeypatch):
+    """Edge values are read (a device sync on GPUs, a graph break when compiling) only on CPU
+    tensors in eager mode, or under torch_geometric.debug(); shapes and dtypes always."""
+    import torch_geometric
+
+    from qgfd_pyg._checks import check_edge_index, check_edge_weight, check_values
+
+    outside = torch.tensor([[0, 5], [1, 2]])
+    with pytest.raises(ValueError, match="outside"):
+        check_edge_index(outside, 3)
+    with pytest.raises(ValueError, match="negative"):
+        check_edge_weight(torch.tensor([1.0, -1.0]), 2)
+    meta = torch.empty(2, 4, dtype=torch.long, device="meta")  # no values to read
+    assert not check_values(meta)
+    check_edge_index(meta, 3)
+    check_edge_weight(torch.empty(4, device="meta"), 4)
+    with pytest.raises(ValueError, match="shape"):
+        check_edge_index(torch.empty(3, 4, dtype=torch.long, device="meta"), 3)
+    with torch_geometric.debug():
+        assert check_values(meta)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not check_values(outside)
+    check_edge_index(outside, 3)  # while compiling: not read
+    with torch_geometric.debug():
+        with pytest.raises(ValueError, match="outside"):
+            check_edge_index(outside, 3)
