@@ -8,7 +8,7 @@ from torch.nn import Parameter
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
-from torch_geometric.typing import Adj, OptTensor, PairTensor
+from torch_geometric.typing import Adj, OptTensor, PairTensor, Size
 from torch_geometric.utils import is_torch_sparse_tensor, scatter, softmax, to_dense_batch
 from torch_geometric.typing import SparseTensor
 
@@ -195,42 +195,100 @@ class QGFDConv(MessagePassing):
 
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Adj,
                 edge_weight: OptTensor = None,
-                return_attention_weights: Optional[bool] = None, batch: OptTensor = None
-                ) -> Union[Tensor, Tuple[Tensor, Tuple[Adj, Tensor]]]:
+                return_attention_weights: Optional[bool] = None, batch: OptTensor = None,
+                size: Size = None
+                ) -> Union[Tensor, Tuple[Tensor, Union[Adj, Tuple[Adj, Tensor]]]]:
         r"""Runs the layer.
 
         Args:
             x (torch.Tensor or tuple): node features ``[N, F_in]``, or ``(x_src, x_dst)`` of a
-                bipartite graph (see :meth:`bipartite`).
+                bipartite graph: target :math:`i` then queries its sources, whose values
+                diffuse over a transition between sources (``"graph"``: the source -> target
+                -> source walk :math:`\mathbf{D}_s^{-1}\mathbf{A}\,\mathbf{D}_t^{-1}
+                \mathbf{A}^\top`; ``"knn"``: each source key's ``k`` nearest source keys; the
+                other transitions are square only). Bipartite input needs
+                ``add_self_loops=False`` and ``attention="dot"``. ``(x_src, None)``, which
+                ``GATConv`` accepts, is a ValueError: the targets' queries need their features.
+                A layer built with ``(source, target)`` in_channels takes one ``x`` as both
+                sides (``to_hetero`` does so for edge types within one node type).
             edge_index (torch.Tensor or SparseTensor): edges ``[2, E]`` (source, target), or
-                ``adj_t`` as a SparseTensor / torch sparse tensor (its values weight ``P``).
+                ``adj_t`` ``[N_dst, N_src]`` as a SparseTensor / torch sparse tensor (its values
+                weight ``P``).
             edge_weight (torch.Tensor, optional): non-negative weights ``[E]`` of the graph
-                transition (the seed attention does not use them).
+                transition (the seed attention does not use them). (default: :obj:`None`)
             return_attention_weights (bool, optional): also return the seed attention
-                :math:`p^{(0)}` per edge (self-loops included).
+                :math:`p^{(0)}` per edge (self-loops included), as ``GATConv`` does:
+                ``(edge_index, p0)`` for ``edge_index`` input, ``(adj, p0)`` with a torch
+                sparse ``adj``, a SparseTensor with :math:`p^{(0)}` as its values for
+                SparseTensor input. (default: :obj:`None`)
             batch (torch.Tensor, optional): the graph of each node ``[N]`` (sorted, as in a
-                PyG ``Batch``): a kNN transition then joins keys of one graph only.
+                PyG ``Batch``): a kNN transition then joins keys of one graph only; not for
+                bipartite input. (default: :obj:`None`)
+            size (tuple, optional): ``(N_src, N_dst)``, as in ``GATConv``; it must match the
+                node features given. (default: :obj:`None`)
         """
-        if isinstance(x, (tuple, list)) or isinstance(self.in_channels, tuple):
-            # a (source, target) layer given one x: the same nodes on both sides (to_hetero
-            # does this for edge types within one node type)
-            x = tuple(x) if isinstance(x, (tuple, list)) else (x, x)
-            return self.bipartite(x, edge_index, edge_weight, return_attention_weights)
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            raise ValueError(f"x must be a node feature matrix [N, F] "
-                             f"(got {getattr(x, 'shape', type(x).__name__)})")
-        if self.in_channels > 0 and x.size(1) != self.in_channels:
+        x_src, x_dst = self._node_features(x, size)
+        if x_dst is not None:
+            if batch is not None:
+                raise ValueError("batch= applies to square input only (one node set); a "
+                                 "bipartite layer has no per-graph kNN")
+            return self._bipartite(x_src, x_dst, edge_index, edge_weight,
+                                   return_attention_weights)
+        x, N = x_src, x_src.size(0)
+        if N == 0:  # no nodes: no queries, no edges
+            return self._empty_output(x, return_attention_weights)
+        attn_index, P, layout = self._structure(edge_index, edge_weight, N)
+        mask, position, P = self._explain_masks(edge_index, edge_weight, attn_index, P, N)
+        value, key, p0 = self._seed_attention(x, attn_index, layout, mask, position)
+        p0_used = F.dropout(p0, p=self.dropout, training=self.training)
+        for hook in self._message_forward_hooks.values():  # AttentionExplainer reads 'alpha'
+            hook(self, ({"alpha": p0[position], "edge_index": edge_index},), p0)
+        z = self._diffuse_values(value, key, p0, p0_used, attn_index, P, batch)
+        src, dst = attn_index
+        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, N, layout=layout))
+        if return_attention_weights:
+            return out, self._attention_weights(edge_index, attn_index, p0, (N, N))
+        return out
+
+    def _node_features(self, x: Union[Tensor, PairTensor], size: Size
+                       ) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(x, None)`` for square input, ``(x_src, x_dst)`` for bipartite input; checked."""
+        pair = isinstance(x, (tuple, list)) or isinstance(self.in_channels, tuple)
+        parts = (tuple(x) if isinstance(x, (tuple, list)) else (x, x)) if pair else (x,)
+        if len(parts) != (2 if pair else 1):
+            raise ValueError(f"x must be a tensor or a pair (x_src, x_dst) (got {len(parts)} "
+                             f"parts)")
+        if pair and parts[1] is None:
+            raise ValueError("x=(x_src, None): QGFDConv's targets query their sources and need "
+                             "their own features; pass x=(x_src, x_dst)")
+        for name, t in zip(("x_src", "x_dst") if pair else ("x",), parts, strict=True):
+            if not isinstance(t, Tensor) or t.dim() != 2:
+                raise ValueError(f"{name} must be a node feature matrix [N, F] "
+                                 f"(got {getattr(t, 'shape', type(t).__name__)})")
+        if not pair and self.in_channels > 0 and x.size(1) != self.in_channels:
             raise ValueError(f"x has {x.size(1)} features but the layer expects "
                              f"in_channels={self.in_channels}")
-        N, H, C = x.size(0), self.heads, self.out_channels
-        if N == 0:  # no nodes: no queries, no edges
-            out = x.new_zeros(0, H * C if self.concat else C)
-            if self.bias is not None:
-                out = out + self.bias
-            if return_attention_weights:
-                return out, (x.new_zeros(2, 0, dtype=torch.long), x.new_zeros(0, H))
-            return out
-        attn_index, P, layout = self._structure(edge_index, edge_weight, N)
+        nodes = (parts[0].size(0), parts[-1].size(0))
+        if size is not None and tuple(size) != nodes:
+            raise ValueError(f"size={tuple(size)} does not match the node features "
+                             f"{nodes} (sources, targets); for a bipartite graph pass "
+                             f"x=(x_src, x_dst)")
+        return (parts[0], parts[1]) if pair else (parts[0], None)
+
+    def _empty_output(self, x: Tensor, return_attention_weights: Optional[bool]):
+        H, C = self.heads, self.out_channels
+        out = x.new_zeros(0, H * C if self.concat else C)
+        if self.bias is not None:
+            out = out + self.bias
+        if return_attention_weights:
+            return out, (x.new_zeros(2, 0, dtype=torch.long), x.new_zeros(0, H))
+        return out
+
+    def _explain_masks(self, edge_index: Adj, edge_weight: OptTensor, attn_index: Tensor,
+                       P: Optional[Transition], N: int):
+        """PyG's explain: a mask per input edge scales its seed attention and its weight in
+        the graph transition. Returns the mask, the attention edge of each input edge (for
+        the mask and message hooks) and ``P``."""
         explaining = bool(self.explain) and getattr(self, "_edge_mask", None) is not None
         hooked = len(self._message_forward_hooks) > 0
         if (explaining or hooked) and (not isinstance(edge_index, Tensor)
@@ -238,20 +296,24 @@ class QGFDConv(MessagePassing):
             raise ValueError("explaining QGFDConv needs edge_index input, not a sparse adj_t")
         # the attention edge each input edge stands for (self loops: the node's own)
         position = self._positions(edge_index, attn_index, N) if explaining or hooked else None
-        mask = None
-        if explaining:  # PyG's explain: a mask per input edge scales its seed attention and
-            mask = self._edge_mask.sigmoid() if self._apply_sigmoid else self._edge_mask
-            if mask.shape != (edge_index.size(1),):  # its weight in the graph transition
-                raise ValueError(f"the edge mask has shape {tuple(mask.shape)} but the layer "
-                                 f"got {edge_index.size(1)} edges")
-            mask = torch.where(edge_index[0] == edge_index[1], torch.ones_like(mask), mask)
-            if self.transition in ("graph", "sym"):
-                weight = mask if edge_weight is None else edge_weight * mask
-                P = self._graph_transition(edge_index.flip(0), N, weight)
+        if not explaining:
+            return None, position, P
+        mask = self._edge_mask.sigmoid() if self._apply_sigmoid else self._edge_mask
+        if mask.shape != (edge_index.size(1),):
+            raise ValueError(f"the edge mask has shape {tuple(mask.shape)} but the layer "
+                             f"got {edge_index.size(1)} edges")
+        mask = torch.where(edge_index[0] == edge_index[1], torch.ones_like(mask), mask)
+        if self.transition in ("graph", "sym"):
+            weight = mask if edge_weight is None else edge_weight * mask
+            P = self._graph_transition(edge_index.flip(0), N, weight)
+        return mask, position, P
 
+    def _seed_attention(self, x: Tensor, attn_index: Tensor, layout: EdgeLayout,
+                        mask: OptTensor, position: OptTensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Values, keys ``[N, H, C]`` and the seed attention :math:`p^{(0)}` ``[E', H]``."""
+        N, H, C = x.size(0), self.heads, self.out_channels
         value = self.lin_value(x).view(N, H, C)
         key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
-
         src, dst = attn_index
         if self.lin_query is not None:
             query = self.lin_query(x).view(N, H, C)
@@ -264,58 +326,71 @@ class QGFDConv(MessagePassing):
             per_edge = scatter(mask, position, 0, dim_size=p0.size(0), reduce="mean")
             covered = scatter(torch.ones_like(mask), position, 0, dim_size=p0.size(0))
             p0 = p0 * torch.where(covered > 0, per_edge, torch.ones_like(per_edge)).view(-1, 1)
-        p0_used = F.dropout(p0, p=self.dropout, training=self.training)
-        for hook in self._message_forward_hooks.values():  # AttentionExplainer reads 'alpha'
-            hook(self, ({"alpha": p0[position], "edge_index": edge_index},), p0)
+        return value, key, p0
 
+    def _diffuse_values(self, value: Tensor, key: Tensor, p0: Tensor, p0_used: Tensor,
+                        attn_index: Tensor, P: Optional[Transition], batch: OptTensor
+                        ) -> Tensor:
+        r""":math:`\mathbf{Z}` ``[N, H, C]``: the values diffused over the layer's transition."""
+        N, H, _ = value.shape
+        src, dst = attn_index
         if self.transition == "knn" and batch is not None:  # one kNN per graph and head
-            z = self._knn_per_graph(key, value, batch)
-        elif self.transition in ("knn", "attention"):  # one per head, block-diagonal
-            if self.transition == "knn":
-                P = knn_transition(key.transpose(0, 1), self.k)
-            else:  # P_ij = p0_ij: row i (query) spreads over its keys j, per head
-                offset = (torch.arange(H, device=x.device) * N).view(H, 1)
-                rows = (dst.view(1, -1) + offset).view(-1)
-                cols = (src.view(1, -1) + offset).view(-1)
-                # the attention edges are unique and sorted by target, then source, so the
-                # blocks are in CSR order; the diffusion runs in float32 (half precision too)
-                P = sparse_matrix(rows, cols, self._transition_weights(p0_used, dst, N), H * N,
-                                  is_sorted=True)
-                if self.redraw_dropout and self.training and self.dropout > 0 and self.steps:
-                    # a new dropout mask of the transition at every step (the seed keeps its own)
-                    P = [P] + [sparse_matrix(rows, cols, self._transition_weights(
-                        F.dropout(p0, self.dropout, True), dst, N), H * N, is_sorted=True)
-                        for _ in range(self.steps - 1)]
-            z = self._diffuse_heads(value, P)
+            return self._knn_per_graph(key, value, batch)
+        if self.transition == "knn":  # one per head, block-diagonal
+            return self._diffuse_heads(value, knn_transition(key.transpose(0, 1), self.k))
+        if self.transition == "attention":  # P_ij = p0_ij per head, block-diagonal
+            offset = (torch.arange(H, device=value.device) * N).view(H, 1)
+            rows = (dst.view(1, -1) + offset).view(-1)
+            cols = (src.view(1, -1) + offset).view(-1)
+            # the attention edges are unique and sorted by target, then source, so the
+            # blocks are in CSR order; the diffusion runs in float32 (half precision too)
+            P = sparse_matrix(rows, cols, self._transition_weights(p0_used, dst, N), H * N,
+                              is_sorted=True)
+            if self.redraw_dropout and self.training and self.dropout > 0 and self.steps:
+                # a new dropout mask of the transition at every step (the seed keeps its own)
+                P = [P] + [sparse_matrix(rows, cols, self._transition_weights(
+                    F.dropout(p0, self.dropout, True), dst, N), H * N, is_sorted=True)
+                    for _ in range(self.steps - 1)]
+            return self._diffuse_heads(value, P)
+        return self._diffuse(value, P)
+
+    @staticmethod
+    def _attention_weights(edge_index: Adj, attn_index: Tensor, p0: Tensor,
+                           shape: Tuple[int, int]):
+        """What ``return_attention_weights`` returns, in ``GATConv``'s forms (``shape`` is
+        ``(N_dst, N_src)``)."""
+        src, dst = attn_index
+        if isinstance(edge_index, SparseTensor):
+            return SparseTensor(row=dst, col=src, value=p0, sparse_sizes=shape)
+        if is_torch_sparse_tensor(edge_index):
+            return torch.sparse_coo_tensor(torch.stack([dst, src]), p0, (*shape, p0.size(1))), p0
+        return attn_index, p0
+
+    @staticmethod
+    def _edges(adj: Adj, edge_weight: OptTensor, shape: Tuple[int, int]
+               ) -> Tuple[Tensor, Tensor, OptTensor]:
+        """``(src, dst, weight)`` of ``edge_index`` or of a sparse ``adj_t`` of ``shape``
+        ``(N_dst, N_src)`` (its values are the weights)."""
+        if not (is_torch_sparse_tensor(adj) or isinstance(adj, SparseTensor)):
+            check_edge_index(adj, max(shape))
+            check_edge_weight(edge_weight, adj.size(1))
+            return adj[0], adj[1], edge_weight
+        if isinstance(adj, SparseTensor):  # adj_t: row = target, col = source
+            sizes = adj.sparse_sizes()
+            dst, src, values = adj.coo()
         else:
-            z = self._diffuse(value, P)
-        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, N, layout=layout))
+            coo = adj.to_sparse_coo().coalesce()
+            sizes, (dst, src), values = tuple(coo.shape), coo.indices(), coo.values()
+        if tuple(sizes) != tuple(shape):
+            raise ValueError(f"adj_t has size {tuple(sizes)} but the node features give "
+                             f"{tuple(shape)} (targets, sources)")
+        if edge_weight is not None:
+            raise ValueError("pass edge weights as the values of adj_t, not as edge_weight")
+        return src, dst, values
 
-        if return_attention_weights:
-            if isinstance(edge_index, Tensor) and not is_torch_sparse_tensor(edge_index):
-                return out, (attn_index, p0)
-            if isinstance(edge_index, SparseTensor):
-                return out, (SparseTensor(row=dst, col=src, value=p0, sparse_sizes=(N, N)), p0)
-            return out, (torch.sparse_coo_tensor(torch.stack([dst, src]), p0, (N, N, H)), p0)
-        return out
-
-    def bipartite(self, x: PairTensor, edge_index: Tensor, edge_weight: OptTensor = None,
-                  return_attention_weights: Optional[bool] = None
-                  ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
-        r"""The layer on a bipartite graph, ``x = (x_src, x_dst)`` and edges source -> target
-        (``to_hetero`` / ``HeteroConv`` call this through :meth:`forward`; a layer built with
-        ``(source, target)`` in_channels takes one ``x`` as both sides). Target :math:`i`
-        queries its sources; the values live on the sources and diffuse over a transition
-        between sources: ``"graph"`` walks forward to a target and back to a source,
-        :math:`\mathbf{P} = \mathbf{D}_s^{-1}\mathbf{A}\,\mathbf{D}_t^{-1}\mathbf{A}^\top`
-        (``A`` the ``[N_src, N_dst]`` weighted incidence), ``"knn"`` joins each source key to
-        its ``k`` nearest source keys. Needs ``add_self_loops=False`` (as ``GATConv``); the
-        other transitions are square only."""
-        x_src, x_dst = x
-        for name, t in (("x_src", x_src), ("x_dst", x_dst)):
-            if not isinstance(t, Tensor) or t.dim() != 2:
-                raise ValueError(f"{name} must be a node feature matrix [N, F] "
-                                 f"(got {getattr(t, 'shape', type(t).__name__)})")
+    def _bipartite(self, x_src: Tensor, x_dst: Tensor, edge_index: Adj,
+                   edge_weight: OptTensor, return_attention_weights: Optional[bool]):
+        """The layer on a bipartite graph (see :meth:`forward`)."""
         if self.lin_query is None:
             raise ValueError("bipartite input needs attention='dot'")
         if self.add_self_loops:
@@ -324,29 +399,27 @@ class QGFDConv(MessagePassing):
         if self.transition not in ("graph", "knn"):
             raise ValueError(f"bipartite input supports transition 'graph' or 'knn' (got "
                              f"{self.transition!r})")
-        if not isinstance(edge_index, Tensor) or is_torch_sparse_tensor(edge_index):
-            raise ValueError("bipartite input needs edge_index [2, E] (source, target)")
         n_src, n_dst, H, C = x_src.size(0), x_dst.size(0), self.heads, self.out_channels
-        check_edge_index(edge_index, max(n_src, n_dst))
-        src, dst = edge_index
-        if edge_index.numel() and check_values(edge_index) and (
+        src, dst, edge_weight = self._edges(edge_index, edge_weight, (n_dst, n_src))
+        if src.numel() and check_values(src) and (
                 int(src.max()) >= n_src or int(dst.max()) >= n_dst):
             raise ValueError(f"edge_index points outside the {n_src} sources or {n_dst} "
                              f"targets")
-        check_edge_weight(edge_weight, edge_index.size(1))
+        pairs = torch.stack([src, dst])
         value = self.lin_value(x_src).view(n_src, H, C)
         key = self.lin_key(x_src).view(n_src, H, C)
         query = self.lin_query(x_dst).view(n_dst, H, C)
         if self.transition == "knn":
             z = self._diffuse_heads(value, knn_transition(key.transpose(0, 1), self.k))
         else:
-            z = self._diffuse(value, self._source_transition(edge_index, edge_weight, n_src,
-                                                             n_dst))
+            z = self._diffuse(value, self._source_transition(pairs, edge_weight, n_src, n_dst))
         score = edge_dot(query, key, src, dst) / math.sqrt(C)
         p0 = softmax(score, dst, num_nodes=n_dst)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
         out = self._heads_out(edge_aggregate(p0_used, z, src, dst, n_dst))
-        return (out, (edge_index, p0)) if return_attention_weights else out
+        if return_attention_weights:
+            return out, self._attention_weights(edge_index, pairs, p0, (n_dst, n_src))
+        return out
 
     def _transition_weights(self, p0_used: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
         """The values ``[H * E]`` (head-major) of ``transition="attention"``'s ``P``: the seed
@@ -426,23 +499,7 @@ class QGFDConv(MessagePassing):
         ``transition="graph"`` / ``"sym"``, ``P``."""
         if self._cached is not None:
             return self._cached
-        if is_torch_sparse_tensor(edge_index) or isinstance(edge_index, SparseTensor):
-            # adj_t: row = target, col = source; its values weight P
-            if isinstance(edge_index, SparseTensor):
-                sizes = edge_index.sparse_sizes()
-                dst, src, values = edge_index.coo()
-            else:
-                coo = edge_index.to_sparse_coo().coalesce()
-                sizes, (dst, src), values = tuple(coo.shape), coo.indices(), coo.values()
-            if tuple(sizes) != (num_nodes, num_nodes):
-                raise ValueError(f"adj_t has size {tuple(sizes)} but x has {num_nodes} nodes")
-            if edge_weight is not None:
-                raise ValueError("pass edge weights as the values of adj_t, not as edge_weight")
-            edge_weight = values
-        else:
-            check_edge_index(edge_index, num_nodes)
-            check_edge_weight(edge_weight, edge_index.size(1))
-            src, dst = edge_index
+        src, dst, edge_weight = self._edges(edge_index, edge_weight, (num_nodes, num_nodes))
         # one sort gives the attention edges (unique, sorted by target, then source), their
         # grouping and P (rows by target: the reversed edges)
         normalization = {"graph": "rw", "sym": "sym"}.get(self.transition)

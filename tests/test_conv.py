@@ -103,12 +103,16 @@ def test_sparse_inputs_agree_with_edge_index():
     conv = QGFDConv(5, 4, heads=2)
     out, (_, p0) = conv(x, edge_index, weight, return_attention_weights=True)
     adj_t = SparseTensor(row=edge_index[1], col=edge_index[0], value=weight, sparse_sizes=(n, n))
-    out_adj, (adj_attn, _) = conv(x, adj_t, return_attention_weights=True)
+    out_adj, adj_attn = conv(x, adj_t, return_attention_weights=True)  # GATConv's form
     torch.testing.assert_close(out_adj, out, atol=1e-6, rtol=0)
     assert isinstance(adj_attn, SparseTensor)
     torch.testing.assert_close(adj_attn.sum(1), torch.ones(n, 2))
+    torch.testing.assert_close(adj_attn.storage.value(), p0, atol=1e-6, rtol=0)
     torch_sparse_adj = adj_t.to_torch_sparse_coo_tensor()
     torch.testing.assert_close(conv(x, torch_sparse_adj), out, atol=1e-6, rtol=0)
+    _, (coo, p0_coo) = conv(x, torch_sparse_adj, return_attention_weights=True)
+    assert coo.is_sparse and coo.shape == (n, n, 2)
+    torch.testing.assert_close(p0_coo, p0, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="adj_t has size"):
         conv(x, SparseTensor.eye(n + 1))
 
@@ -631,3 +635,41 @@ def test_value_checks_run_on_cpu_in_eager_mode_and_elsewhere_on_request(monkeypa
     with torch_geometric.debug():
         with pytest.raises(ValueError, match="outside"):
             check_edge_index(outside, 3)
+
+
+def test_gatconv_conventions_size_and_bipartite_sparse_input():
+    """PyG's GATConv calls: size=, (x_src, x_dst) with edge_index or a sparse adj_t (torch
+    CSR / CSC / COO, SparseTensor), and the forms GATConv has no meaning for QGFD in."""
+    from torch_geometric.utils import to_torch_csc_tensor
+
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(4, 8), torch.randn(2, 16)
+    edge_index = torch.tensor([[0, 1, 2, 3, 0], [0, 0, 1, 1, 1]])  # 4 sources -> 2 targets
+    conv = QGFDConv((8, 16), 3, heads=2, add_self_loops=False, alpha=0.7, steps=3)
+    out = conv((x1, x2), edge_index)
+    assert out.shape == (2, 6)
+    torch.testing.assert_close(conv((x1, x2), edge_index, size=(4, 2)), out)
+    adj = to_torch_csc_tensor(edge_index, size=(4, 2))
+    for adj_t in (adj.t(), adj.t().to_sparse_csc(), adj.t().to_sparse_coo()):
+        torch.testing.assert_close(conv((x1, x2), adj_t), out)
+    _, (index, p0) = conv((x1, x2), edge_index, return_attention_weights=True)
+    assert torch.equal(index, edge_index) and p0.shape == (5, 2)
+    if WITH_TORCH_SPARSE:
+        sparse = SparseTensor.from_edge_index(edge_index, sparse_sizes=(4, 2)).t()
+        out_sparse, adj_attn = conv((x1, x2), sparse, return_attention_weights=True)
+        torch.testing.assert_close(out_sparse, out)
+        assert isinstance(adj_attn, SparseTensor) and adj_attn.sparse_sizes() == (2, 4)
+        torch.testing.assert_close(adj_attn.to_dense().sum(1), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"x=\(x_src, None\)"):
+        conv((x1, None), edge_index, size=(4, 2))
+    with pytest.raises(ValueError, match="size=\\(4, 3\\)"):
+        conv((x1, x2), edge_index, size=(4, 3))
+    with pytest.raises(ValueError, match="batch"):
+        conv((x1, x2), edge_index, batch=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="adj_t has size"):
+        conv((x1, x2), to_torch_csc_tensor(edge_index, size=(4, 3)).t())
+    square = QGFDConv(8, 3, heads=2)
+    edges = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    torch.testing.assert_close(square(x1, edges, size=(4, 4)), square(x1, edges))
+    with pytest.raises(ValueError, match="size"):
+        square(x1, edges, size=(4, 2))
