@@ -187,6 +187,13 @@ MODELS: Dict[str, ModelSpec] = {
     "gcn": ModelSpec(GCN, 0.01, 5e-4, dict(hidden=16, dropout=0.5), "GCN paper"),
     "mlp": ModelSpec(MLP, 0.01, 5e-4, dict(hidden=64, dropout=0.5),
                      "2 layers on the features, no graph"),
+    "qgfd-cora": ModelSpec(QGFDNet, 0.01, 5e-4,
+                           {**asdict(QGFDOptions()), "layers": 1, "heads": 1, "norm": "none",
+                            "learn_hop_weights": True, "dropout": 0.5, "attn_dropout": 0.5,
+                            "redraw_dropout": False},
+                           "the network best on Cora's validation alone (network search: no "
+                           "block, the QGFDConv output layer and its skip); opt-in",
+                           default=False),
     "gcn2": ModelSpec(GCNII, 0.01, 5e-4, dict(hidden=64, layers=64, alpha=0.1, theta=0.5,
                                               dropout=0.6), "GCNII paper (Cora); opt-in",
                       default=False),

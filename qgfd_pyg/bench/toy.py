@@ -54,12 +54,16 @@ class ChainTask(NodeTask):
     """Node classification on :func:`chain_graph`, with the one-hop control ``attention``."""
     models: Dict[str, ModelSpec] = {
         **MODELS,
+        # one QGFDConv (no block), so that the reach is 1 + T hops
+        "qgfd": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
+                          {**asdict(QGFDOptions()), "layers": 1},
+                          "the qgfd network with one QGFDConv (reach 1 + T)"),
         "attention": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
-                               {**asdict(QGFDOptions()), "alpha": 0.0},
+                               {**asdict(QGFDOptions()), "layers": 1, "alpha": 0.0},
                                "the qgfd model with alpha = 0: one-hop attention"),
         "qgfd-hops": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
-                               {**asdict(QGFDOptions()), "learn_hop_weights": True,
-                                "transition": "graph"},
+                               {**asdict(QGFDOptions()), "layers": 1,
+                                "learn_hop_weights": True, "transition": "graph"},
                                "the qgfd model with learnt hop weights (GPR-GNN's form) over "
                                "the graph's random walk"),
     }
