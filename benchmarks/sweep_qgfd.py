@@ -6,14 +6,17 @@
     ./run python benchmarks/sweep_qgfd.py network cora --seeds 3 --threads 1   # one per task
     ./run python benchmarks/sweep_qgfd.py select network cora chameleon-filtered
     (then the same with network2: regularisation around the chosen shape)
+    ./run python benchmarks/sweep_qgfd.py final qgfd,qgfd-ln cora citeseer chameleon ...
 
 Every configuration is trained with the benchmark's protocol (same splits, seeds, epochs and
 early stopping as the final tables). In the search, the best mean *validation* accuracy wins;
 test accuracy is recorded for transparency but never used to choose. ``select GRID TASK...``
 chooses one configuration for all the tasks named, by the mean over them of the validation
-accuracy (``network_search.md``). The ablation varies alpha,
-steps and the transition around the chosen configuration. Writes <out>/<task>_<grid>.{json,md}
-after every configuration; a rerun with --resume skips the finished ones.
+accuracy (``network_search.md``). ``final MODELS TASK...`` compares finished 10-seed rows of
+the benchmark tables by their mean validation accuracy over the tasks (``network3_search.md``).
+The ablation varies alpha, steps and the transition around the chosen configuration. Writes
+<out>/<task>_<grid>.{json,md} after every configuration; a rerun with --resume skips the
+finished ones.
 """
 import argparse
 import itertools
@@ -76,7 +79,7 @@ def canonical(config):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("grid", choices=sorted(GRIDS) + ["select"])
+    parser.add_argument("grid", choices=sorted(GRIDS) + ["select", "final"])
     parser.add_argument("task", nargs="*", default=["cora"],
                         help="the task (select: the grid, then the tasks)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -86,6 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.grid == "select":
         return select(args.out, args.task[0], args.task[1:])
+    if args.grid == "final":
+        return final(args.out, args.task[0].split(","), args.task[1:])
     if len(args.task) != 1:
         parser.error("a search runs on one task (choose across tasks with select)")
     args.task = args.task[0]
@@ -176,6 +181,37 @@ def select(out: str, grid: str, tasks) -> None:
     atomic_write(os.path.join(out, f"{grid}_search.json"), json.dumps(
         {"grid": grid, "tasks": tasks, "seeds": seeds, "chosen": json.loads(keys[0]),
          "mean_val": {k: mean_val(k) for k in keys}}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+def final(out: str, models, tasks) -> None:
+    """The models' mean validation accuracy over the tasks' result files (their 10-seed runs:
+    validation only; the test column is never read)."""
+    val = {}
+    for task in tasks:
+        with open(os.path.join(out, f"{task}.json")) as f:
+            rows = {r["model"]: r for r in json.load(f)["summary"]}
+        missing = [m for m in models if m not in rows]
+        if missing:
+            raise SystemExit(f"{task}.json has no rows for {missing}")
+        val[task] = {m: rows[m]["val"]["mean"] for m in models}
+    mean = {m: sum(val[t][m] for t in tasks) / len(tasks) for m in models}
+    chosen = max(models, key=mean.get)
+    lines = [f"# QGFD network, final choice: {', '.join(models)}", "",
+             "Each is the best configuration of a validation criterion (`network_search.md`, "
+             "`network2_search.md`); the default is the one with the best mean validation "
+             "accuracy over the benchmark tables' tasks (10 seeds each; test never read). "
+             f"Command: `python benchmarks/sweep_qgfd.py final {','.join(models)} "
+             f"{' '.join(tasks)}`.", "",
+             "| model | mean val (%) | " + " | ".join(f"{t} val (%)" for t in tasks) + " |",
+             "| --- | --- |" + " --- |" * len(tasks)]
+    for m in sorted(models, key=mean.get, reverse=True):
+        lines.append(f"| {m}{' **(chosen)**' if m == chosen else ''} | {100 * mean[m]:.1f} | "
+                     + " | ".join(f"{100 * val[t][m]:.1f}" for t in tasks) + " |")
+    atomic_write(os.path.join(out, "network3_search.md"), "\n".join(lines) + "\n")
+    atomic_write(os.path.join(out, "network3_search.json"), json.dumps(
+        {"models": models, "tasks": tasks, "val": val, "mean_val": mean, "chosen": chosen},
+        indent=1) + "\n")
     print("\n".join(lines))
 
 

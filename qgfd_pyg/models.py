@@ -61,9 +61,10 @@ def _norm(norm: Optional[str], channels: int) -> Module:
 
 
 class QGFD(Module):
-    r"""A QGFD network for node-level tasks: an input layer, ``num_layers`` pre-normalised
-    blocks of multi-head :class:`~qgfd_pyg.QGFDConv` and a feed-forward sublayer, each with a
-    residual connection, and an output layer.
+    r"""A QGFD network for node-level tasks, as PyG's ``GAT`` model is for ``GATConv``: an
+    input layer, ``num_layers - 1`` pre-normalised blocks of multi-head
+    :class:`~qgfd_pyg.QGFDConv` and a feed-forward sublayer, each sublayer with a residual
+    connection, and a ``QGFDConv`` output layer with a linear skip from its input.
 
     .. math::
         \mathbf{H}^{(0)} &= \mathbf{W}_{in} \mathbf{X} \\
@@ -71,22 +72,26 @@ class QGFD(Module):
             \mathrm{QGFDConv}_l\big(\mathrm{Norm}(\mathbf{H}^{(l)})\big) \\
         \mathbf{H}^{(l+1)} &= \mathbf{H}^{(l)\prime} +
             \mathbf{W}_2\, \sigma\big(\mathbf{W}_1 \mathrm{Norm}(\mathbf{H}^{(l)\prime})\big) \\
-        \mathbf{Y} &= \mathbf{W}_{out}\, \sigma\big(\mathrm{Norm}(\mathbf{H}^{(L)})\big)
+        \mathbf{G} &= \sigma\big(\mathrm{Norm}(\mathbf{H}^{(L-1)})\big), \quad
+        \mathbf{Y} = \mathrm{QGFDConv}_{out}(\mathbf{G}) + \mathbf{W}_{skip} \mathbf{G}
 
-    (dropout after every sublayer and on the input). Each ``QGFDConv`` has ``heads`` heads
-    of ``hidden_channels // heads`` channels, concatenated. The residual path lets the network
-    rely on a node's own features where the graph does not help (heterophilous graphs): with
+    (dropout on the input and after every sublayer). The block convolutions have ``heads``
+    heads of ``hidden_channels // heads`` channels, concatenated; the output convolution's
+    heads are averaged. The residuals and the skip are the network's self path: where the
+    graph does not help (heterophilous graphs) it can rely on a node's own features, and with
     every convolution's output at zero it is an MLP. With ``learn_hop_weights=True`` (the
-    default) each layer learns its hop weights :math:`\theta_0..\theta_T` (GPR-GNN's form)
-    in place of PageRank's fixed ones.
+    default) each convolution learns its hop weights :math:`\theta_0..\theta_T` (GPR-GNN's
+    form) in place of PageRank's fixed ones. Without ``out_channels`` all ``num_layers`` are
+    blocks and the network returns :math:`\mathrm{Norm}(\mathbf{H}^{(L)})`.
 
     Args:
         in_channels (int): size of each input sample.
         hidden_channels (int): width of the blocks (a multiple of ``heads``).
-        num_layers (int): number of blocks.
+        num_layers (int): number of ``QGFDConv`` layers (``num_layers - 1`` blocks and the
+            output layer; ``num_layers`` blocks without ``out_channels``).
         out_channels (int, optional): size of each output sample; ``None`` returns the
             normalised hidden features. (default: :obj:`None`)
-        heads (int, optional): attention heads per block. (default: :obj:`4`)
+        heads (int, optional): attention heads per convolution. (default: :obj:`4`)
         dropout (float, optional): dropout on the input features and on the output of every
             sublayer. (default: :obj:`0.5`)
         attn_dropout (float, optional): dropout on the seed attention, and so on the
@@ -97,11 +102,12 @@ class QGFD(Module):
         steps (int, optional): diffusion steps :math:`T`. (default: :obj:`10`)
         transition (str, optional): the convolutions' transition, see
             :class:`~qgfd_pyg.QGFDConv`. (default: :obj:`"attention"`)
-        learn_hop_weights (bool, optional): learn each block's hop weights.
+        learn_hop_weights (bool, optional): learn each convolution's hop weights.
             (default: :obj:`True`)
         norm (str, optional): ``"layer_norm"`` (per node), ``"batch_norm"`` or ``None``.
             (default: :obj:`"layer_norm"`)
-        residual (bool, optional): add each sublayer's input to its output.
+        residual (bool, optional): add each sublayer's input to its output, and the skip
+            to the output layer.
             (default: :obj:`True`)
         feed_forward (bool, optional): add the feed-forward sublayer (width
             ``2 * hidden_channels``) to every block. (default: :obj:`True`)
