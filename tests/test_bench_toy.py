@@ -51,6 +51,8 @@ def test_only_models_that_reach_h_hops_see_the_label(model, reaches):
     net(x, task.data.edge_index)[0].sum().backward()
     assert bool(x.grad[5].abs().sum() > 0) == reaches  # node 5: the far end of path 0
     assert x.grad[6:].abs().sum() == 0  # the other path
+    if model == "attention":  # learnt hop weights would let training reach past one hop
+        assert net.hop_weights() is None
 
 
 def test_chain_runs_from_the_cli_and_rejects_bad_hops(tmp_path, capsys):

@@ -59,8 +59,10 @@ class ChainTask(NodeTask):
                           {**asdict(QGFDOptions()), "layers": 1},
                           "the qgfd network with one QGFDConv (reach 1 + T)"),
         "attention": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
-                               {**asdict(QGFDOptions()), "layers": 1, "alpha": 0.0},
-                               "the qgfd model with alpha = 0: one-hop attention"),
+                               {**asdict(QGFDOptions()), "layers": 1, "alpha": 0.0,
+                                "learn_hop_weights": False},
+                               "the qgfd model with alpha = 0 and its hop weights fixed: "
+                               "one-hop attention"),
         "qgfd-hops": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
                                {**asdict(QGFDOptions()), "layers": 1,
                                 "learn_hop_weights": True, "transition": "graph"},
