@@ -337,3 +337,64 @@ def test_mlp_and_gcnii_baselines(tmp_path):
         len(list(gcn2.parameters()))
     models, _, _ = runner._check(runner.RunConfig("cora"))
     assert models == ["qgfd", "gat", "appnp", "gcn", "mlp"]
+
+
+def test_missing_data_names_the_download_flag_only_where_it_can_fetch(tmp_path, capsys):
+    for task, can in (("pubmed", True), ("chameleon-filtered", True), ("hotpotqa", True),
+                      ("wn18rr", True), ("countries-s1", False)):
+        assert cli.main([task, "--root", str(tmp_path), "--out", str(tmp_path)] + SHORT) == 2
+        err = capsys.readouterr().err
+        assert ("--download" in err) == can, (task, err)
+        assert ("cannot be downloaded" in err) == (not can), (task, err)
+
+
+def test_download_flag_fetches_through_the_dataset_class(tmp_path, monkeypatch):
+    """--download lets PyG's Planetoid fetch PubMed; the network call is replaced by a copy of
+    files written in Planetoid's real format."""
+    import shutil
+
+    import torch_geometric.datasets.planetoid as planetoid
+
+    source = tmp_path / "source"
+    n = write_planetoid(str(source))
+    fetched = []
+
+    def fake_copy(url, folder, *args, **kwargs):  # PyG's fs.cp, which Planetoid fetches with
+        fetched.append(url)
+        name = url.rsplit("/", 1)[1]
+        shutil.copy(source / "PubMed" / "raw" / name, os.path.join(folder, name))
+
+    monkeypatch.setattr(planetoid.fs, "cp", fake_copy)
+    root, out = tmp_path / "data", tmp_path / "out"
+    assert cli.main(["pubmed", "--root", str(root), "--out", str(out), "--models", "mlp"]
+                    + SHORT) == 2 and not fetched  # off by default
+    assert cli.main(["pubmed", "--root", str(root), "--out", str(out), "--models", "mlp",
+                     "--download"] + SHORT) == 0
+    assert len(fetched) == 8 and all(u.startswith(planetoid.Planetoid.url) for u in fetched)
+    assert load_task("pubmed", str(root)).data.num_nodes == n  # now on disk: no download
+
+
+def test_download_flag_fetches_the_files_pyg_has_no_class_for(tmp_path, monkeypatch):
+    import numpy as np
+    import torch_geometric.data
+
+    from qgfd_pyg.bench.node import PLATONOV_URL
+
+    fetched = []
+
+    def fake_download(url, folder, log=True, filename=None):
+        fetched.append(url)
+        rng = np.random.default_rng(0)
+        masks = np.zeros((10, 6), dtype=bool)
+        masks[:, :2] = True
+        np.savez(os.path.join(folder, filename), node_features=rng.random((6, 3)),
+                 node_labels=np.array([0, 1, 0, 1, 0, 1]), edges=np.array([[0, 1], [2, 3]]),
+                 train_masks=masks, val_masks=np.roll(masks, 2, 1),
+                 test_masks=np.roll(masks, 4, 1))
+        return os.path.join(folder, filename)
+
+    monkeypatch.setattr(torch_geometric.data, "download_url", fake_download)
+    os.makedirs(tmp_path / "heterophilous")
+    task = load_task("squirrel-filtered", str(tmp_path), download=True)
+    assert fetched == [f"{PLATONOV_URL}/squirrel_filtered.npz"]
+    assert task.data.num_nodes == 6 and task.num_splits == 10

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--root", default=default_dir("datasets"), help="data root")
+    parser.add_argument("--download", action="store_true",
+                        help="download a missing data set (PyG's and OGB's, the filtered "
+                             "heterophilous graphs, HotpotQA) instead of failing with where to "
+                             "put its files; off by default")
     parser.add_argument("--out", default=default_dir("benchmarks/results"),
                         help="output folder for <name>.json and <name>.md")
     parser.add_argument("--name", default=None, help="output file stem (default: the task)")
@@ -84,7 +88,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         seeds=args.seeds, epochs=args.epochs,
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
-        dataset=args.dataset, max_minutes=args.max_minutes,
+        dataset=args.dataset, max_minutes=args.max_minutes, download=args.download,
         extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg),
                                  ("metaqa", args.metaqa), ("hops", args.hops),
                                  ("epoch_batches", args.epoch_batches))

@@ -26,11 +26,12 @@ from torch.nn import Module
 
 from ..diffusion import diffuse
 from ..transition import graph_transition
-from .data import MissingData
+from .data import fetch_file, missing_data
 from .models import ModelSpec
 from .tasks import Experiment, Task, register
 
 DEV_FILE = "hotpot_dev_distractor_v1.json"
+DEV_URL = f"http://curtis.ml.cmu.edu/datasets/hotpot/{DEV_FILE}"
 SUBSET_FILE = "hotpot_dev_distractor_subset.json"  # what ships in datasets/HotpotQA
 _NAME = re.compile(r"\b[A-Z][\w'.-]+(?:\s+[A-Z][\w'.-]+)+")  # two or more capitalised words
 
@@ -261,13 +262,15 @@ class HotpotExperiment(Experiment):
 @register("hotpotqa", HotpotTask, f"HotpotQA distractor dev set: rank the 10 paragraphs, the "
                                   f"2 supporting first (Recall@2, EM); reads --root/HotpotQA/"
                                   f"{DEV_FILE} (the full set), else the 967-question "
-                                  f"{SUBSET_FILE} that ships in datasets/")
+                                  f"{SUBSET_FILE} that ships in datasets/ (--download fetches "
+                                  f"the full set)")
 def hotpotqa(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> HotpotTask:
     folder = os.path.join(root, "HotpotQA")
+    fetch_file(DEV_URL, os.path.join(folder, DEV_FILE))  # with --download only
     paths = [os.path.join(folder, name) for name in (DEV_FILE, SUBSET_FILE)]
     found = [p for p in paths if os.path.exists(p)]
     if not found:
-        raise MissingData(f"HotpotQA not found: put {DEV_FILE} (the distractor dev set) or "
-                          f"{SUBSET_FILE} in {folder}")
+        raise missing_data(f"HotpotQA not found: put {DEV_FILE} (the distractor dev set) or "
+                           f"{SUBSET_FILE} in {folder}")
     items = read_hotpot(found[0])
     return HotpotTask("hotpotqa", items, 20 if extra.get("quick") else 1000)

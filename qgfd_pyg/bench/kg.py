@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from .data import download_allowed, open_dataset
 from .metrics import ranking
 from .models import ModelSpec
 from .relational import (KGGraph, RelationalQGFD, Triples, appnp_scorer, gat_scorer,
@@ -315,8 +316,10 @@ def wn18rr(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTask:
     from torch_geometric.datasets import WordNet18RR
 
     folder = os.path.join(root, "WN18RR")
-    read_triples(os.path.join(folder, "raw"), list(WordNet18RR.edge2id))
-    data = WordNet18RR(folder)[0]
+    if download_allowed():
+        open_dataset(WordNet18RR, folder)
+    read_triples(os.path.join(folder, "raw"), list(WordNet18RR.edge2id), downloadable=True)
+    data = open_dataset(WordNet18RR, folder)[0]
     triples = [torch.stack([data.edge_index[0], data.edge_type, data.edge_index[1]], 1)[mask]
                for mask in (data.train_mask, data.val_mask, data.test_mask)]
     return KGTask("wn18rr", Triples(*triples), data.num_nodes, len(WordNet18RR.edge2id),
@@ -330,8 +333,10 @@ def fb15k_237(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTas
     from torch_geometric.datasets import FB15k_237
 
     folder = os.path.join(root, "FB15k-237")
-    read_triples(os.path.join(folder, "raw"))
-    splits = [FB15k_237(folder, split=s)[0] for s in ("train", "val", "test")]
+    if download_allowed():
+        open_dataset(FB15k_237, folder)
+    read_triples(os.path.join(folder, "raw"), downloadable=True)
+    splits = [open_dataset(FB15k_237, folder, split=s)[0] for s in ("train", "val", "test")]
     triples = [torch.stack([d.edge_index[0], d.edge_type, d.edge_index[1]], 1) for d in splits]
     num_relations = int(torch.cat([t[:, 1] for t in triples]).max()) + 1
     return KGTask("fb15k-237", Triples(*triples), splits[0].num_nodes, num_relations,

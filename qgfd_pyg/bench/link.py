@@ -19,7 +19,7 @@ from torch.nn import Embedding, Module
 from torch_geometric.data import Data
 from torch_geometric.utils import negative_sampling, to_undirected
 
-from .data import full_torch_load
+from .data import open_dataset, split_dict
 from .metrics import link_metrics
 from .models import GAT, GCN, MLP, APPNPNet, ModelSpec, QGFDNet
 from .tasks import FullBatchExperiment, Task, register
@@ -157,7 +157,7 @@ def _register_planetoid(task: str, name: str) -> None:
         import torch_geometric.transforms as T
         from torch_geometric.datasets import Planetoid
 
-        data = Planetoid(root, name, transform=T.NormalizeFeatures())[0]
+        data = open_dataset(Planetoid, root, name=name, transform=T.NormalizeFeatures())[0]
         return LinkTask(task, Data(x=data.x, edge_index=data.edge_index,
                                    num_nodes=data.num_nodes),
                         lambda seed: random_link_split(data, seed), "auc")
@@ -172,9 +172,8 @@ def ogbl(root: str, name: str) -> LinkTask:
     its :class:`ogb.linkproppred.Evaluator` (hits@50 for collab, hits@20 for ddi)."""
     from ogb.linkproppred import Evaluator, PygLinkPropPredDataset
 
-    with full_torch_load():
-        dataset = PygLinkPropPredDataset(name, root=root)
-        split = dataset.get_edge_split()
+    dataset = open_dataset(PygLinkPropPredDataset, root, name=name)
+    split = split_dict(dataset, "get_edge_split")
     data = dataset[0]
     n = data.num_nodes
     metric = Evaluator(name).eval_metric

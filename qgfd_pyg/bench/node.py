@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .data import MissingData, full_torch_load
+from .data import fetch_file, missing_data, open_dataset, split_dict
 from .metrics import accuracy, expected_calibration_error
 from .models import MODELS
 from .tasks import FullBatchExperiment, Task, register
@@ -105,7 +105,8 @@ def planetoid(root: str, name: str) -> NodeTask:
     import torch_geometric.transforms as T
     from torch_geometric.datasets import Planetoid
 
-    dataset = Planetoid(root, name, split="public", transform=T.NormalizeFeatures())
+    dataset = open_dataset(Planetoid, root, name=name, split="public",
+                           transform=T.NormalizeFeatures())
     data = dataset[0]
     return NodeTask(name.lower(), data, dataset.num_classes, "accuracy", accuracy,
                     (data.train_mask, data.val_mask, data.test_mask))
@@ -125,7 +126,8 @@ def _register_wiki(task: str) -> None:
              f"Wikipedia {task} without duplicate nodes (Platonov et al., ICLR 2023) and their "
              f"own splits; {_WIKI_NOTE}; ships in datasets/heterophilous/{task}_filtered.npz")(
         lambda root, dataset, extra: platonov_npz(
-            os.path.join(root, "heterophilous", f"{task}_filtered.npz"), f"{task}-filtered"))
+            os.path.join(root, "heterophilous", f"{task}_filtered.npz"), f"{task}-filtered",
+            f"{PLATONOV_URL}/{task}_filtered.npz"))
 
 
 for _task in _WIKI:
@@ -138,24 +140,31 @@ def wikipedia(root: str, name: str) -> NodeTask:
     import torch_geometric.transforms as T
     from torch_geometric.datasets import WikipediaNetwork
 
-    dataset = WikipediaNetwork(root, name, geom_gcn_preprocess=True,
-                               transform=T.ToUndirected())
+    dataset = open_dataset(WikipediaNetwork, root, name=name, geom_gcn_preprocess=True,
+                           transform=T.ToUndirected())
     data = dataset[0]
     return NodeTask(name, data, dataset.num_classes, "accuracy", accuracy,
                     (data.train_mask, data.val_mask, data.test_mask))
 
 
-def platonov_npz(path: str, name: str) -> NodeTask:
+PLATONOV_URL = "https://github.com/yandex-research/heterophilous-graphs/raw/main/data"
+
+
+def platonov_npz(path: str, name: str, url: Optional[str] = None) -> NodeTask:
     """A graph in the numpy layout of Platonov et al.'s heterophilous benchmark (the files of
     PyG's ``HeterophilousGraphDataset``, which names only its own five sets): arrays
     ``node_features`` ``[N, F]``, ``node_labels`` ``[N]``, ``edges`` ``[E, 2]`` (made
-    undirected) and ``train_masks`` / ``val_masks`` / ``test_masks`` ``[S, N]``."""
+    undirected) and ``train_masks`` / ``val_masks`` / ``test_masks`` ``[S, N]``. With
+    ``--download`` a missing file is fetched from ``url``."""
     import numpy as np
     from torch_geometric.utils import to_undirected
 
+    if url is not None:
+        fetch_file(url, path)  # with --download only
     if not os.path.exists(path):
-        raise MissingData(f"{name} data not found: put {os.path.basename(path)} (from "
-                          f"github.com/yandex-research/heterophilous-graphs, data/) at {path}")
+        raise missing_data(f"{name} data not found: put {os.path.basename(path)} (from "
+                           f"github.com/yandex-research/heterophilous-graphs, data/) at {path}",
+                           downloadable=url is not None)
     with np.load(path) as raw:
         missing = {"node_features", "node_labels", "edges", "train_masks", "val_masks",
                    "test_masks"} - set(raw.files)
@@ -185,9 +194,8 @@ def ogbn(root: str, dataset: Optional[str] = None, extra=None, name: str = "ogbn
     from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
     from torch_geometric.utils import to_undirected
 
-    with full_torch_load():
-        ogb_set = PygNodePropPredDataset(name, root=root)
-        split = ogb_set.get_idx_split()
+    ogb_set = open_dataset(PygNodePropPredDataset, root, name=name)
+    split = split_dict(ogb_set, "get_idx_split")
     data = ogb_set[0]
     n = data.num_nodes
     data.edge_index = to_undirected(data.edge_index, num_nodes=n)  # as OGB's arxiv baselines
@@ -220,7 +228,8 @@ def pyg_dataset(root: str, spec: Optional[str], extra=None) -> NodeTask:
     cls = getattr(datasets, class_name, None)
     if cls is None or not isinstance(cls, type):
         raise ValueError(f"torch_geometric.datasets has no dataset class {class_name!r}")
-    dataset = cls(root, name) if name else cls(os.path.join(root, class_name))
+    dataset = (open_dataset(cls, root, name=name) if name
+               else open_dataset(cls, os.path.join(root, class_name)))
     data = dataset[0]
     masks = [getattr(data, key, None) for key in ("train_mask", "val_mask", "test_mask")]
     if any(mask is None for mask in masks):

@@ -350,14 +350,14 @@ def read_metaqa(folder: str, quick: bool = False) -> MetaQATask:
     ``[brackets]``, a tab, the answers joined by ``|``). Every hop folder present is read
     (at least one must be); each question records its hop count. A ValueError names the
     file and line of a malformed line or of an entity the KB lacks."""
-    from .data import MissingData
+    from .data import MissingData, missing_data
 
     kb = os.path.join(folder, "kb.txt")
     hops = [k for k in (1, 2, 3) if os.path.isdir(os.path.join(folder, f"{k}-hop", "vanilla"))]
     if not os.path.isfile(kb) or not hops:
-        raise MissingData(f"MetaQA not found: {folder} needs kb.txt and "
-                          f"{{1,2,3}}-hop/vanilla/qa_{{train,dev,test}}.txt as MetaQA ships "
-                          f"them (nothing is downloaded)")
+        raise missing_data(f"MetaQA not found: {folder} needs kb.txt and "
+                           f"{{1,2,3}}-hop/vanilla/qa_{{train,dev,test}}.txt as MetaQA ships "
+                           f"them", downloadable=False)
     missing = [os.path.join(f"{k}-hop", "vanilla", file) for k in hops
                for _, file in METAQA_SPLITS
                if not os.path.isfile(os.path.join(folder, f"{k}-hop", "vanilla", file))]

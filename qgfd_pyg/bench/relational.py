@@ -27,7 +27,7 @@ from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 from .._checks import check_alpha, check_choice, check_positive_int, check_steps
 from ..diffusion import ppr_hop_weights
 from ..flow import NORMALIZATIONS, RelationalGraph, relational_flow
-from .data import MissingData
+from .data import missing_data
 from .models import GAT, APPNPNet
 
 
@@ -98,18 +98,19 @@ class KGGraph:
 
 
 def read_triples(raw_dir: str, relations: Optional[Sequence[str]] = None,
-                 known_entities: bool = False, columns: str = "hrt"
+                 known_entities: bool = False, columns: str = "hrt", downloadable: bool = False
                  ) -> Tuple[Dict[str, List[Tuple[str, str, str]]], List[str]]:
     """Reads ``train/valid/test.txt`` (tab-separated head, relation, tail) and checks them:
     three fields per line, every relation of valid/test known from train (or from
     ``relations``) and, with ``known_entities``, every entity of valid/test seen in train; a
     ValueError naming the file and line otherwise. ``columns`` is the files' column order
-    (``"hrt"``, or ``"rht"`` as kinship and nations ship)."""
+    (``"hrt"``, or ``"rht"`` as kinship and nations ship); ``downloadable``: whether the
+    missing-data error may suggest ``--download`` (sets read through PyG's classes)."""
     names = ("train", "valid", "test")
     missing = [f"{n}.txt" for n in names if not os.path.isfile(os.path.join(raw_dir, f"{n}.txt"))]
     if missing:
-        raise MissingData(f"knowledge graph not found: {raw_dir} lacks {', '.join(missing)}; "
-                          f"put the data set's raw files there (nothing is downloaded)")
+        raise missing_data(f"knowledge graph not found: {raw_dir} lacks {', '.join(missing)}; "
+                           f"put the data set's raw files there", downloadable)
     out: Dict[str, List[Tuple[str, str, str]]] = {}
     for name in names:
         path = os.path.join(raw_dir, f"{name}.txt")

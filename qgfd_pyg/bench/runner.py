@@ -47,6 +47,8 @@ class RunConfig:
         command: how the sweep was started (recorded in the results).
         max_minutes: a wall-clock budget per run (training and validation): a run stops
             after the first epoch that ends past it, like early stopping (``None``: none).
+        download: fetch a missing data set (PyG's and OGB's sets, and the few files the
+            runner knows an address for) instead of failing with where to put it.
     """
     task: str
     models: Optional[Sequence[str]] = None
@@ -65,6 +67,7 @@ class RunConfig:
     extra: Dict[str, Any] = field(default_factory=dict)
     command: str = ""
     max_minutes: Optional[float] = None
+    download: bool = False
 
 
 class Results(NamedTuple):
@@ -135,7 +138,7 @@ def run_benchmark(config: RunConfig) -> Results:
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    task = load_task(config.task, config.root, config.dataset, config.extra)
+    task = load_task(config.task, config.root, config.dataset, config.extra, config.download)
     if not config.models:  # the defaults that apply to this data (MetaQA has no rule row)
         models = [m for m in models if m in task.models]
     missing = [m for m in models if m not in task.models]

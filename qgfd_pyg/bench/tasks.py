@@ -181,13 +181,14 @@ def task_entry(name: str) -> TaskEntry:
 
 
 def load_task(name: str, root: str, dataset: Optional[str] = None,
-              extra: Optional[Dict[str, Any]] = None) -> Task:
-    """Loads the registered task ``name`` from ``root`` (nothing is downloaded; missing raw
-    files are a :class:`~qgfd_pyg.bench.data.MissingData` error)."""
-    from .data import no_download
+              extra: Optional[Dict[str, Any]] = None, download: bool = False) -> Task:
+    """Loads the registered task ``name`` from ``root``. Without ``download`` (the default)
+    nothing is downloaded and missing raw files are a
+    :class:`~qgfd_pyg.bench.data.MissingData` error; with it, sets that can be fetched are."""
+    from .data import downloads
 
     entry = task_entry(name)
-    with no_download():
+    with downloads(download):
         return entry.load(root, dataset, extra or {})
 
 
