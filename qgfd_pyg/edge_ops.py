@@ -136,11 +136,11 @@ class EdgeDot(torch.autograd.Function):
         ctx.chunk, ctx.layout = chunk, layout if _fast(layout, q, k) else None
         if ctx.layout is not None:
             return layout.dot(q, k)
-        out = q.new_empty(src.numel(), q.size(1))
-        for s in range(0, src.numel(), chunk):
-            e = slice(s, s + chunk)
-            out[e] = (q[dst[e]] * k[src[e]]).sum(-1)
-        return out
+        parts = [(q[dst[e]] * k[src[e]]).sum(-1)
+                 for e in (slice(s, s + chunk) for s in range(0, src.numel(), chunk))]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else q.new_empty(0, q.size(1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -173,9 +173,13 @@ class EdgeAggregate(torch.autograd.Function):
         if ctx.layout is not None:
             return layout.aggregate("dst", w, z)
         out = z.new_zeros((num_nodes,) + tuple(z.shape[1:]))
+        # torch.compile (torch 2.11) loses the gradients of an autograd.Function whose
+        # forward writes in place into a tensor it returns: a new tensor per chunk there
+        fresh = torch.compiler.is_compiling()
         for s in range(0, src.numel(), chunk):
             e = slice(s, s + chunk)
-            out.index_add_(0, dst[e], w[e].unsqueeze(-1) * z[src[e]])
+            add = w[e].unsqueeze(-1) * z[src[e]]
+            out = out.index_add(0, dst[e], add) if fresh else out.index_add_(0, dst[e], add)
         return out
 
     @staticmethod

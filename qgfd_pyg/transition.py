@@ -7,6 +7,7 @@ tensor (see :func:`qgfd_pyg.spmm.sparse_matrix`); :func:`qgfd_pyg.diffuse` takes
 """
 import importlib.util
 import math
+import numbers
 import os
 from typing import Any, Hashable, List, Optional, Sequence, Tuple, Union
 
@@ -253,7 +254,10 @@ def from_scipy(matrix: Any, add_self_loops: bool = False) -> Transition:
         - **input:** :math:`(N, N)`
         - **output:** row-stochastic SparseTensor :math:`(N, N)`
     """
-    import scipy.sparse as sp
+    try:
+        import scipy.sparse as sp
+    except ImportError as error:  # pragma: no cover - scipy is there wherever matrices are
+        raise ImportError("from_scipy needs scipy (pip install scipy)") from error
 
     if not sp.issparse(matrix):
         try:
@@ -307,8 +311,22 @@ def from_networkx(G: Any, weight: Optional[str] = "weight",
     if len(nodelist) != G.number_of_nodes():
         raise ValueError(f"nodelist has {len(nodelist)} nodes but the graph has "
                          f"{G.number_of_nodes()}; list every node once")
-    try:
-        matrix = nx.to_scipy_sparse_array(G, nodelist=nodelist, weight=weight, format="coo")
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"could not read edge weights {weight!r} as numbers: {error}") from error
-    return from_scipy(matrix, add_self_loops=add_self_loops), nodelist
+    index = {node: i for i, node in enumerate(nodelist)}
+    rows, cols, weights = [], [], []
+    for u, v, w in G.edges(data=weight, default=1):
+        if weight is None:
+            w = 1
+        if not isinstance(w, numbers.Real):
+            raise ValueError(f"edge ({u!r}, {v!r}): weight {weight!r} must be a real number "
+                             f"(got {w!r})")
+        rows.append(index[u])
+        cols.append(index[v])
+        weights.append(float(w))
+        if not G.is_directed() and u != v:  # undirected: both ways; a self-loop once
+            rows.append(index[v])
+            cols.append(index[u])
+            weights.append(float(w))
+    edge_index = torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
+    edge_weight = torch.tensor(weights, dtype=torch.float64).to(torch.get_default_dtype())
+    return graph_transition(edge_index, num_nodes=len(nodelist), edge_weight=edge_weight,
+                            add_self_loops=add_self_loops), nodelist

@@ -435,10 +435,19 @@ def test_attention_explainer_reads_the_seed_attention_of_each_input_edge():
     torch.testing.assert_close(explanation.edge_mask, expected)
 
 
+@pytest.mark.parametrize("numba", [True, False])
 @pytest.mark.parametrize("transition", ["graph", "attention", "knn"])
-def test_torch_compile_gives_the_eager_output_and_gradients(transition):
+def test_torch_compile_gives_the_eager_output_and_gradients(transition, numba, monkeypatch):
     """torch.compile (dynamo + AOT autograd; the custom kernels and torch_sparse calls run as
-    graph breaks) of a model with QGFDConv, forward and backward."""
+    graph breaks) of a model with QGFDConv, forward and backward; with the numba routines and
+    with the torch paths that CUDA and machines without numba take (torch 2.11 lost the
+    gradients of an in-place forward there)."""
+    from qgfd_pyg import _numba
+
+    if not numba:
+        monkeypatch.setitem(_numba._state, "routines", None)
+    elif _numba.routines() is None:
+        pytest.skip("numba is not installed")
     torch._dynamo.reset()
     torch.manual_seed(0)
     n = 20

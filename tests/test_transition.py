@@ -215,6 +215,24 @@ def test_from_networkx_undirected_and_multigraph():
     assert with_loops.to_dense()[0, 0] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("kind", [nx.Graph, nx.DiGraph, nx.MultiGraph, nx.MultiDiGraph])
+def test_from_networkx_matches_networkx_adjacency(kind):
+    """Against NetworkX's own dense adjacency (self-loops, parallel edges, isolated nodes),
+    row-normalised by hand with a self-loop on empty rows."""
+    rng = torch.Generator().manual_seed(len(kind.__name__))
+    G = kind()
+    G.add_nodes_from(range(7))
+    for _ in range(14):
+        u, v = torch.randint(0, 6, (2,), generator=rng).tolist()  # node 6 stays isolated
+        G.add_edge(u, v, w=float(torch.rand(1, generator=rng)) + 0.5)
+    G.add_edge(2, 2, w=2.0)
+    A = torch.tensor(nx.to_numpy_array(G, nodelist=list(range(7)), weight="w"))
+    expected = torch.where((A.sum(1) == 0).unsqueeze(1), torch.eye(7, dtype=A.dtype), A)
+    expected = expected / expected.sum(1, keepdim=True)
+    P, _ = from_networkx(G, weight="w")
+    torch.testing.assert_close(P.to_dense().double(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_from_networkx_rejects_bad_input():
     G = nx.Graph([(0, 1)])
     with pytest.raises(ValueError, match="not in the graph"):
@@ -227,6 +245,9 @@ def test_from_networkx_rejects_bad_input():
         from_networkx([(0, 1)])
     G.add_edge(1, 2, weight=-1.0)
     with pytest.raises(ValueError, match="negative"):
+        from_networkx(G)
+    G.add_edge(1, 2, weight="heavy")
+    with pytest.raises(ValueError, match="real number"):
         from_networkx(G)
 
 

@@ -129,7 +129,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = config_from_args(args, argv)
     try:
         results = run_benchmark(config)
-    except ValueError as error:  # bad options, unknown task or model, missing data
+    except (ValueError, ImportError) as error:  # bad options, unknown task or model,
+        # missing data, or an optional package (OGB) that the task needs
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary_text(config, results))

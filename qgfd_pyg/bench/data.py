@@ -10,6 +10,7 @@ for (the filtered heterophilous graphs, HotpotQA) from their published addresses
 import contextlib
 import contextvars
 import functools
+import importlib.util
 import os
 from typing import Any, Iterator, Set
 
@@ -106,6 +107,14 @@ def _ogb_file_types() -> list:
     core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
     return [DataEdgeAttr, DataTensorAttr, GlobalStorage, np.ndarray, np.dtype,
             core.multiarray._reconstruct] + dtypes
+
+
+def require_ogb(task: str) -> None:
+    """A ValueError naming the ``bench`` extra when OGB, which ``task`` reads through, is not
+    installed (the rest of the runner works without it)."""
+    if importlib.util.find_spec("ogb") is None:
+        raise ValueError(f"task {task} reads its data through OGB, which is not installed: "
+                         f"pip install 'qgfd-pyg[bench]' (or pip install ogb)")
 
 
 def fetch_file(url: str, path: str) -> str:

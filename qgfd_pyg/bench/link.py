@@ -19,7 +19,7 @@ from torch.nn import Embedding, Module
 from torch_geometric.data import Data
 from torch_geometric.utils import negative_sampling, to_undirected
 
-from .data import open_dataset, split_dict
+from .data import open_dataset, require_ogb, split_dict
 from .metrics import link_metrics
 from .models import GAT, GCN, MLP, APPNPNet, ModelSpec, QGFDNet
 from .tasks import FullBatchExperiment, Task, register
@@ -170,6 +170,7 @@ _register_planetoid("citeseer-link", "CiteSeer")
 def ogbl(root: str, name: str) -> LinkTask:
     """An ``ogbl-*`` data set with its official split and negatives, and the main metric of
     its :class:`ogb.linkproppred.Evaluator` (hits@50 for collab, hits@20 for ddi)."""
+    require_ogb(name)
     from ogb.linkproppred import Evaluator, PygLinkPropPredDataset
 
     dataset = open_dataset(PygLinkPropPredDataset, root, name=name)

@@ -27,12 +27,21 @@ def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> floa
     return ece
 
 
+def ogb_evaluator(name: str):
+    """OGB's link ``Evaluator`` for ``name``; an ImportError naming the ``bench`` extra when
+    OGB is not installed."""
+    try:
+        from ogb.linkproppred import Evaluator
+    except ImportError as error:
+        raise ImportError("the runner's ranking metrics use OGB's Evaluator: pip install "
+                          "'qgfd-pyg[bench]' (or pip install ogb)") from error
+    return Evaluator(name)
+
+
 def hits_at(pos: Tensor, neg: Tensor, k: int) -> float:
     """OGB's Hits@K (``ogbl-*`` protocol): the share of positives scored above the K-th best
     negative, with one set of negatives shared by all positives."""
-    from ogb.linkproppred import Evaluator
-
-    evaluator = Evaluator("ogbl-collab")  # any hits@K data set; K is set below
+    evaluator = ogb_evaluator("ogbl-collab")  # any hits@K data set; K is set below
     evaluator.K = k
     return float(evaluator.eval({"y_pred_pos": pos.float().cpu(),
                                  "y_pred_neg": neg.float().cpu()})[f"hits@{k}"])
@@ -43,12 +52,10 @@ def ranking(pos: Tensor, neg: Tensor) -> Dict[str, float]:
     ``pos[i]`` is ranked among the candidate scores ``neg[i]`` (``[B]`` and ``[B, C]``; a
     ``[C]`` row is shared by all positives); ties count half (the mean of the optimistic and
     the pessimistic rank). Candidates scored ``-inf`` (filtered ones) never outrank."""
-    from ogb.linkproppred import Evaluator
-
     pos, neg = pos.float().cpu().view(-1), neg.float().cpu()
     if neg.dim() == 1:
         neg = neg.view(1, -1).expand(pos.numel(), -1)
-    lists = Evaluator("ogbl-citation2").eval({"y_pred_pos": pos, "y_pred_neg": neg})
+    lists = ogb_evaluator("ogbl-citation2").eval({"y_pred_pos": pos, "y_pred_neg": neg})
     return {key.replace("_list", ""): float(value.mean()) if value.numel() else float("nan")
             for key, value in lists.items()}
 

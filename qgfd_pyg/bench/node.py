@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .data import fetch_file, missing_data, open_dataset, split_dict
+from .data import fetch_file, missing_data, open_dataset, require_ogb, split_dict
 from .metrics import accuracy, expected_calibration_error
 from .models import MODELS
 from .tasks import FullBatchExperiment, Task, register
@@ -191,6 +191,7 @@ def platonov_npz(path: str, name: str, url: Optional[str] = None) -> NodeTask:
                                 "files go to --root/ogbn_arxiv")
 def ogbn(root: str, dataset: Optional[str] = None, extra=None, name: str = "ogbn-arxiv"
          ) -> NodeTask:
+    require_ogb(name)
     from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
     from torch_geometric.utils import to_undirected
 
