@@ -1,5 +1,5 @@
-"""The README's Python examples run as written, and its benchmark commands name tasks and
-options that the runner accepts."""
+"""The Python examples of the README and of the pages under docs/ run as written, and their
+benchmark commands name tasks and options that the runner accepts."""
 import os
 import re
 import shlex
@@ -10,19 +10,31 @@ from qgfd_pyg.bench.cli import build_parser
 from qgfd_pyg.bench.tasks import task_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-with open(os.path.join(ROOT, "README.md")) as f:
-    README = f.read()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
-BENCH = re.findall(r"(?:\./run bench|python -m qgfd_pyg\.bench)((?: [^\s`#|]+)*)", README)
+PAGES = ["README.md"] + sorted(os.path.join("docs", name)
+                               for name in os.listdir(os.path.join(ROOT, "docs"))
+                               if name.endswith(".md"))
+TEXT = {}
+for _page in PAGES:
+    with open(os.path.join(ROOT, _page)) as f:
+        TEXT[_page] = f.read()
+BLOCKS = [(page, i, block) for page in PAGES
+          for i, block in enumerate(re.findall(r"```python\n(.*?)```", TEXT[page], flags=re.S))]
+BENCH = [c for page in PAGES for c in re.findall(
+    r"(?:\./run bench|python -m qgfd_pyg\.bench)((?: [^\s`#|]+)*)", TEXT[page])]
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index, monkeypatch):
+def test_pages_have_examples():
+    assert {page for page, _, _ in BLOCKS} >= {"README.md", os.path.join("docs", "usage.md")}
+
+
+@pytest.mark.parametrize("page,index,block", BLOCKS, ids=[f"{p}:{i}" for p, i, _ in BLOCKS])
+def test_example_runs(page, index, block, monkeypatch):
     monkeypatch.chdir(ROOT)
-    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": "__readme__"})
+    exec(compile(block, f"{page} block {index}", "exec"), {"__name__": "__readme__"})
 
 
-@pytest.mark.parametrize("command", sorted({c.strip() for c in BENCH if c.strip()}))
-def test_readme_bench_commands_parse(command):
+@pytest.mark.parametrize("command", sorted({c.strip() for c in BENCH
+                                            if c.strip() and not c.split()[0].isupper()}))
+def test_bench_commands_parse(command):  # TASK (upper case) is a placeholder
     args = build_parser().parse_args(shlex.split(command))  # unknown options exit here
     assert args.list or args.task in task_names(), command
