@@ -36,21 +36,33 @@ class QGFDAttention(Module):
     Args:
         embed_dim (int): model width :math:`E` (split over the heads).
         num_heads (int): number of heads :math:`H` (``embed_dim % num_heads == 0``).
-        alpha (float): diffusion weight in ``[0, 1]``; ``0`` is plain attention.
-        steps (int): diffusion steps :math:`T`.
-        k (int): neighbours per key of the kNN transition.
-        metric (str): kNN similarity, ``"dot"`` or ``"cosine"``.
-        temperature (float): softmax temperature of the kNN transition.
-        dropout (float): dropout on the seed attention weights (training only).
-        bias (bool): biases in the input and output projections.
-        batch_first (bool): inputs are ``[B, L, E]`` (else ``[L, B, E]``).
-        kdim (int, optional), vdim (int, optional): feature sizes of ``key`` and ``value``.
-        tol (float, optional): early stop of the diffusion.
-        alpha_warmup_steps (int): ramp :math:`\alpha` linearly from 0 over this many training
-            calls (0: no warm-up).
-        detach_transition (bool): no gradient through :math:`\mathbf{P}`.
-        checkpoint (bool): keep no per-step copy of the values for the backward pass; the
-            diffusion runs again during it (see :func:`qgfd_pyg.diffuse`).
+        alpha (float, optional): the weight of the diffusion :math:`\alpha \in [0, 1]`, the
+            probability of taking one more step (QGFD's ``alpha=0.85`` is APPNP's teleport
+            ``alpha=0.15``); ``0`` is plain attention. (default: :obj:`0.85`)
+        steps (int, optional): diffusion steps :math:`T`. (default: :obj:`4`)
+        k (int, optional): neighbours per key of the kNN transition. (default: :obj:`8`)
+        metric (str, optional): kNN similarity, ``"dot"`` or ``"cosine"``.
+            (default: :obj:`"dot"`)
+        temperature (float, optional): softmax temperature of the kNN transition.
+            (default: :obj:`1.0`)
+        dropout (float, optional): dropout on the seed attention weights (training only).
+            (default: :obj:`0.0`)
+        bias (bool, optional): biases in the input and output projections.
+            (default: :obj:`True`)
+        batch_first (bool, optional): inputs are ``[B, L, E]`` (else ``[L, B, E]``).
+            (default: :obj:`True`)
+        kdim (int, optional): feature size of ``key``. (default: :obj:`None`: ``embed_dim``)
+        vdim (int, optional): feature size of ``value``. (default: :obj:`None`:
+            ``embed_dim``)
+        tol (float, optional): stop diffusing once the largest change of the values falls
+            below ``tol``. (default: :obj:`None`: all ``steps``)
+        alpha_warmup_steps (int, optional): ramp :math:`\alpha` linearly from 0 over this many
+            training calls (0: no warm-up). (default: :obj:`0`)
+        detach_transition (bool, optional): no gradient through :math:`\mathbf{P}`.
+            (default: :obj:`False`)
+        checkpoint (bool, optional): keep no per-step copy of the values for the backward
+            pass; the diffusion runs again during it (see :func:`qgfd_pyg.diffuse`).
+            (default: :obj:`False`)
 
     Shapes:
         - **input:** query :math:`(B, L_q, E)`, key :math:`(B, L_k, E_k)`, value

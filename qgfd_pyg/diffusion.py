@@ -37,10 +37,13 @@ KERNELS = ("ppr", "heat")
 class DiffusionInfo:
     """What one call of :func:`diffuse` did: for convergence plots and early-stop reports.
 
-    Attributes:
-        steps: sparse products performed (``<= steps`` asked for).
-        residuals: :math:`\\max |Z_{t+1} - Z_t|` after each step.
-        converged: whether ``tol`` was reached before the step budget ran out.
+    Args:
+        steps (int, optional): sparse products performed (``<= steps`` asked for).
+            (default: :obj:`0`)
+        residuals (list, optional): :math:`\\max |Z_{t+1} - Z_t|` after each step.
+            (default: :obj:`[]`)
+        converged (bool, optional): whether ``tol`` was reached before the step budget ran
+            out. (default: :obj:`False`)
     """
     steps: int = 0
     residuals: List[float] = field(default_factory=list)
@@ -50,8 +53,24 @@ class DiffusionInfo:
 def kernel_coefficients(kernel: str, steps: int, alpha: float = 0.85,
                         heat_time: float = 1.0) -> Tuple[List[float], List[float]]:
     r"""Coefficients :math:`\theta_0..\theta_{T-1}` and tails :math:`r_k = 1-\sum_{j<k}\theta_j`
-    (``r_0..r_T``) of a diffusion kernel."""
+    (``r_0..r_T``) of a diffusion kernel, :math:`\mathbf{Z} = \sum_{k<T} \theta_k
+    \mathbf{P}^k \mathbf{V} + r_T \mathbf{P}^T \mathbf{V}`.
+
+    Args:
+        kernel (str): ``"ppr"`` (personalised PageRank, :math:`\theta_k = (1-\alpha)
+            \alpha^k`) or ``"heat"`` (:math:`\theta_k = e^{-s} s^k / k!`).
+        steps (int): the number of steps :math:`T`.
+        alpha (float, optional): the weight of the diffusion (PageRank's probability of one
+            more step; QGFD's ``alpha=0.85`` is APPNP's teleport ``alpha=0.15``).
+            (default: :obj:`0.85`)
+        heat_time (float, optional): the heat kernel's time :math:`s`. (default: :obj:`1.0`)
+
+    Returns:
+        ``(theta, tail)``: lists of :math:`T` and :math:`T + 1` floats.
+    """
     check_choice("kernel", kernel, KERNELS)
+    steps, alpha = check_steps(steps), check_alpha(alpha)
+    heat_time = check_positive_float("heat_time", heat_time)
     if kernel == "ppr":
         theta = [(1.0 - alpha) * alpha**k for k in range(steps)]
         tail = [alpha**k for k in range(steps + 1)]
@@ -66,7 +85,16 @@ def ppr_hop_weights(alpha: float, steps: int, kernel: str = "ppr", heat_time: fl
                     ) -> Tensor:
     r"""The kernel's hop weights :math:`\theta_0..\theta_T` as one tensor ``[T + 1]``, the
     last one holding the truncated tail (PageRank: :math:`(1-\alpha)\alpha^k` for
-    :math:`k < T`, :math:`\alpha^T` for the last): where learnt hop weights start."""
+    :math:`k < T`, :math:`\alpha^T` for the last): where learnt hop weights start.
+
+    Args:
+        alpha (float): the weight of the diffusion (QGFD's ``alpha=0.85`` is APPNP's
+            teleport ``alpha=0.15``).
+        steps (int): the number of steps :math:`T`.
+        kernel (str, optional): ``"ppr"`` or ``"heat"`` (see :func:`kernel_coefficients`).
+            (default: :obj:`"ppr"`)
+        heat_time (float, optional): the heat kernel's time. (default: :obj:`1.0`)
+    """
     theta, tail = kernel_coefficients(kernel, check_steps(steps), check_alpha(alpha), heat_time)
     return torch.tensor(theta + [tail[steps]])
 

@@ -90,8 +90,25 @@ def attention_layers(model: Module) -> List[Module]:
 def patch_model(model: Module, alpha: float = 0.85, steps: int = 4, k: int = 8,
                 layers: Optional[Iterable[int]] = None, metric: str = "dot",
                 temperature: float = 1.0, tol: Optional[float] = None) -> Module:
-    """Makes ``model``'s attention layers (all, or those whose ``layer_idx`` is in ``layers``)
-    compute QGFD attention. Returns the model (patched in place)."""
+    r"""Makes ``model``'s attention layers (all, or those whose ``layer_idx`` is in ``layers``)
+    compute QGFD attention. Returns the model (patched in place).
+
+    Args:
+        model (transformers.PreTrainedModel): a model whose attention goes through
+            transformers' ``AttentionInterface`` (``_supports_attention_backend``).
+        alpha (float, optional): the weight of the diffusion :math:`\alpha \in [0, 1]` (QGFD's
+            ``alpha=0.85`` is APPNP's teleport ``alpha=0.15``); ``0`` is the model's own
+            attention. (default: :obj:`0.85`)
+        steps (int, optional): diffusion steps. (default: :obj:`4`)
+        k (int, optional): neighbours per key of the kNN transition. (default: :obj:`8`)
+        layers (iterable of int, optional): the ``layer_idx`` of the layers to patch.
+            (default: :obj:`None`: all)
+        metric (str, optional): kNN similarity, ``"dot"`` or ``"cosine"``.
+            (default: :obj:`"dot"`)
+        temperature (float, optional): softmax temperature of the kNN transition.
+            (default: :obj:`1.0`)
+        tol (float, optional): early stop of the diffusion. (default: :obj:`None`)
+    """
     transformers = _transformers()
     if not isinstance(model, transformers.PreTrainedModel):
         raise ValueError(f"expected a transformers PreTrainedModel (got {type(model).__name__})")
@@ -126,7 +143,11 @@ def patch_model(model: Module, alpha: float = 0.85, steps: int = 4, k: int = 8,
 
 
 def unpatch_model(model: Module) -> Module:
-    """Restores the attention implementation ``model`` had before :func:`patch_model`."""
+    """Restores the attention implementation ``model`` had before :func:`patch_model`.
+
+    Args:
+        model (transformers.PreTrainedModel): a model patched by :func:`patch_model`.
+    """
     previous = getattr(model, "_qgfd_previous_attn", None)
     if previous is None:
         raise ValueError("the model is not patched with QGFD")

@@ -36,9 +36,13 @@ _backend = {"name": "auto"}
 
 
 def set_spmm_backend(name: str) -> None:
-    """Chooses how :func:`qgfd_pyg.diffuse` multiplies by a SparseTensor transition:
-    ``"auto"`` (default), ``"numba"``, ``"torch"`` or ``"torch_sparse"`` (see
-    :mod:`qgfd_pyg.spmm`; timings in ``benchmarks/results/perf_spmm.md``)."""
+    """Chooses how :func:`qgfd_pyg.diffuse` multiplies by a sparse transition.
+
+    Args:
+        name (str): ``"auto"`` (the starting choice: numba's routine on the CPU where numba
+            is installed, torch's CSR product elsewhere), ``"numba"``, ``"torch"`` or
+            ``"torch_sparse"`` (timings in ``benchmarks/results/perf_spmm.md``).
+    """
     name = check_choice("backend", name, SPMM_BACKENDS)
     if name == "torch_sparse" and not WITH_TORCH_SPARSE:
         raise ValueError("backend 'torch_sparse' needs the torch-sparse package")
@@ -48,6 +52,7 @@ def set_spmm_backend(name: str) -> None:
 
 
 def get_spmm_backend() -> str:
+    """The backend :func:`set_spmm_backend` chose (``"auto"`` until it is called)."""
     return _backend["name"]
 
 

@@ -84,8 +84,11 @@ def graph_transition(edge_index: GraphLike, num_nodes: Optional[int] = None,
             are the edge weights).
         num_nodes (int, optional): number of nodes ``N`` (default: ``max(edge_index) + 1``).
         edge_weight (torch.Tensor, optional): non-negative finite weights ``[E]``.
-        add_self_loops (bool): add a unit self-loop to every node without one.
-        normalization (str): ``"rw"`` or ``"sym"``.
+            (default: :obj:`None`: every edge weighs 1)
+        add_self_loops (bool, optional): add a unit self-loop to every node without one.
+            (default: :obj:`True`)
+        normalization (str, optional): ``"rw"`` (the random walk :math:`D^{-1} A`, rows sum
+            to 1) or ``"sym"`` (:math:`D^{-1/2} A D^{-1/2}`, APPNP's). (default: :obj:`"rw"`)
 
     Shapes:
         - **input:** edge indices :math:`(2, |\mathcal{E}|)`, weights :math:`(|\mathcal{E}|)`
@@ -122,18 +125,20 @@ def knn_transition(keys: Tensor, k: int, metric: str = "dot", temperature: float
     Args:
         keys (torch.Tensor): keys ``[N, d]`` or ``[B, N, d]``.
         k (int): neighbours per row (``min(k, N)`` when fewer keys exist).
-        metric (str): ``"dot"`` or ``"cosine"``.
-        temperature (float): softmax temperature :math:`\tau > 0`.
-        causal (bool): row ``i`` only selects keys ``j <= i``.
+        metric (str, optional): ``"dot"`` or ``"cosine"``. (default: :obj:`"dot"`)
+        temperature (float, optional): softmax temperature :math:`\tau > 0`.
+            (default: :obj:`1.0`)
+        causal (bool, optional): row ``i`` only selects keys ``j <= i``.
+            (default: :obj:`False`)
         mask (torch.Tensor, optional): boolean ``[N]`` or ``[B, N]``; ``True`` marks keys that are
             never selected (e.g. padding, as in ``key_padding_mask``). A row left with no
-            selectable key gets a self-loop.
-        chunk_size (int, optional): rows per chunk (default: about :math:`2^{22}/(B N)`,
-            16 MB of similarities at a time).
-        backend (str): ``"auto"`` (the Triton kernel for float32 / half-precision CUDA keys
-            when Triton is installed, else the chunks), ``"torch"`` (the chunks) or
+            selectable key gets a self-loop. (default: :obj:`None`)
+        chunk_size (int, optional): rows per chunk. (default: :obj:`None`: about
+            :math:`2^{22}/(B N)`, 16 MB of similarities at a time)
+        backend (str, optional): ``"auto"`` (the Triton kernel for float32 / half-precision
+            CUDA keys when Triton is installed, else the chunks), ``"torch"`` (the chunks) or
             ``"triton"`` (the kernel; on the CPU only under ``TRITON_INTERPRET=1``). The kernel
-            compares in float32.
+            compares in float32. (default: :obj:`"auto"`)
 
     Shapes:
         - **input:** keys :math:`(N, d)` or :math:`(B, N, d)`
@@ -248,7 +253,12 @@ def from_scipy(matrix: Any, add_self_loops: bool = False) -> Transition:
 
     ``matrix[i, j]`` is the weight of the flow from ``i`` to ``j``; weights must be finite and
     non-negative. Rows are normalised as in :func:`graph_transition` (dangling rows get a
-    self-loop).
+    self-loop). SciPy is imported when this is called (it is not a requirement of the package).
+
+    Args:
+        matrix (scipy.sparse.sparray or numpy.ndarray): a square matrix :math:`(N, N)`.
+        add_self_loops (bool, optional): add a unit self-loop to every node without one.
+            (default: :obj:`False`)
 
     Shapes:
         - **input:** :math:`(N, N)`
@@ -289,9 +299,12 @@ def from_networkx(G: Any, weight: Optional[str] = "weight",
 
     Args:
         G (networkx.Graph): any NetworkX graph (``Graph``, ``DiGraph``, ``Multi*``).
-        weight (str, optional): edge attribute holding the weight.
-        nodelist (list, optional): node order of ``P`` (default: ``list(G.nodes)``).
-        add_self_loops (bool): add a unit self-loop to every node without one.
+        weight (str, optional): edge attribute holding the weight (a real number; edges
+            without it weigh 1; ``None``: every edge weighs 1). (default: :obj:`"weight"`)
+        nodelist (list, optional): node order of ``P``. (default: :obj:`None`:
+            ``list(G.nodes)``)
+        add_self_loops (bool, optional): add a unit self-loop to every node without one.
+            (default: :obj:`False`)
 
     Returns:
         ``(P, nodelist)``: the SparseTensor :math:`(N, N)` and the node order of its rows.

@@ -29,3 +29,62 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         assert f'id="{name}"' in runner, name
     for page in ("install", "usage", "runner", "results", "performance", "status", "design"):
         assert os.path.exists(tmp_path / "html" / f"{page}.html"), page
+
+
+def _args_section(doc):
+    """``{name: text}`` of a Google-style ``Args:`` section (entries indented 4 spaces by
+    ``inspect.getdoc``, their continuation lines deeper)."""
+    entries, current, inside = {}, None, False
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Arguments:", "Parameters:"):
+            inside = True
+            continue
+        if not inside:
+            continue
+        if line and not line.startswith(" "):  # the next section
+            break
+        match = re.match(r"^    (\*{0,2}\w+)(?: \([^)]*\))?:(.*)$", line)
+        if match:
+            current = match.group(1).lstrip("*")
+            entries[current] = match.group(2)
+        elif current is not None:
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_public_arguments_are_documented_with_their_defaults():
+    """Every argument of the public API is in its docstring's Args, those with a default say
+    it as PyG does, ``(default: ...)``, and every ``alpha`` says how it relates to APPNP's."""
+    import inspect
+
+    import qgfd_pyg
+    from qgfd_pyg import hf
+
+    objects = [getattr(qgfd_pyg, n) for n in qgfd_pyg.__all__ if n != "__version__"]
+    objects += [hf.patch_model, hf.unpatch_model]
+    problems = []
+    for obj in objects:
+        if not callable(obj):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        args = _args_section(doc)
+        params = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj).parameters
+        for name, param in params.items():
+            if name == "self" or param.kind is param.VAR_POSITIONAL:
+                continue
+            if param.kind is param.VAR_KEYWORD:
+                continue
+            if name not in args:
+                problems.append(f"{obj.__name__}({name}): not in Args")
+            elif param.default is not param.empty and "(default:" not in args[name]:
+                problems.append(f"{obj.__name__}({name}): no (default: ...)")
+            elif param.default is param.empty and "(default:" in args[name]:
+                problems.append(f"{obj.__name__}({name}): a default it does not have")
+            elif isinstance(param.default, (bool, int, float, str)):
+                said = re.search(r"\(default: :obj:`([^`]*)`", args[name])
+                if said and said.group(1) != repr(param.default).replace("'", '"'):
+                    problems.append(f"{obj.__name__}({name}): says {said.group(1)}, "
+                                    f"is {param.default!r}")
+        if "alpha" in params and "teleport" not in args.get("alpha", ""):
+            problems.append(f"{obj.__name__}(alpha): APPNP's teleport is not named")
+    assert not problems, problems
