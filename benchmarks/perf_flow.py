@@ -3,7 +3,9 @@
     ./run python benchmarks/perf_flow.py
 
 For a random typed graph (N nodes, E edges, R relations) and B queries, one step of
-``relational_flow`` (each query its own mixture of relations) is timed against one
+``relational_flow`` (each query its own mixture of relations; the time of a flow of --steps
+steps divided by the steps, so that the seeds' and the result's transposes, done once per
+flow, count as they do in use) is timed against one
 ``qgfd_pyg.spmm`` product of the same graph's transition with ``[N, B]`` values, i.e. the same
 ``nnz * B`` multiply-adds (the perf_spmm product). Forward alone and forward + backward
 (gradients w.r.t. the seeds and the relation weights; for the SpMM, w.r.t. the values),
@@ -26,16 +28,18 @@ CPU = torch.device("cpu")
 
 
 def flow_times(graph, p0, a, repeats, normalization):
+    """Seconds per step (forward, forward + backward) of a flow of ``len(a)`` steps."""
+    steps = a.size(0)
+
     def forward():
         with torch.no_grad():
-            relational_flow(p0, graph, a, hop_weights=torch.tensor([0.0, 1.0]),
-                            normalization=normalization, validate=False)
+            relational_flow(p0, graph, a, normalization=normalization, validate=False)
 
     def both():
         p0.grad = a.grad = None
-        relational_flow(p0, graph, a, hop_weights=torch.tensor([0.0, 1.0]),
-                        normalization=normalization, validate=False).sum().backward()
-    return timed(forward, CPU, repeats)[0], timed(both, CPU, repeats)[0]
+        relational_flow(p0, graph, a, normalization=normalization,
+                        validate=False).sum().backward()
+    return timed(forward, CPU, repeats)[0] / steps, timed(both, CPU, repeats)[0] / steps
 
 
 def spmm_times(P, x, repeats):
@@ -49,6 +53,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--graphs", default="40943:215000:23,14541:559000:475,200000:4000000:20")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4, help="steps of the timed flow")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()
@@ -60,7 +65,8 @@ def main():
         edge_type = torch.randint(0, r, (e,), generator=g)
         graph = RelationalGraph(edge_index, edge_type, r, n)
         p0 = torch.softmax(torch.randn(args.batch, n, generator=g), 1).requires_grad_()
-        a = torch.softmax(torch.randn(1, args.batch, r, generator=g), -1).requires_grad_()
+        a = torch.softmax(torch.randn(args.steps, args.batch, r, generator=g),
+                          -1).requires_grad_()
         P = graph_transition(edge_index, n, add_self_loops=False)
         x = torch.randn(n, args.batch, generator=g, requires_grad=True)
         row = {"nodes": n, "edges": e, "relations": r, "batch": args.batch}
@@ -80,11 +86,12 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "batch": args.batch, "repeats": args.repeats}
+           "batch": args.batch, "repeats": args.repeats, "steps": args.steps}
     paths = [p for p in ("numba", "torch") if f"spmm_{p}" in rows[0]]
     lines = [f"# One query-conditioned flow step against one SpMM at the same nnz * B (CPU, "
              f"{env['threads']} threads, torch {env['torch']}, B = {args.batch})", "",
-             "`relational_flow` with one step (every query its own relation weights) and one "
+             f"`relational_flow` per step of a {args.steps}-step flow (every query its own "
+             "relation weights; the flow's time over its steps) and one "
              "`qgfd_pyg.spmm` product of the same graph's random walk with [N, B] values; "
              "forward / forward + backward, median of "
              f"{args.repeats}. Ratio = flow / SpMM on the same path (numba: the compiled CPU "

@@ -30,10 +30,12 @@ walks at later steps (its one-step term is :math:`p_0 P_{T-1}`), so it cannot sa
 :math:`r_1`, then :math:`r_2`"; the walk form can, and is the one used here.
 
 Cost: a step is one pass over the edges for all :math:`B` queries, :math:`O(B \cdot E)` time,
-plus the normaliser :math:`C^\top a_t` (:math:`O(N R B)` as one matrix product); memory
-:math:`O(B \cdot N)` per step. No ``[B, E]`` or ``[B, N, N]`` tensor is formed: the product
-runs in one compiled pass on CPU (numba, when installed) and over chunks of edges
-otherwise (GPUs, no numba).
+plus the normaliser :math:`C^\top a_t` (over each node's own relations, :math:`O(B \cdot
+\mathrm{nnz}(C))`); memory :math:`O(B \cdot N)` per step. No ``[B, E]`` or ``[B, N, N]``
+tensor is formed. On the CPU with numba a step is two compiled passes (the normaliser and
+the staying share per node, then the product over the edges into each node) and its backward
+one (over the edges out of each node, for the gradients of the values and of the relation
+weights together); otherwise (GPUs, no numba) torch ops over chunks of edges.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -117,6 +119,11 @@ class RelationalGraph:
         share = weight / torch.where(degree[slot] > 0, degree[slot], torch.ones_like(weight))
         self._weights = {False: (weight[self.perm_in], weight[self.perm_out]),
                          True: (share[self.perm_in], share[self.perm_out])}
+        # each node's relations with out-weight and that weight, node-major (the compiled step)
+        present = degree.nonzero().view(-1)
+        self.rel_ptr = torch.cat([present.new_zeros(1), torch.bincount(
+            present // self.num_relations, minlength=self.num_nodes).cumsum(0)])
+        self.rel_ids, self.rel_degree = present % self.num_relations, degree[present]
         degree = degree.view(self.num_nodes, self.num_relations)  # C^T: [N, R]
         has = (degree > 0).to(degree.dtype)  # whether a node has out-weight under r
         if self.num_relations > DENSE_DEGREE_RELATIONS:  # few relations per node: sparse
@@ -162,15 +169,7 @@ def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool,
              per_relation: bool) -> Tensor:
     """``y[j, b] = sum_{e: i -> j} w_e a[r_e, b] x[i, b]`` (``transpose``: over the reversed
     edges), for ``x`` ``[N, B]`` and ``a`` ``[R, B]``."""
-    rowptr, col, rel, weight, row = graph.edges(transpose, per_relation)
-    if _numba.usable(x, a):
-        out = torch.empty_like(x)
-        if out.numel():
-            _numba.set_threads()
-            _numba.routines().typed_spmm(rowptr.numpy(), col.numpy(), rel.numpy(),
-                                         weight.to(x.dtype).numpy(), a.numpy(), x.numpy(),
-                                         out.numpy())
-        return out
+    _, col, rel, weight, row = graph.edges(transpose, per_relation)
     out = torch.zeros_like(x)
     weight = weight.to(x.dtype).unsqueeze(1)
     for e in _edge_chunks(col.numel(), x.size(1)):
@@ -180,17 +179,8 @@ def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool,
 
 def _weight_grad(graph: RelationalGraph, x: Tensor, g: Tensor, per_relation: bool) -> Tensor:
     """``grad[r, b] = sum_{e: i -> j, r_e = r} w_e x[i, b] g[j, b]`` ``[R, B]``."""
-    R = graph.num_relations
-    rowptr, col, rel, weight, row = graph.edges(False, per_relation)
-    if _numba.usable(x, g):
-        chunks = max(1, min(torch.get_num_threads(), graph.num_nodes))
-        parts = x.new_empty(chunks, R, x.size(1))
-        _numba.set_threads()
-        _numba.routines().typed_weight_grad(rowptr.numpy(), col.numpy(), rel.numpy(),
-                                            weight.to(x.dtype).numpy(), x.numpy(), g.numpy(),
-                                            parts.numpy())
-        return parts.sum(0)
-    out = x.new_zeros(R, x.size(1))
+    _, col, rel, weight, row = graph.edges(False, per_relation)
+    out = x.new_zeros(graph.num_relations, x.size(1))
     weight = weight.to(x.dtype).unsqueeze(1)
     for e in _edge_chunks(col.numel(), x.size(1)):
         out.index_add_(0, rel[e], weight[e] * x[col[e]] * g[row[e]])
@@ -198,8 +188,8 @@ def _weight_grad(graph: RelationalGraph, x: Tensor, g: Tensor, per_relation: boo
 
 
 class _TypedProduct(torch.autograd.Function):
-    """``_product`` with gradients w.r.t. ``x`` (the product over the reversed edges) and
-    ``a`` (:func:`_weight_grad`); once differentiable."""
+    """(The torch path.) ``_product`` with gradients w.r.t. ``x`` (the product over the
+    reversed edges) and ``a`` (:func:`_weight_grad`); once differentiable."""
 
     @staticmethod
     def forward(ctx, x, a, graph, per_relation):
@@ -220,6 +210,55 @@ class _TypedProduct(torch.autograd.Function):
         return grad_x, grad_a, None, None
 
 
+class _FusedStep(torch.autograd.Function):
+    """:func:`relational_step` in the compiled routines: the normaliser, the staying share and
+    the product in two passes over the nodes and edges, the gradients w.r.t. ``x`` and ``a``
+    in one pass over the edges by source (CPU tensors, numba)."""
+
+    @staticmethod
+    def forward(ctx, x, a, graph, normalization, keep):
+        x, a = x.detach().contiguous(), a.detach().contiguous()
+        node = normalization == "node"
+        rowptr, col, rel, weight, _ = graph.edges(False, normalization == "relation")
+        stay, out = torch.empty_like(x), torch.empty_like(x)
+        y, scale = (torch.empty_like(x), torch.empty_like(x)) if node else (x, x)
+        if x.numel():
+            _numba.set_threads()
+            _numba.routines().typed_step(
+                rowptr.numpy(), col.numpy(), rel.numpy(), weight.to(x.dtype).numpy(),
+                a.numpy(), x.numpy(), graph.rel_ptr.numpy(), graph.rel_ids.numpy(),
+                graph.rel_degree.to(x.dtype).numpy(), a.sum(0).numpy(), node, keep,
+                MIN_MASS, y.numpy(), scale.numpy(), stay.numpy(), out.numpy())
+        ctx.save_for_backward(x, a, y, scale, stay)
+        ctx.graph, ctx.normalization, ctx.keep = graph, normalization, keep
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, a, y, scale, stay = ctx.saved_tensors
+        graph, node = ctx.graph, ctx.normalization == "node"
+        grad = grad.contiguous()
+        rowptr, col, rel, weight, _ = graph.edges(True, ctx.normalization == "relation")
+        chunks = max(1, min(torch.get_num_threads(), graph.num_nodes))
+        grad_x = torch.empty_like(x)
+        parts = x.new_empty(chunks, graph.num_relations, x.size(1))
+        totals = x.new_empty(chunks, x.size(1))
+        if x.numel():
+            _numba.set_threads()
+            _numba.routines().typed_step_backward(
+                rowptr.numpy(), col.numpy(), rel.numpy(), weight.to(x.dtype).numpy(),
+                a.numpy(), x.numpy(), y.numpy(), scale.numpy(), stay.numpy(), grad.numpy(),
+                graph.rel_ptr.numpy(), graph.rel_ids.numpy(),
+                graph.rel_degree.to(x.dtype).numpy(), node, ctx.keep, grad_x.numpy(),
+                parts.numpy(), totals.numpy())
+            grad_a = parts.sum(0) + totals.sum(0, keepdim=True)
+        else:
+            grad_a = torch.zeros_like(a)
+        return (grad_x if ctx.needs_input_grad[0] else None,
+                grad_a if ctx.needs_input_grad[1] else None, None, None, None)
+
+
 def _times(C: Tensor, a: Tensor) -> Tensor:
     """``C @ a`` for a dense or sparse ``C`` ``[N, R]``."""
     return torch.sparse.mm(C.to(a.dtype), a) if C.is_sparse else C.to(a.dtype) @ a
@@ -230,6 +269,8 @@ def relational_step(graph: RelationalGraph, x: Tensor, a: Tensor,
     r"""One step :math:`x P(a)` in the node-major layout: ``x`` ``[N, B]`` (one column per
     query), relation weights ``a`` ``[R, B]`` (see :func:`relational_flow` for
     ``normalization`` and ``dangling``)."""
+    if _numba.usable(x.detach(), a.detach()) and x.dtype == a.dtype:
+        return _FusedStep.apply(x, a, graph, normalization, dangling == "keep")
     if normalization == "node":
         degree = _times(graph.degree, a)  # D: [N, B]
         has_mass = degree > MIN_MASS  # 1 / D and its gradient -1 / D^2 stay finite
@@ -369,7 +410,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     walks = [x]
     for t, a in enumerate(relation_weights):
         x = relational_step(graph, x, a.to(dtype).t().contiguous(), normalization, dangling)
-        out = out + coefficient(t + 1) * x
+        out = torch.addcmul(out, coefficient(t + 1), x)  # one pass over [N, B]
         if return_steps:
             walks.append(x)
     out = out.t().contiguous().to(p0.dtype)
