@@ -398,3 +398,34 @@ def test_download_flag_fetches_the_files_pyg_has_no_class_for(tmp_path, monkeypa
     task = load_task("squirrel-filtered", str(tmp_path), download=True)
     assert fetched == [f"{PLATONOV_URL}/squirrel_filtered.npz"]
     assert task.data.num_nodes == 6 and task.num_splits == 10
+
+
+def test_ctrl_c_keeps_the_finished_runs_in_one_line_and_resume_continues(tmp_path):
+    """A real SIGINT to the CLI in a fresh process, once the first run is written."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "qgfd_pyg.bench", "cora", "--models", "mlp", "--seeds",
+               "40", "--epochs", "2", "--patience", "2", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "cora.json").exists() and len(read(out, "cora")["runs"]) >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    kept = len(read(out, "cora")["runs"])
+    assert 1 <= kept < 40
+    assert last == (f"interrupted: {kept} finished run{'s' * (kept != 1)} kept in "
+                    f"{out / 'cora.json'}; run the same command with --resume to continue")
+    done = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming: {kept} finished runs kept" in done.stderr
+    assert len(read(out, "cora")["runs"]) == 40

@@ -6,7 +6,7 @@ from dataclasses import fields
 from typing import List, Optional
 
 from .models import QGFDOptions
-from .runner import RunConfig, default_dir, run_benchmark, summary_text
+from .runner import Interrupted, RunConfig, default_dir, run_benchmark, summary_text
 from .tasks import TASKS, task_names
 
 
@@ -129,6 +129,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = config_from_args(args, argv)
     try:
         results = run_benchmark(config)
+    except Interrupted as stop:  # Ctrl-C: the finished runs are kept already
+        print(stop, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the first run (loading the data)
+        print("interrupted before any run started; nothing was written", file=sys.stderr)
+        return 130
     except (ValueError, ImportError) as error:  # bad options, unknown task or model,
         # missing data, or an optional package (OGB) that the task needs
         print(f"error: {error}", file=sys.stderr)

@@ -69,6 +69,7 @@ class ResultStore:
                 raise ValueError(f"--resume needs the options of the stored sweep "
                                  f"{self.json_path}; these differ: {', '.join(changed)}")
             self.runs = list(stored.get("runs", []))
+        self.saved = len(self.runs)  # runs the JSON file on disk holds
 
     def done(self, model: str, seed: int) -> bool:
         return any(r["model"] == model and r["seed"] == seed for r in self.runs)
@@ -86,6 +87,7 @@ class ResultStore:
         payload = {"config": self.config, "environment": environment, "complete": complete,
                    "summary": rows, "runs": self.runs}
         atomic_write(self.json_path, json.dumps(payload, indent=1) + "\n")
+        self.saved = len(self.runs)
         protocol = self.task.protocol(self.config) if self.task is not None else ""
         percent = self.task.percent if self.task is not None else True
         atomic_write(self.md_path, markdown(self.config, environment, rows, complete,

@@ -70,6 +70,16 @@ class RunConfig:
     download: bool = False
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: ``kept`` finished runs are in ``path`` (each run is written when
+    it ends), and the same command with ``--resume`` continues."""
+
+    def __init__(self, kept: int, path: str):
+        super().__init__(f"interrupted: {kept} finished run{'s' * (kept != 1)} kept in {path}; "
+                         f"run the same command with --resume to continue")
+        self.kept, self.path = kept, path
+
+
 class Results(NamedTuple):
     """What a sweep produced: the summary rows, every per-seed record, and the files."""
     summary: List[Dict[str, Any]]
@@ -167,16 +177,19 @@ def run_benchmark(config: RunConfig) -> Results:
     if skipped:
         print(f"resuming: {skipped} finished runs kept from {store.json_path}", file=sys.stderr)
     bars = config.progress and sys.stderr.isatty()  # plain lines in logs and pipes
-    for model in models:
-        for seed in seeds:
-            if store.done(model, seed):
-                continue
-            record = fit(task, model, seed, options[model], epochs, patience, device, bars,
-                         max_seconds=None if config.max_minutes is None
-                         else 60.0 * config.max_minutes)
-            store.add(record, environment)
-            print(f"{model:>8} seed {seed}: test {record['test']:.4f}  "
-                  f"val {record['val']:.4f}  epochs {record['epochs']}", file=sys.stderr)
+    try:
+        for model in models:
+            for seed in seeds:
+                if store.done(model, seed):
+                    continue
+                record = fit(task, model, seed, options[model], epochs, patience, device, bars,
+                             max_seconds=None if config.max_minutes is None
+                             else 60.0 * config.max_minutes)
+                store.add(record, environment)
+                print(f"{model:>8} seed {seed}: test {record['test']:.4f}  "
+                      f"val {record['val']:.4f}  epochs {record['epochs']}", file=sys.stderr)
+    except KeyboardInterrupt:
+        raise Interrupted(store.saved, store.json_path) from None  # what the file holds
     rows = store.save(environment, complete=True)
     return Results(rows, list(store.runs), task.name, task.metric, store.json_path,
                    store.md_path, table_columns(task), task.percent)
