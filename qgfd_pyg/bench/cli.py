@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from .models import QGFDOptions
 from .runner import Interrupted, RunConfig, default_dir, run_benchmark, summary_text
-from .tasks import TASKS, task_names
+from .tasks import TASKS, task_names, task_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,19 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the finished runs of an earlier, interrupted sweep")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they are drawn only on a terminal anyway)")
-    parser.add_argument("--kg", default=None,
-                        help="path-qa: the knowledge graph questions come from (kinship, "
-                             "nations, umls, wn18rr; default kinship)")
-    parser.add_argument("--metaqa", default=None,
-                        help="path-qa: a folder with MetaQA's kb.txt and qa_{train,dev,test}.txt")
-    parser.add_argument("--hops", type=int, default=None,
-                        help="chain: how many hops separate each anchor from its label (4)")
-    parser.add_argument("--epoch-batches", type=int, default=None,
-                        help="knowledge-graph tasks: an epoch is this many random training "
-                             "batches (default: all), so that --max-minutes and early stopping "
-                             "are checked more often on large graphs")
-    parser.add_argument("--quick", action="store_true",
-                        help="knowledge-graph tasks: a short budget (for tests and smoke runs)")
+    kinds = parser.add_argument_group("options of the task kinds")
+    for option in task_options():  # each kind declares its own (tasks.TaskOption)
+        if option.type is None:
+            kinds.add_argument(option.flag, dest=option.dest, action="store_true",
+                               help=option.help)
+        else:
+            kinds.add_argument(option.flag, dest=option.dest, type=option.type, default=None,
+                               help=option.help)
     qgfd = parser.add_argument_group(
         "QGFD hyper-parameters (model 'qgfd'; defaults are the node tasks', the other kinds "
         "set their own: see --list)")
@@ -89,10 +84,8 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
         dataset=args.dataset, max_minutes=args.max_minutes, download=args.download,
-        extra={k: v for k, v in (("quick", args.quick), ("kg", args.kg),
-                                 ("metaqa", args.metaqa), ("hops", args.hops),
-                                 ("epoch_batches", args.epoch_batches))
-               if v is not None and v is not False},
+        extra={o.dest: getattr(args, o.dest) for o in task_options()
+               if getattr(args, o.dest) is not None and getattr(args, o.dest) is not False},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)
               if getattr(args, o.name) is not None},
         command="python -m qgfd_pyg.bench " + " ".join(map(shlex.quote, argv)))

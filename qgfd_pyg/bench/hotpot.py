@@ -27,8 +27,8 @@ from torch.nn import Module
 from ..diffusion import diffuse
 from ..transition import graph_transition
 from .data import fetch_file, missing_data
-from .models import ModelSpec
-from .tasks import Experiment, Task, register
+from .models import ModelSpec, one_hop_control
+from .tasks import QUICK, Experiment, Task, register
 
 DEV_FILE = "hotpot_dev_distractor_v1.json"
 DEV_URL = f"http://curtis.ml.cmu.edu/datasets/hotpot/{DEV_FILE}"
@@ -171,13 +171,13 @@ def ranking_metrics(scores: Sequence[Tensor], questions: Sequence[Question]
 # lists, not tuples: the options are stored as JSON and compared on --resume
 _GRID = {"alpha": [0.3, 0.5, 0.7, 0.9], "steps": [1, 2, 4, 8],
          "temperature": [0.02, 0.05, 0.1, 0.2]}
+_QGFD = ModelSpec(ParagraphRanker, 0.0, 0.0, dict(_GRID),
+                  "sentence seed diffused over the sentence graph; alpha, steps and "
+                  "temperature chosen on the validation questions")
 HOTPOT_MODELS: Dict[str, ModelSpec] = {
-    "qgfd": ModelSpec(ParagraphRanker, 0.0, 0.0, dict(_GRID),
-                      "sentence seed diffused over the sentence graph; alpha, steps and "
-                      "temperature chosen on the validation questions"),
-    "attention": ModelSpec(ParagraphRanker, 0.0, 0.0,
-                           dict(alpha=[0.0], steps=[0], temperature=_GRID["temperature"]),
-                           "alpha = 0: the sentence seed's mass per paragraph (one hop)"),
+    "qgfd": _QGFD,
+    "attention": one_hop_control(_QGFD, "alpha = 0: the sentence seed's mass per paragraph "
+                                 "(one hop)", alpha=[0.0], steps=[0]),
     "tfidf": ModelSpec(ParagraphRanker, 0.0, 0.0, dict(level="paragraph"),
                        "the question's TF-IDF cosine with each paragraph: the seed alone"),
 }
@@ -196,6 +196,7 @@ class HotpotTask(Task):
     columns = (("em", "EM (pair)"), ("recall@2_bridge", "Recall@2 bridge"),
                ("recall@2_comparison", "Recall@2 comparison"))
     budget = (1, 1)  # nothing is trained: one pass chooses the hyper-parameters
+    options = (QUICK,)  # 20 validation questions per seed
 
     def __init__(self, name: str, items: List[Dict[str, Any]], val_questions: int = 1000):
         self.name = name

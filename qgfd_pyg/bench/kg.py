@@ -26,7 +26,7 @@ the ranking, as in the published protocol.
 import math
 import os
 from functools import partial
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +35,10 @@ from torch.nn import Module
 
 from .data import download_allowed, open_dataset
 from .metrics import ranking
-from .models import ModelSpec
+from .models import ModelSpec, one_hop_control
 from .relational import (KGGraph, RelationalQGFD, Triples, appnp_scorer, gat_scorer,
                          index_triples, queries, read_triples)
-from .tasks import MiniBatchExperiment, Task, register
+from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
 from .train import make_optimizer
 
 
@@ -160,9 +160,9 @@ KG_MODELS: Dict[str, ModelSpec] = {
                           "torch_geometric.nn.kge.DistMult, its own loss; " + _SAME),
     "rotate": ModelSpec(partial(_kge, "RotatE"), 0.005, 0.0, dict(hidden=128, margin=9.0),
                         "torch_geometric.nn.kge.RotatE, its own loss; " + _SAME),
-    "attention": ModelSpec(RelationalQGFD, 0.01, 0.0, {**_FLOW, "steps": 1},
-                           "the qgfd model with one step: the one-hop control; " + _SAME),
 }
+KG_MODELS["attention"] = one_hop_control(
+    KG_MODELS["qgfd"], "the qgfd model with one step: the one-hop control; " + _SAME, steps=1)
 
 
 class KGTask(Task):
@@ -183,10 +183,11 @@ class KGTask(Task):
     percent = False
     metric = "filtered MRR"
     budget = (10, 3)
-
-    @classmethod
-    def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
-        return (2, 1) if extra.get("quick") else cls.budget
+    quick_budget = (2, 1)
+    options = (QUICK, TaskOption(
+        "--epoch-batches", "knowledge-graph tasks: an epoch is this many random training "
+        "batches (default: all), so that --max-minutes and early stopping are checked more "
+        "often on large graphs", int))
 
     def __init__(self, name: str, triples: Triples, num_entities: int, num_relations: int,
                  quick: bool = False, batch_size: int = 512, val_queries: int = 2000,
@@ -238,16 +239,19 @@ class KGTask(Task):
         out["metric"] = out.pop("mrr")
         return out
 
-    def protocol(self, config: Dict[str, Any]) -> str:
-        subset = (f"{self.val_queries} validation queries" if self.val_queries
-                  else "all validation queries")
+    def training(self, config: Dict[str, Any]) -> str:
         epoch = (f" (an epoch: {self.train_batches} random batches)" if self.train_batches
                  and not self.quick else "")
         return (f"Adam, batches of {self.batch_size} queries of one relation with their own "
-                f"edges taken out of the graph, up to {config['epochs']} epochs{epoch}, early "
-                f"stopping after {config['patience']} epochs without a better filtered MRR "
-                f"on {subset} (fixed); test on "
-                f"{self.test_queries or 'all'} test queries (both directions)"
+                f"edges taken out of the graph{epoch}")
+
+    def selection(self) -> str:
+        subset = (f"{self.val_queries} validation queries" if self.val_queries
+                  else "all validation queries")
+        return f"filtered MRR on {subset} (fixed)"
+
+    def protocol_notes(self, config: Dict[str, Any]) -> str:
+        return (f"test on {self.test_queries or 'all'} test queries (both directions)"
                 + ("; --quick budget" if self.quick else ""))
 
 
@@ -354,6 +358,8 @@ class CountriesTask(KGTask):
     columns = ()
     percent = True
     budget = (100, 20)
+    quick_budget = (3, 1)
+    options = (QUICK,)
 
     def __init__(self, name: str, triples: Triples, entities: List[str], relations: List[str],
                  quick: bool = False):
@@ -365,10 +371,6 @@ class CountriesTask(KGTask):
             raise ValueError(f"{name}: not a Countries split (missing {missing or 'locatedin'})")
         self.regions = torch.tensor([entities.index(r) for r in REGIONS])
         self.locatedin = relations.index("locatedin")
-
-    @classmethod
-    def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
-        return (3, 1) if extra.get("quick") else cls.budget
 
     def eval_queries(self, split: str) -> Tensor:
         triples = self.triples.valid if split == "val" else self.triples.test
@@ -391,11 +393,15 @@ class CountriesTask(KGTask):
         truth = torch.cat([p[1] for p in parts]).view(-1).numpy()
         return {"metric": float(average_precision_score(truth, scores))}
 
-    def protocol(self, config: Dict[str, Any]) -> str:
+    def training(self, config: Dict[str, Any]) -> str:
         return (f"Adam, batches of {self.batch_size} queries of one relation with their own "
-                f"edges taken out of the graph, up to {config['epochs']} epochs, early stopping "
-                f"after {config['patience']} epochs without a better validation AUC-PR; test "
-                f"AUC-PR of locatedin(country, region) over the five regions")
+                f"edges taken out of the graph")
+
+    def selection(self) -> str:
+        return "AUC-PR"
+
+    def protocol_notes(self, config: Dict[str, Any]) -> str:
+        return "test AUC-PR of locatedin(country, region) over the five regions"
 
 
 def _register_countries(level: int) -> None:

@@ -61,6 +61,7 @@ class LinkTask(Task):
     kind = "link"
     models = LINK_MODELS
     percent = True
+    val_loss = True
 
     def __init__(self, name: str, data: Data,
                  splits: Callable[[int], Tuple[LinkSplit, LinkSplit, LinkSplit]], metric: str,
@@ -75,11 +76,12 @@ class LinkTask(Task):
               device: torch.device) -> "LinkExperiment":
         return LinkExperiment(self, model, seed, options, device)
 
-    def protocol(self, config: Dict[str, Any]) -> str:
-        return (f"Adam, full batch, binary cross-entropy against as many fresh negatives per "
-                f"epoch, up to {config['epochs']} epochs, early stopping after "
-                f"{config['patience']} epochs in which neither validation {self.metric} nor "
-                f"validation loss improved; {_BUDGET}")
+    def training(self, config: Dict[str, Any]) -> str:
+        return ("Adam, full batch, binary cross-entropy against as many fresh negatives per "
+                "epoch")
+
+    def protocol_notes(self, config: Dict[str, Any]) -> str:
+        return _BUDGET
 
 
 class LinkEncoder(Module):

@@ -179,6 +179,15 @@ class ModelSpec:
     default: bool = True  # run when no --models are given (else opt-in)
 
 
+def one_hop_control(qgfd: ModelSpec, source: str, **cut: Any) -> ModelSpec:
+    """The ``attention`` row of a kind's table: its ``qgfd`` model, built and trained the same
+    way, with the flow cut to one hop by the options ``cut`` (what that takes for the model:
+    ``alpha=0`` with fixed hop weights, or one step), so that the table shows what the
+    diffusion adds over the seed attention alone."""
+    return ModelSpec(qgfd.build, qgfd.lr, qgfd.weight_decay, {**qgfd.options, **cut}, source,
+                     qgfd.default)
+
+
 MODELS: Dict[str, ModelSpec] = {
     "qgfd": ModelSpec(QGFDNet, 0.01, 5e-4, asdict(QGFDOptions()),
                       "the QGFD network; settings chosen on validation accuracy "

@@ -28,6 +28,7 @@ class NodeTask(Task):
     kind = "node"
     models = MODELS
     columns = (("ece", "ECE"),)
+    val_loss = True
 
     def __init__(self, name: str, data: Data, num_classes: int, metric: str,
                  evaluate: Callable[[Tensor, Tensor], float], masks: Tuple[Tensor, ...]):
@@ -48,10 +49,11 @@ class NodeTask(Task):
               device: torch.device) -> "NodeExperiment":
         return NodeExperiment(self, model, seed, options, device)
 
-    def protocol(self, config: Dict[str, Any]) -> str:
-        return (f"Adam, full batch, up to {config['epochs']} epochs, early stopping after "
-                f"{config['patience']} epochs in which neither validation accuracy nor "
-                f"validation loss improved; ECE over 15 equal-width confidence bins")
+    def training(self, config: Dict[str, Any]) -> str:
+        return "Adam, full batch"
+
+    def protocol_notes(self, config: Dict[str, Any]) -> str:
+        return "ECE over 15 equal-width confidence bins"
 
 
 class NodeExperiment(FullBatchExperiment):

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from .models import ModelSpec
+from .models import ModelSpec, one_hop_control
 from .relational import (KGGraph, RelationalQGFD, appnp_scorer, gat_scorer, index_triples,
                          log_uniform_target, read_triples)
-from .tasks import MiniBatchExperiment, Task, register
+from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
 from .train import make_optimizer
 
 MAX_HOPS = 3
@@ -146,13 +146,14 @@ _SAME = "64 dimensions, batches of 128 questions"
 # benchmarks/sweep_relational.py (benchmarks/results/relational_search.md)
 _FLOW = dict(hidden=64, steps=3, alpha=0.9, heads=1, dropout=0.1, normalization="none",
              dangling="drop", embedding_scores=False)
+_QGFD = ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
+                  "query-conditioned flow: step t weighs the relations by the path's t-th "
+                  "relation (or the question's tokens), learnt hop weights, walk counts "
+                  "(settings: relational_search.md); " + _SAME)
 QA_MODELS: Dict[str, ModelSpec] = {
-    "qgfd": ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
-                      "query-conditioned flow: step t weighs the relations by the path's t-th "
-                      "relation (or the question's tokens), learnt hop weights, walk counts "
-                      "(settings: relational_search.md); " + _SAME),
-    "attention": ModelSpec(RelationalQGFD, 0.01, 0.0, {**_FLOW, "steps": 1},
-                           "the qgfd model with one step, the one-hop control; " + _SAME),
+    "qgfd": _QGFD,
+    "attention": one_hop_control(_QGFD, "the qgfd model with one step, the one-hop control; "
+                                 + _SAME, steps=1),
     "gat": ModelSpec(gat_scorer, 0.005, 0.0, dict(hidden=64, heads=4, dropout=0.1),
                      "GAT encoder + path scorer; " + _SAME),
     "appnp": ModelSpec(appnp_scorer, 0.005, 0.0,
@@ -173,6 +174,12 @@ class PathQATask(Task):
     columns = tuple((f"{m}_{k}hop", f"{label} {k}-hop") for k in (1, 2, 3)
                     for m, label in (("hits@1", "Hits@1"), ("mrr", "MRR"))) + (("mrr", "MRR"),)
     budget = (200, 20)
+    quick_budget = (2, 1)
+    options = (QUICK,
+               TaskOption("--kg", "path-qa: the knowledge graph questions come from (kinship, "
+                          "nations, umls, wn18rr; default kinship)", str),
+               TaskOption("--metaqa", "path-qa: a folder with MetaQA's kb.txt and "
+                          "{1,2,3}-hop/vanilla/qa_{train,dev,test}.txt", str))
     vocab: Optional[int] = None  # token vocabulary of text questions (MetaQA)
     controller = "path"  # how RelationalQGFD reads a question
 
@@ -183,10 +190,6 @@ class PathQATask(Task):
         self.graph_triples = graph_triples
         self.num_entities, self.num_relations = num_entities, num_relations
         self.batch_size = batch_size
-
-    @classmethod
-    def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
-        return (2, 1) if extra.get("quick") else cls.budget
 
     def stored_config(self) -> Dict[str, Any]:
         return {"quick": self.quick, "questions": int(self.questions.anchor.numel()),
@@ -207,11 +210,13 @@ class PathQATask(Task):
               device: torch.device) -> "PathQAExperiment":
         return PathQAExperiment(self, model, seed, options, device)
 
-    def protocol(self, config: Dict[str, Any]) -> str:
-        return (f"Adam, batches of {self.batch_size} questions, up to {config['epochs']} "
-                f"epochs, early stopping after {config['patience']} epochs without a better "
-                f"validation Hits@1; questions split 80/10/10 per seed"
-                + ("; --quick budget" if self.quick else ""))
+    splits_note = "questions split 80/10/10 per seed"
+
+    def training(self, config: Dict[str, Any]) -> str:
+        return f"Adam, batches of {self.batch_size} questions"
+
+    def protocol_notes(self, config: Dict[str, Any]) -> str:
+        return self.splits_note + ("; --quick budget" if self.quick else "")
 
 
 def answer_mask(questions: Questions, idx: Tensor, num_entities: int) -> Tensor:
@@ -332,9 +337,7 @@ class MetaQATask(PathQATask):
     def split(self, seed: int) -> Dict[str, Questions]:
         return self.fixed
 
-    def protocol(self, config: Dict[str, Any]) -> str:
-        return super().protocol(config).replace("questions split 80/10/10 per seed",
-                                                "MetaQA's train/dev/test files")
+    splits_note = "MetaQA's train/dev/test files"
 
 
 def _tokens(text: str) -> List[str]:

@@ -89,6 +89,23 @@ class MiniBatchExperiment(Experiment):
         return total / max(count, 1)
 
 
+@dataclass(frozen=True)
+class TaskOption:
+    """A command-line option that a task kind adds to the runner: ``--flag VALUE`` (or a
+    switch when ``type`` is ``None``); its value reaches the kind's loaders in ``extra``
+    under ``dest`` (the flag without dashes, ``-`` as ``_``)."""
+    flag: str
+    help: str
+    type: Optional[Callable[[str], Any]] = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+QUICK = TaskOption("--quick", "a short budget for tests and smoke runs")
+
+
 class Task(ABC):
     """A loaded task of one kind.
 
@@ -101,12 +118,20 @@ class Task(ABC):
         columns: further record keys shown in the table, with their headers.
         percent: whether the table shows the metrics as percentages.
         budget: the kind's default (epochs, early-stopping patience).
+        quick_budget: (epochs, patience) under ``--quick`` (``None``: the kind has no
+            ``--quick``).
+        options: the command-line options the kind adds (:class:`TaskOption`).
+        val_loss: whether the kind's validation metrics include a loss (the fit loop then
+            also counts an improving loss as progress).
     """
     kind: ClassVar[str]
     models: ClassVar[Dict[str, ModelSpec]]
     columns: ClassVar[Sequence[Tuple[str, str]]] = ()
     percent: ClassVar[bool] = True
     budget: ClassVar[Tuple[int, int]] = (500, 100)
+    quick_budget: ClassVar[Optional[Tuple[int, int]]] = None
+    options: ClassVar[Sequence[TaskOption]] = ()
+    val_loss: ClassVar[bool] = False
     name: str
     metric: str
 
@@ -137,6 +162,8 @@ class Task(ABC):
     @classmethod
     def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
         """(epochs, patience) where the user sets none; ``extra`` are the kind's options."""
+        if extra.get("quick") and cls.quick_budget is not None:
+            return cls.quick_budget
         return cls.budget
 
     def stored_config(self) -> Dict[str, Any]:
@@ -144,9 +171,26 @@ class Task(ABC):
         return {}
 
     def protocol(self, config: Dict[str, Any]) -> str:
-        """One Markdown line on the training protocol (for the result file)."""
-        return (f"Adam, up to {config['epochs']} epochs, early stopping after "
-                f"{config['patience']} epochs without a better validation {self.metric}")
+        """One Markdown line on the training protocol (for the result file): how the kind
+        trains (:meth:`training`), the fit loop's stopping rule, and the kind's notes."""
+        from .train import stopping_rule
+
+        rule = stopping_rule(config["epochs"], config["patience"], self.selection(),
+                             self.val_loss)
+        notes = self.protocol_notes(config)
+        return f"{self.training(config)}, {rule}" + (f"; {notes}" if notes else "")
+
+    def training(self, config: Dict[str, Any]) -> str:
+        """How a model is trained, for the protocol line (before the stopping rule)."""
+        return "Adam"
+
+    def selection(self) -> str:
+        """The validation metric the fit loop selects the epoch by, in words."""
+        return self.metric
+
+    def protocol_notes(self, config: Dict[str, Any]) -> str:
+        """What the protocol line adds after the stopping rule (splits, test set)."""
+        return ""
 
 
 @dataclass
@@ -192,11 +236,40 @@ def load_task(name: str, root: str, dataset: Optional[str] = None,
         return entry.load(root, dataset, extra or {})
 
 
+def kinds() -> List[Type[Task]]:
+    """The task kinds (each once, in registration order)."""
+    _import_kinds()
+    return list(dict.fromkeys(entry.kind for entry in TASKS.values()))
+
+
+def task_options() -> List[TaskOption]:
+    """Every option the kinds add to the command line, each flag once."""
+    found: Dict[str, TaskOption] = {}
+    for kind in kinds():
+        for option in kind.options:
+            if found.setdefault(option.flag, option) != option:
+                raise ValueError(f"two task kinds declare {option.flag} differently")
+    return list(found.values())
+
+
+_INFRASTRUCTURE = {"cli", "data", "measure", "metrics", "models", "relational", "report",
+                   "runner", "synthetic", "tasks", "train"}
+
+
 def _import_kinds() -> None:
-    # each kind registers its tasks on import; node first, so that --list starts with it
-    from . import node  # noqa: F401
-    from . import link  # noqa: F401
-    from . import kg  # noqa: F401
-    from . import qa  # noqa: F401
-    from . import toy  # noqa: F401
-    from . import hotpot  # noqa: F401
+    """Imports every module of this package that is not part of the runner's machinery (each
+    kind registers its tasks on import) and the kinds other packages declare under the entry
+    point group ``qgfd_pyg.bench.kinds``: a new kind needs no change to a shared file."""
+    if getattr(_import_kinds, "done", False):
+        return
+    import importlib
+    import importlib.metadata
+    import pkgutil
+
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if module.name not in _INFRASTRUCTURE and not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")
+    for entry in importlib.metadata.entry_points(group="qgfd_pyg.bench.kinds"):
+        entry.load()
+    _import_kinds.done = True

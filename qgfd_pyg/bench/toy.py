@@ -16,9 +16,9 @@ from torch_geometric.data import Data
 
 from .._checks import check_positive_int
 from .metrics import accuracy
-from .models import MODELS, ModelSpec, QGFDNet, QGFDOptions
+from .models import MODELS, ModelSpec, QGFDNet, QGFDOptions, one_hop_control
 from .node import NodeTask
-from .tasks import register
+from .tasks import TaskOption, register
 
 
 def chain_graph(hops: int, chains: int = 400, num_classes: int = 4, seed: int = 0
@@ -50,19 +50,20 @@ def chain_graph(hops: int, chains: int = 400, num_classes: int = 4, seed: int = 
     return Data(x=x, edge_index=edge_index, y=y), tuple(masks)
 
 
+# one QGFDConv (no block), so that the reach is 1 + T hops
+_QGFD = ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
+                  {**asdict(QGFDOptions()), "layers": 1},
+                  "the qgfd network with one QGFDConv (reach 1 + T)")
+
+
 class ChainTask(NodeTask):
     """Node classification on :func:`chain_graph`, with the one-hop control ``attention``."""
     models: Dict[str, ModelSpec] = {
         **MODELS,
-        # one QGFDConv (no block), so that the reach is 1 + T hops
-        "qgfd": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
-                          {**asdict(QGFDOptions()), "layers": 1},
-                          "the qgfd network with one QGFDConv (reach 1 + T)"),
-        "attention": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
-                               {**asdict(QGFDOptions()), "layers": 1, "alpha": 0.0,
-                                "learn_hop_weights": False},
-                               "the qgfd model with alpha = 0 and its hop weights fixed: "
-                               "one-hop attention"),
+        "qgfd": _QGFD,
+        "attention": one_hop_control(_QGFD, "the qgfd model with alpha = 0 and its hop "
+                                     "weights fixed: one-hop attention", alpha=0.0,
+                                     learn_hop_weights=False),
         "qgfd-hops": ModelSpec(QGFDNet, MODELS["qgfd"].lr, MODELS["qgfd"].weight_decay,
                                {**asdict(QGFDOptions()), "layers": 1,
                                 "learn_hop_weights": True, "transition": "graph"},
@@ -70,6 +71,8 @@ class ChainTask(NodeTask):
                                "the graph's random walk"),
     }
     budget = (200, 50)
+    options = (TaskOption("--hops", "chain: how many hops separate each anchor from its "
+                          "label (4)", int),)
 
     def __init__(self, hops: int, chains: int = 400, num_classes: int = 4):
         data, masks = chain_graph(hops, chains, num_classes)

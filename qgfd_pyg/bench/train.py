@@ -45,6 +45,17 @@ def make_optimizer(model: Module, spec: ModelSpec) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
+def stopping_rule(epochs: int, patience: int, metric: str, with_loss: bool) -> str:
+    """:func:`fit`'s early-stopping rule in words, for the result files' protocol line:
+    ``metric`` names the validation metric, ``with_loss`` whether the kind has a validation
+    loss (then either improving resets the count)."""
+    if with_loss:
+        return (f"up to {epochs} epochs, early stopping after {patience} epochs in which "
+                f"neither validation {metric} nor validation loss improved")
+    return f"up to {epochs} epochs, early stopping after {patience} epochs without a better " \
+           f"validation {metric}"
+
+
 def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_epochs: int,
         patience: int, device: torch.device, progress: bool = False,
         max_seconds: Optional[float] = None) -> Dict[str, Any]:
