@@ -78,6 +78,7 @@ def test_every_model_trains_one_step(name):
     out.sum().backward()
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_cora(tmp_path, capsys):
     assert cli.main(["cora", "--out", str(tmp_path)] + SHORT) == 0
     result = read(tmp_path, "cora")
@@ -94,6 +95,7 @@ def test_cli_end_to_end_on_cora(tmp_path, capsys):
     assert "| gat |" in (tmp_path / "cora.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_on_tiny_ogb_and_planetoid_formats(tmp_path):
     write_ogbn_arxiv(str(tmp_path))
     write_planetoid(str(tmp_path), "PubMed")
@@ -119,6 +121,7 @@ def test_tiny_loaders_keep_the_official_splits(tmp_path):
     assert train.tolist() == list(range(15)) and val.tolist() == list(range(15, 515))
 
 
+@pytest.mark.slow
 def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
     out = str(tmp_path)
     assert cli.main(["cora", "--out", out, "--models", "gcn"] + SHORT) == 0
@@ -187,6 +190,7 @@ def test_cli_errors_and_listing(tmp_path, capsys):
     assert "NoSuchSet" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generic_pyg_dataset_with_shipped_split(tmp_path):
     argv = ["pyg", "--dataset", "Planetoid:CiteSeer", "--models", "gcn", "--out", str(tmp_path)]
     assert cli.main(argv + SHORT) == 0
@@ -211,6 +215,7 @@ def test_missing_data_is_one_line_exit_2_and_leaves_nothing(task, tmp_path, caps
     assert list(root.iterdir()) == [] and not out.exists()  # no empty raw/ folder, no results
 
 
+@pytest.mark.slow
 def test_bad_device_and_options_fail_before_any_result_is_touched(tmp_path, capsys,
                                                                    monkeypatch):
     assert cli.main(["cora", "--out", str(tmp_path), "--models", "gcn"] + SHORT) == 0
@@ -225,6 +230,7 @@ def test_bad_device_and_options_fail_before_any_result_is_touched(tmp_path, caps
     assert (tmp_path / "cora.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_run_benchmark_takes_a_config_and_returns_the_records(tmp_path):
     config = runner.RunConfig("cora", models=["qgfd"], seeds=1, epochs=2, patience=2,
                               progress=False, out=str(tmp_path), qgfd={"alpha": 0.5, "steps": 2})
@@ -237,6 +243,7 @@ def test_run_benchmark_takes_a_config_and_returns_the_records(tmp_path):
         runner.run_benchmark(runner.RunConfig("cora", qgfd={"alhpa": 0.5}, out=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
     seen = []
     real = runner.fit
@@ -302,6 +309,7 @@ def test_fit_reports_the_test_metrics_of_the_best_validation_epoch(monkeypatch):
     assert (timed["epochs"], timed["best_epoch"], timed["test"]) == (2, 2, 20.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cora", "citeseer"])
 def test_committed_node_results_still_load_and_resume(name, tmp_path, monkeypatch, capsys):
     """The committed 10-seed sweeps resume under today's runner: same stored options, nothing
@@ -347,6 +355,7 @@ def test_missing_data_names_the_download_flag_only_where_it_can_fetch(tmp_path, 
         assert ("cannot be downloaded" in err) == (not can), (task, err)
 
 
+@pytest.mark.slow
 def test_download_flag_fetches_through_the_dataset_class(tmp_path, monkeypatch):
     """--download lets PyG's Planetoid fetch PubMed; the network call is replaced by a copy of
     files written in Planetoid's real format."""
@@ -399,6 +408,7 @@ def test_download_flag_fetches_the_files_pyg_has_no_class_for(tmp_path, monkeypa
     assert task.data.num_nodes == 6 and task.num_splits == 10
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_runs_in_one_line_and_resume_continues(tmp_path):
     """A real SIGINT to the CLI in a fresh process, once the first run is written."""
     import signal

@@ -57,6 +57,7 @@ def test_qgfd_ranker_equals_the_dense_p_form():
     assert 1 not in torch.sort(attention, descending=True).indices[:2].tolist()
 
 
+@pytest.mark.slow
 def test_hotpotqa_end_to_end_and_bad_input(tmp_path, capsys):
     root, out = write_hotpot(tmp_path / "data"), str(tmp_path / "out")
     argv = ["hotpotqa", "--root", root, "--out", out, "--seeds", "2", "--no-progress",

@@ -6,6 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end to end: a fresh process / environment
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KIND = '''

@@ -80,6 +80,7 @@ def test_pyg_kge_scores_of_all_candidates_equal_the_models_own(cls):
                                atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_link_tasks_end_to_end(tmp_path, capsys):
     out = str(tmp_path)
     assert cli.main(["cora-link", "--out", out] + SHORT) == 0
@@ -112,6 +113,7 @@ def test_link_split_is_fixed_per_seed_and_disjoint():
     assert len(edges(test.pos)) == pytest.approx(0.1 * total, abs=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,metric", [("ogbl-collab", "hits@50"), ("ogbl-ddi", "hits@20")])
 def test_ogbl_on_tiny_data_in_ogb_format(tmp_path, name, metric):
     write_ogbl(str(tmp_path), name)
@@ -131,6 +133,7 @@ def _kg_root(tmp_path, folder="WN18RR", relations=WN18RR_RELATIONS):
 @pytest.mark.parametrize("task,folder,relations", [
     ("wn18rr", "WN18RR", WN18RR_RELATIONS),
     ("fb15k-237", "FB15k-237", ("/people/parent", "/people/spouse", "/film/genre", "/a/b"))])
+@pytest.mark.slow
 def test_kg_tasks_end_to_end_on_tiny_data(tmp_path, task, folder, relations):
     root = _kg_root(tmp_path, folder, relations)
     out = str(tmp_path / "out")
@@ -143,6 +146,7 @@ def test_kg_tasks_end_to_end_on_tiny_data(tmp_path, task, folder, relations):
         assert 0.0 < run["test"] <= 1.0 and run["hits@1"] <= run["hits@3"] <= run["hits@10"]
 
 
+@pytest.mark.slow
 def test_kg_default_budget_and_options(tmp_path, capsys):
     root = _kg_root(tmp_path)
     out = str(tmp_path / "out")
@@ -189,6 +193,7 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
 @pytest.mark.parametrize("corrupt,message", [
     ("00000001\t_hypernym\n", "expected 3 tab-separated fields"),
     ("00000001\t_no_such_relation\t00000002\n", "unknown relation")])
+@pytest.mark.slow
 def test_corrupted_raw_files_are_one_line_exit_2_and_keep_results(tmp_path, capsys, corrupt,
                                                                   message):
     root = _kg_root(tmp_path)
@@ -265,6 +270,7 @@ def test_countries_auc_pr_against_a_direct_computation(tmp_path):
     assert task.eval_queries("test").size(0) == 24  # locatedin of the test countries only
 
 
+@pytest.mark.slow
 def test_countries_end_to_end_and_unknown_entities(tmp_path, capsys):
     out = str(tmp_path / "out")
     data = os.path.join(os.path.dirname(__file__), "..", "datasets")
@@ -330,6 +336,7 @@ def test_kg_training_epochs_step_the_optimiser_and_lower_the_loss(tmp_path, mode
     assert losses[-1] < 0.9 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_results_of_separate_processes_merge_into_one_sweep(tmp_path):
     """One process per model (the GPU script), merged: the runs of both, the models in the
     files' order, the seeds of both; other options or a repeated run are refused."""

@@ -70,6 +70,7 @@ def test_path_metrics_on_hand_made_scores():
     assert rr.tolist() == pytest.approx([1.0, 1 / 3, 1 / 2])
 
 
+@pytest.mark.slow
 def test_path_qa_end_to_end_and_bad_input(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert cli.main(["path-qa", "--kg", "nations", "--root", DATA, "--out", out, "--quick"]
@@ -128,6 +129,7 @@ def _write_metaqa(folder, extra_test_line=""):
                                      "Mark Sandrich|Sam Wood|George Stevens\n")
 
 
+@pytest.mark.slow
 def test_metaqa_layout_is_read_and_runs(tmp_path, capsys):
     from qgfd_pyg.bench.qa import read_metaqa
 

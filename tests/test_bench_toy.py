@@ -55,6 +55,7 @@ def test_only_models_that_reach_h_hops_see_the_label(model, reaches):
         assert net.hop_weights() is None
 
 
+@pytest.mark.slow
 def test_chain_runs_from_the_cli_and_rejects_bad_hops(tmp_path, capsys):
     out = str(tmp_path)
     argv = ["chain", "--hops", "3", "--models", "qgfd,attention", "--seeds", "1",
@@ -69,6 +70,7 @@ def test_chain_runs_from_the_cli_and_rejects_bad_hops(tmp_path, capsys):
     assert "hops" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_learnt_hop_weights_row_and_boolean_option(tmp_path, capsys):
     out = str(tmp_path / "out")
     argv = ["chain", "--hops", "2", "--models", "qgfd-hops", "--seeds", "1", "--epochs", "2",

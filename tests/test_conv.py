@@ -493,6 +493,7 @@ print("same as eager")
 """
 
 
+@pytest.mark.slow
 def test_torch_compile_as_the_first_call_of_a_fresh_process():
     """Users compile before any eager call: dynamo must not trace into numba's compilation of
     the CPU routines (it crashed there); the compiled network equals the eager one."""

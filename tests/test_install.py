@@ -14,6 +14,8 @@ import zipfile
 import pytest
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.slow  # end to end: a fresh process / environment
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 USER_SCRIPT = r'''

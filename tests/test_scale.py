@@ -94,6 +94,7 @@ def test_minibatch_training_learns(tmp_path):
     assert summary["test_acc"] > 0.6  # 4 classes: chance is 0.25
 
 
+@pytest.mark.slow
 def test_two_process_distributed_data_parallel(tmp_path):
     # --standalone: torchrun's own rendezvous on a port it picks, so no port can be taken
     # between choosing and binding it
