@@ -291,18 +291,18 @@ def _compile() -> Optional[SimpleNamespace]:
 
     @jit
     def typed_step(rowptr, col, rel, weight, a, x, rel_ptr, rel_ids, rel_degree, asum,
-                   node_mode, keep, min_mass, y, scale, stay, out):
+                   node_mode, keep, min_mass, y, scale, out):
         """One step of a query-conditioned flow, node-major (``x`` ``[N, B]``, ``a``
-        ``[R, B]``): per node ``i`` and query ``b`` first the scale of its mass (node mode:
-        ``1 / D[i, b]`` with ``D = sum_r C[i, r] a[r, b]`` over the node's relation list, 0
-        where ``D <= min_mass``) and the share that stays (node mode: all of it where there
-        is no out-mass, with ``keep``; else, with ``keep``, the weight of the relations the
-        node lacks, ``asum[b] - sum_{r in i} a[r, b]``), ``y = x * scale``; then
+        ``[R, B]``). Node mode first writes, per node ``i`` and query ``b``, the scale of its
+        mass (``1 / D[i, b]`` with ``D = sum_r C[i, r] a[r, b]`` over the node's relation
+        list, 0 where ``D <= min_mass``) and ``y = x * scale`` (scratch arrays); then
         ``out[j, b] = x[j, b] stay[j, b] + sum_k weight[k] a[rel[k], b] y[col[k], b]`` over
-        the edges into ``j``. ``y`` and ``scale`` are only written in node mode."""
+        the edges into ``j``, where the share that stays is, with ``keep``, all of it where
+        node ``j`` has no out-mass (node mode) or the weight of the relations it lacks,
+        ``asum[b] - sum_{r in j} a[r, b]`` (otherwise; ``y`` is then ``x``)."""
         n, width = x.shape
-        for i in numba.prange(n):
-            if node_mode:
+        if node_mode:
+            for i in numba.prange(n):
                 for b in range(width):
                     scale[i, b] = 0
                 for m in range(rel_ptr[i], rel_ptr[i + 1]):
@@ -311,47 +311,66 @@ def _compile() -> Optional[SimpleNamespace]:
                         scale[i, b] += d * a[r, b]
                 for b in range(width):
                     mass = scale[i, b]
-                    if mass > min_mass:
-                        scale[i, b] = 1.0 / mass
-                        stay[i, b] = 0
-                    else:
-                        scale[i, b] = 0
-                        stay[i, b] = 1.0 if keep else 0.0
+                    scale[i, b] = 1.0 / mass if mass > min_mass else 0.0
                     y[i, b] = x[i, b] * scale[i, b]
-            elif keep:
+        for j in numba.prange(n):
+            if not keep:
                 for b in range(width):
-                    stay[i, b] = asum[b]
-                for m in range(rel_ptr[i], rel_ptr[i + 1]):
-                    r = rel_ids[m]
-                    for b in range(width):
-                        stay[i, b] -= a[r, b]
+                    out[j, b] = 0
+            elif node_mode:
+                for b in range(width):
+                    out[j, b] = x[j, b] if scale[j, b] == 0 else 0.0
             else:
                 for b in range(width):
-                    stay[i, b] = 0
-        for j in numba.prange(n):
-            for b in range(width):
-                out[j, b] = x[j, b] * stay[j, b]
+                    out[j, b] = asum[b]
+                for m in range(rel_ptr[j], rel_ptr[j + 1]):
+                    r = rel_ids[m]
+                    for b in range(width):
+                        out[j, b] -= a[r, b]
+                for b in range(width):
+                    out[j, b] *= x[j, b]
             for k in range(rowptr[j], rowptr[j + 1]):
                 c, r, w = col[k], rel[k], weight[k]
                 for b in range(width):
                     out[j, b] += w * a[r, b] * y[c, b]
 
     @jit
-    def typed_step_backward(rowptr, col, rel, weight, a, x, y, scale, stay, g, rel_ptr,
-                            rel_ids, rel_degree, node_mode, keep, grad_x, parts, totals):
+    def typed_step_backward(rowptr, col, rel, weight, a, x, g, rel_ptr, rel_ids, rel_degree,
+                            asum, node_mode, keep, min_mass, grad_x, parts, totals):
         """The gradients of :func:`typed_step` in one pass over the edges by source (``col``:
-        their targets): ``grad_x`` ``[N, B]``, and the relation weights' gradient as
-        per-chunk parts ``parts`` ``[chunks, R, B]`` plus ``totals`` ``[chunks, B]`` (added
-        to every relation: the staying share's ``asum``); the caller sums the chunks."""
+        their targets), recomputing each source's scale and staying share from ``x`` and
+        ``a``: ``grad_x`` ``[N, B]``, and the relation weights' gradient as per-chunk parts
+        ``parts`` ``[chunks, R, B]`` plus ``totals`` ``[chunks, B]`` (added to every relation:
+        the staying share's ``asum``); the caller sums the chunks."""
         chunks, n = parts.shape[0], rowptr.shape[0] - 1
         width = x.shape[1]
         size = (n + chunks - 1) // chunks
         for c in numba.prange(chunks):
+            scale = np.ones(width, dtype=x.dtype)
+            stay = np.zeros(width, dtype=x.dtype)
             for b in range(width):
                 totals[c, b] = 0
                 for r in range(parts.shape[1]):
                     parts[c, r, b] = 0
             for i in range(c * size, min(n, (c + 1) * size)):
+                if node_mode:
+                    for b in range(width):
+                        scale[b] = 0
+                    for m in range(rel_ptr[i], rel_ptr[i + 1]):
+                        r, d = rel_ids[m], rel_degree[m]
+                        for b in range(width):
+                            scale[b] += d * a[r, b]
+                    for b in range(width):
+                        mass = scale[b]
+                        scale[b] = 1.0 / mass if mass > min_mass else 0.0
+                        stay[b] = 1.0 if keep and scale[b] == 0 else 0.0
+                elif keep:
+                    for b in range(width):
+                        stay[b] = asum[b]
+                    for m in range(rel_ptr[i], rel_ptr[i + 1]):
+                        r = rel_ids[m]
+                        for b in range(width):
+                            stay[b] -= a[r, b]
                 for b in range(width):
                     grad_x[i, b] = 0
                 for k in range(rowptr[i], rowptr[i + 1]):
@@ -359,25 +378,21 @@ def _compile() -> Optional[SimpleNamespace]:
                     for b in range(width):
                         gj = g[j, b]
                         grad_x[i, b] += w * a[r, b] * gj
-                        parts[c, r, b] += w * y[i, b] * gj
+                        parts[c, r, b] += w * x[i, b] * scale[b] * gj
                 if node_mode:  # d(1 / D) = -scale^2 dD, dD / da[r] = C[i, r]
                     for m in range(rel_ptr[i], rel_ptr[i + 1]):
                         r, d = rel_ids[m], rel_degree[m]
                         for b in range(width):
-                            parts[c, r, b] -= d * grad_x[i, b] * x[i, b] * scale[i, b] \
-                                * scale[i, b]
+                            parts[c, r, b] -= d * grad_x[i, b] * x[i, b] * scale[b] * scale[b]
+                for b in range(width):
+                    grad_x[i, b] = grad_x[i, b] * scale[b] + g[i, b] * stay[b]
+                if keep and not node_mode:  # stay = asum - the node's relations' weights
                     for b in range(width):
-                        grad_x[i, b] = grad_x[i, b] * scale[i, b] + g[i, b] * stay[i, b]
-                else:
-                    for b in range(width):
-                        grad_x[i, b] += g[i, b] * stay[i, b]
-                    if keep:  # stay = asum - sum of the node's relations' weights
+                        totals[c, b] += g[i, b] * x[i, b]
+                    for m in range(rel_ptr[i], rel_ptr[i + 1]):
+                        r = rel_ids[m]
                         for b in range(width):
-                            totals[c, b] += g[i, b] * x[i, b]
-                        for m in range(rel_ptr[i], rel_ptr[i + 1]):
-                            r = rel_ids[m]
-                            for b in range(width):
-                                parts[c, r, b] -= g[i, b] * x[i, b]
+                            parts[c, r, b] -= g[i, b] * x[i, b]
 
     return SimpleNamespace(csr_spmm=csr_spmm, typed_step=typed_step,
                            typed_step_backward=typed_step_backward, csr_diffuse=csr_diffuse,

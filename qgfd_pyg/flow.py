@@ -37,6 +37,7 @@ the staying share per node, then the product over the edges into each node) and 
 one (over the edges out of each node, for the gradients of the values and of the relation
 weights together); otherwise (GPUs, no numba) torch ops over chunks of edges.
 """
+import threading
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -210,34 +211,48 @@ class _TypedProduct(torch.autograd.Function):
         return grad_x, grad_a, None, None
 
 
+_scratch = threading.local()
+
+
+def _scratch_pair(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Two ``[N, B]`` arrays like ``x`` that nothing keeps between calls (per thread, the
+    largest so far): fresh memory would cost its page faults, about a product's time."""
+    pool = getattr(_scratch, "pool", None)
+    if pool is None or pool[0].dtype != x.dtype or pool[0].numel() < x.numel():
+        pool = (torch.empty(x.numel(), dtype=x.dtype), torch.empty(x.numel(), dtype=x.dtype))
+        _scratch.pool = pool
+    return tuple(buffer[:x.numel()].view(x.shape) for buffer in pool)
+
+
 class _FusedStep(torch.autograd.Function):
-    """:func:`relational_step` in the compiled routines: the normaliser, the staying share and
-    the product in two passes over the nodes and edges, the gradients w.r.t. ``x`` and ``a``
-    in one pass over the edges by source (CPU tensors, numba)."""
+    """:func:`relational_step` in the compiled routines: the normaliser and the product in two
+    passes over the nodes and edges, the gradients w.r.t. ``x`` and ``a`` in one pass over
+    the edges by source, which recomputes the normaliser (only ``x`` and ``a`` are kept;
+    CPU tensors, numba)."""
 
     @staticmethod
     def forward(ctx, x, a, graph, normalization, keep):
         x, a = x.detach().contiguous(), a.detach().contiguous()
         node = normalization == "node"
         rowptr, col, rel, weight, _ = graph.edges(False, normalization == "relation")
-        stay, out = torch.empty_like(x), torch.empty_like(x)
-        y, scale = (torch.empty_like(x), torch.empty_like(x)) if node else (x, x)
+        out = torch.empty_like(x)
+        y, scale = _scratch_pair(x) if node else (x, x)
         if x.numel():
             _numba.set_threads()
             _numba.routines().typed_step(
                 rowptr.numpy(), col.numpy(), rel.numpy(), weight.to(x.dtype).numpy(),
                 a.numpy(), x.numpy(), graph.rel_ptr.numpy(), graph.rel_ids.numpy(),
                 graph.rel_degree.to(x.dtype).numpy(), a.sum(0).numpy(), node, keep,
-                MIN_MASS, y.numpy(), scale.numpy(), stay.numpy(), out.numpy())
-        ctx.save_for_backward(x, a, y, scale, stay)
+                MIN_MASS, y.numpy(), scale.numpy(), out.numpy())
+        ctx.save_for_backward(x, a)
         ctx.graph, ctx.normalization, ctx.keep = graph, normalization, keep
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, a, y, scale, stay = ctx.saved_tensors
-        graph, node = ctx.graph, ctx.normalization == "node"
+        x, a = ctx.saved_tensors
+        graph = ctx.graph
         grad = grad.contiguous()
         rowptr, col, rel, weight, _ = graph.edges(True, ctx.normalization == "relation")
         chunks = max(1, min(torch.get_num_threads(), graph.num_nodes))
@@ -248,9 +263,9 @@ class _FusedStep(torch.autograd.Function):
             _numba.set_threads()
             _numba.routines().typed_step_backward(
                 rowptr.numpy(), col.numpy(), rel.numpy(), weight.to(x.dtype).numpy(),
-                a.numpy(), x.numpy(), y.numpy(), scale.numpy(), stay.numpy(), grad.numpy(),
-                graph.rel_ptr.numpy(), graph.rel_ids.numpy(),
-                graph.rel_degree.to(x.dtype).numpy(), node, ctx.keep, grad_x.numpy(),
+                a.numpy(), x.numpy(), grad.numpy(), graph.rel_ptr.numpy(),
+                graph.rel_ids.numpy(), graph.rel_degree.to(x.dtype).numpy(), a.sum(0).numpy(),
+                ctx.normalization == "node", ctx.keep, MIN_MASS, grad_x.numpy(),
                 parts.numpy(), totals.numpy())
             grad_a = parts.sum(0) + totals.sum(0, keepdim=True)
         else:

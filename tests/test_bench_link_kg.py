@@ -373,3 +373,16 @@ def test_results_of_separate_processes_merge_into_one_sweep(tmp_path):
     with pytest.raises(ValueError, match="other options than .*: patience"):
         merge_results(parts + [str(tmp_path / "rotate" / "wn18rr.json")], str(tmp_path / "x"),
                       "wn18rr", task)
+    # the QGFD options describe the QGFD rows only: a file without them merges whatever its
+    # --alpha, and the merged file keeps the options of the file with QGFD runs
+    assert cli.main(base + ["--models", "rotate", "--seeds", "1", "--alpha", "0.3",
+                            "--out", str(tmp_path / "alpha")]) == 0
+    merge_results([str(tmp_path / "alpha" / "wn18rr.json")] + parts, str(tmp_path / "mixed"),
+                  "wn18rr", task)
+    mixed = read(str(tmp_path / "mixed"), "wn18rr")["config"]
+    assert mixed["qgfd"] == read(str(tmp_path / "qgfd"), "wn18rr")["config"]["qgfd"]
+    assert cli.main(base + ["--models", "qgfd", "--seeds", "1", "--alpha", "0.3",
+                            "--out", str(tmp_path / "qgfd-alpha")]) == 0
+    with pytest.raises(ValueError, match="other options than .*: qgfd"):
+        merge_results(parts + [str(tmp_path / "qgfd-alpha" / "wn18rr.json")],
+                      str(tmp_path / "x"), "wn18rr", task)

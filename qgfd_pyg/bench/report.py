@@ -103,20 +103,24 @@ def merge_results(paths: Sequence[str], out: str, name: str, task: "Task") -> Re
     """One result file ``<out>/<name>.json`` / ``.md`` from sweeps of the same task and options
     that ran apart (e.g. one process per model): their runs together, the models in the order
     of ``paths``. A ValueError if their options differ (beyond models and seeds) or two of them
-    hold the same (model, seed)."""
+    hold the same (model, seed). The QGFD options describe the QGFD rows only: they are
+    compared between files that both hold QGFD runs, and the merged file keeps those of the
+    file with QGFD runs (as ``--resume`` does)."""
     if not paths:
         raise ValueError("nothing to merge")
     stored = []
     for path in paths:
         with open(path) as f:
             stored.append(json.load(f))
-    config = dict(stored[0]["config"])
+    with_qgfd = [p for p in stored if _ran_qgfd(p["runs"])]
+    config = dict((with_qgfd or stored)[0]["config"])
     runs: List[Dict[str, Any]] = []
     models: List[str] = []
     for path, payload in zip(paths, stored, strict=True):
         other = payload["config"]
+        ignored = set(EXTENDABLE) | (set() if _ran_qgfd(payload["runs"]) else {"qgfd"})
         changed = sorted(k for k in set(config) | set(other)
-                         if k not in EXTENDABLE and config.get(k) != other.get(k))
+                         if k not in ignored and config.get(k) != other.get(k))
         if changed:
             raise ValueError(f"{path} ran with other options than {paths[0]}: "
                              f"{', '.join(changed)}")
