@@ -233,9 +233,16 @@ class _FusedStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a, graph, normalization, keep):
         x, a = x.detach().contiguous(), a.detach().contiguous()
+        ctx.save_for_backward(x, a)
+        ctx.graph, ctx.normalization, ctx.keep = graph, normalization, keep
+        return _FusedStep.run(x, a, graph, normalization, keep, torch.empty_like(x))
+
+    @staticmethod
+    def run(x: Tensor, a: Tensor, graph: "RelationalGraph", normalization: str, keep: bool,
+            out: Tensor) -> Tensor:
+        """The step into ``out`` (``[N, B]`` like ``x``, not ``x`` itself), no autograd."""
         node = normalization == "node"
         rowptr, col, rel, weight, _ = graph.edges(False, normalization == "relation")
-        out = torch.empty_like(x)
         y, scale = _scratch_pair(x) if node else (x, x)
         if x.numel():
             _numba.set_threads()
@@ -244,8 +251,6 @@ class _FusedStep(torch.autograd.Function):
                 a.numpy(), x.numpy(), graph.rel_ptr.numpy(), graph.rel_ids.numpy(),
                 graph.rel_degree.to(x.dtype).numpy(), a.sum(0).numpy(), node, keep,
                 MIN_MASS, y.numpy(), scale.numpy(), out.numpy())
-        ctx.save_for_backward(x, a)
-        ctx.graph, ctx.normalization, ctx.keep = graph, normalization, keep
         return out
 
     @staticmethod
@@ -423,8 +428,17 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     x = p0.to(dtype).t().contiguous()  # [N, B]: the queries side by side, one row per node
     out = coefficient(0) * x
     walks = [x]
+    # without autograd nothing keeps a step's walk once the next exists: two buffers serve
+    # every step (fresh memory per step costs its page faults, about a product's time)
+    reuse = not torch.is_grad_enabled() and not return_steps and steps > 1 \
+        and _numba.usable(x) and graph.device.type == "cpu"
+    spare = [torch.empty_like(x), torch.empty_like(x)] if reuse else None
     for t, a in enumerate(relation_weights):
-        x = relational_step(graph, x, a.to(dtype).t().contiguous(), normalization, dangling)
+        a = a.to(dtype).t().contiguous()
+        if reuse:
+            x = _FusedStep.run(x, a, graph, normalization, dangling == "keep", spare[t % 2])
+        else:
+            x = relational_step(graph, x, a, normalization, dangling)
         out = torch.addcmul(out, coefficient(t + 1), x)  # one pass over [N, B]
         if return_steps:
             walks.append(x)

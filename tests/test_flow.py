@@ -286,6 +286,10 @@ def test_normalizations_and_dangling_mass_against_the_dense_loop(backend, normal
         for x, y in zip(torch.autograd.grad((out * g).sum(), [p0, a]),
                         torch.autograd.grad((ref * g).sum(), [p0, a]), strict=True):
             torch.testing.assert_close(x, y)
+        with torch.no_grad():  # inference: the steps reuse two buffers (numba path)
+            torch.testing.assert_close(
+                relational_flow(p0, graph, a, alpha=0.6, normalization=normalization,
+                                dangling=dangling), ref)
         if dangling == "keep":  # with distributions a_t, every step keeps the mass
             torch.testing.assert_close(out.sum(1), torch.ones(4, dtype=torch.float64))
         else:
