@@ -32,12 +32,12 @@ walks at later steps (its one-step term is :math:`p_0 P_{T-1}`), so it cannot sa
 Cost: a step is one pass over the edges for all :math:`B` queries, :math:`O(B \cdot E)` time,
 plus the normaliser :math:`C^\top a_t` (over each node's own relations, :math:`O(B \cdot
 \mathrm{nnz}(C))`); memory :math:`O(B \cdot N)` per step. No ``[B, E]`` or ``[B, N, N]``
-tensor is formed. On the CPU with numba a step is two compiled passes (the normaliser and
-the staying share per node, then the product over the edges into each node) and its backward
-one (over the edges out of each node, for the gradients of the values and of the relation
-weights together); otherwise (GPUs, no numba) torch ops over chunks of edges.
+tensor is formed. On the CPU with numba a step is two compiled passes (the normaliser per
+node, then the product over the edges into each node with the staying share) and its
+backward one (over the edges out of each node, recomputing the normaliser, for the gradients
+of the values and of the relation weights together); otherwise (GPUs, no numba) torch ops
+over chunks of edges.
 """
-import threading
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -48,6 +48,7 @@ from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_we
                       check_values,
                       check_steps)
 from .diffusion import ppr_hop_weights
+from .spmm import scratch_buffers
 
 CHUNK_ELEMENTS = 2**22  # [edges, B] elements per chunk on the torch path
 NORMALIZATIONS = ("node", "relation", "none")
@@ -211,19 +212,6 @@ class _TypedProduct(torch.autograd.Function):
         return grad_x, grad_a, None, None
 
 
-_scratch = threading.local()
-
-
-def _scratch_pair(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Two ``[N, B]`` arrays like ``x`` that nothing keeps between calls (per thread, the
-    largest so far): fresh memory would cost its page faults, about a product's time."""
-    pool = getattr(_scratch, "pool", None)
-    if pool is None or pool[0].dtype != x.dtype or pool[0].numel() < x.numel():
-        pool = (torch.empty(x.numel(), dtype=x.dtype), torch.empty(x.numel(), dtype=x.dtype))
-        _scratch.pool = pool
-    return tuple(buffer[:x.numel()].view(x.shape) for buffer in pool)
-
-
 class _FusedStep(torch.autograd.Function):
     """:func:`relational_step` in the compiled routines: the normaliser and the product in two
     passes over the nodes and edges, the gradients w.r.t. ``x`` and ``a`` in one pass over
@@ -243,7 +231,7 @@ class _FusedStep(torch.autograd.Function):
         """The step into ``out`` (``[N, B]`` like ``x``, not ``x`` itself), no autograd."""
         node = normalization == "node"
         rowptr, col, rel, weight, _ = graph.edges(False, normalization == "relation")
-        y, scale = _scratch_pair(x) if node else (x, x)
+        y, scale = scratch_buffers(x) if node else (x, x)
         if x.numel():
             _numba.set_threads()
             _numba.routines().typed_step(
@@ -431,7 +419,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     # without autograd nothing keeps a step's walk once the next exists: two buffers serve
     # every step (fresh memory per step costs its page faults, about a product's time)
     reuse = not torch.is_grad_enabled() and not return_steps and steps > 1 \
-        and _numba.usable(x) and graph.device.type == "cpu"
+        and _numba.usable(x)
     spare = [torch.empty_like(x), torch.empty_like(x)] if reuse else None
     for t, a in enumerate(relation_weights):
         a = a.to(dtype).t().contiguous()

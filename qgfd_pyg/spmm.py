@@ -170,8 +170,9 @@ SCRATCH_BYTES = 2**28  # largest iterate buffer fused_diffusion keeps between ca
 _scratch = threading.local()
 
 
-def _iterate_buffers(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Two ``[N, d]`` buffers like ``x`` for the iterates of :func:`fused_diffusion`, kept
+def scratch_buffers(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Two ``[N, d]`` buffers like ``x`` that nothing keeps past a call (the iterates of
+    :func:`fused_diffusion`, a flow step's normaliser), kept
     between calls (per thread, the largest size so far, up to :data:`SCRATCH_BYTES` each):
     fresh memory costs its page faults, more than the products themselves for a few
     diffusion steps at 10^5 nodes (two products of 181,000 x 64 took 66 ms into fresh buffers,
@@ -204,7 +205,7 @@ def fused_diffusion(transition: Transition, x: Tensor, theta, last: float, steps
         return None
     rowptr, col, value = csr
     x = x.contiguous()
-    (a, b), acc = _iterate_buffers(x), torch.empty_like(x)
+    (a, b), acc = scratch_buffers(x), torch.empty_like(x)
     _numba.set_threads()
     _numba.routines().csr_diffuse(rowptr.numpy(), col.numpy(), value.to(x.dtype).numpy(),
                                   x.numpy(), torch.tensor(theta, dtype=x.dtype).numpy(),

@@ -10,6 +10,7 @@ summary table and ``--list``) is shared and lives in :mod:`~qgfd_pyg.bench.runne
 A new task is a loader registered with :func:`register`; a new task kind is data plus a small
 :class:`Task` subclass.
 """
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
@@ -256,12 +257,11 @@ _INFRASTRUCTURE = {"cli", "data", "measure", "metrics", "models", "relational", 
                    "runner", "synthetic", "tasks", "train"}
 
 
+@functools.lru_cache(maxsize=None)  # once per process
 def _import_kinds() -> None:
     """Imports every module of this package that is not part of the runner's machinery (each
     kind registers its tasks on import) and the kinds other packages declare under the entry
     point group ``qgfd_pyg.bench.kinds``: a new kind needs no change to a shared file."""
-    if getattr(_import_kinds, "done", False):
-        return
     import importlib
     import importlib.metadata
     import pkgutil
@@ -272,4 +272,3 @@ def _import_kinds() -> None:
             importlib.import_module(f"{package}.{module.name}")
     for entry in importlib.metadata.entry_points(group="qgfd_pyg.bench.kinds"):
         entry.load()
-    _import_kinds.done = True
