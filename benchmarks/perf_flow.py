@@ -3,7 +3,8 @@
     ./run python benchmarks/perf_flow.py
 
 For a random typed graph (N nodes, E edges, R relations) and B queries, one step of
-``relational_flow`` (each query its own mixture of relations; the time of a flow of --steps
+``relational_flow`` (each query its own mixture of relations, or one mixture shared by all
+queries, as in a knowledge-graph batch of one query relation; the time of a flow of --steps
 steps divided by the steps, so that the seeds' and the result's transposes, done once per
 flow, count as they do in use) is timed against one
 ``qgfd_pyg.spmm`` product of the same graph's transition with ``[N, B]`` values, i.e. the same
@@ -67,6 +68,7 @@ def main():
         p0 = torch.softmax(torch.randn(args.batch, n, generator=g), 1).requires_grad_()
         a = torch.softmax(torch.randn(args.steps, args.batch, r, generator=g),
                           -1).requires_grad_()
+        shared = a[:, :1].detach().clone().requires_grad_()
         P = graph_transition(edge_index, n, add_self_loops=False)
         x = torch.randn(n, args.batch, generator=g, requires_grad=True)
         row = {"nodes": n, "edges": e, "relations": r, "batch": args.batch}
@@ -78,6 +80,8 @@ def main():
             try:
                 for norm in ("node", "relation"):
                     row[f"flow_{norm}_{path}"] = flow_times(graph, p0, a, args.repeats, norm)
+                    row[f"shared_{norm}_{path}"] = flow_times(graph, p0, shared, args.repeats,
+                                                              norm)
             finally:
                 _numba.usable = original
             set_spmm_backend(path)
@@ -96,19 +100,25 @@ def main():
              "forward / forward + backward, median of "
              f"{args.repeats}. Ratio = flow / SpMM on the same path (numba: the compiled CPU "
              "routines; torch: chunked edge gathers for the flow, torch's CSR product for the "
-             "SpMM). Target: ratio <= 2.", "",
-             "| nodes | edges | relations | path | normalization | flow fwd | SpMM fwd | "
-             "ratio fwd | flow fwd+bwd | SpMM fwd+bwd | ratio fwd+bwd |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "SpMM). Shared relation weights (one mixture for every query, [T, 1, R]: a "
+             "knowledge-graph batch of one query relation) make each step one sparse product "
+             "with per-edge values. Target: ratio <= 2.", "",
+             "| nodes | edges | relations | path | relation weights | normalization | "
+             "flow fwd | SpMM fwd | ratio fwd | flow fwd+bwd | SpMM fwd+bwd | ratio fwd+bwd |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         for path in paths:
             s_fwd, s_both = r[f"spmm_{path}"]
-            for norm in ("node", "relation"):
-                f_fwd, f_both = r[f"flow_{norm}_{path}"]
-                lines.append(f"| {r['nodes']:,} | {r['edges']:,} | {r['relations']} | {path} | "
-                             f"{norm} | {1000 * f_fwd:.1f} ms | {1000 * s_fwd:.1f} ms | "
-                             f"{f_fwd / s_fwd:.2f} | {1000 * f_both:.1f} ms | "
-                             f"{1000 * s_both:.1f} ms | {f_both / s_both:.2f} |")
+            for mode, weights in (("flow", "per query"), ("shared", "shared")):
+                for norm in ("node", "relation"):
+                    if f"{mode}_{norm}_{path}" not in r:
+                        continue
+                    f_fwd, f_both = r[f"{mode}_{norm}_{path}"]
+                    lines.append(
+                        f"| {r['nodes']:,} | {r['edges']:,} | {r['relations']} | {path} | "
+                        f"{weights} | {norm} | {1000 * f_fwd:.1f} ms | {1000 * s_fwd:.1f} ms | "
+                        f"{f_fwd / s_fwd:.2f} | {1000 * f_both:.1f} ms | "
+                        f"{1000 * s_both:.1f} ms | {f_both / s_both:.2f} |")
     write_results(args.out, "perf_flow", env, rows, lines)
 
 

@@ -36,7 +36,11 @@ tensor is formed. On the CPU with numba a step is two compiled passes (the norma
 node, then the product over the edges into each node with the staying share) and its
 backward one (over the edges out of each node, recomputing the normaliser, for the gradients
 of the values and of the relation weights together); otherwise (GPUs, no numba) torch ops
-over chunks of edges.
+over chunks of edges. Where every query of the batch shares a step's relation weights (a
+knowledge-graph batch of one query relation), the step's transition is one matrix whose
+entries are computed per edge, and the step is one sparse product (numba's or torch's CSR
+product), its backward the product by the transpose and one pass over the edges for the
+entries' gradients.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -48,7 +52,7 @@ from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_we
                       check_values,
                       check_steps)
 from .diffusion import ppr_hop_weights
-from .spmm import scratch_buffers
+from .spmm import csr_product, scratch_buffers
 
 CHUNK_ELEMENTS = 2**22  # [edges, B] elements per chunk on the torch path
 NORMALIZATIONS = ("node", "relation", "none")
@@ -108,6 +112,10 @@ class RelationalGraph:
         self.col_out, self.rel_out = dst[self.perm_out], self._rel[self.perm_out]
         self.row_in = dst[self.perm_in]  # the torch path scatters by it
         self.row_out = src[self.perm_out]
+        # the out-order edges' places in the in-order (a shared step's values, transposed)
+        place = torch.empty_like(self.perm_in)
+        place[self.perm_in] = torch.arange(num_edges, device=place.device)
+        self.in_to_out = place[self.perm_out]
         self._set_weight(edge_weight if edge_weight is not None
                          else torch.ones(num_edges, device=edge_index.device))
 
@@ -210,6 +218,68 @@ class _TypedProduct(torch.autograd.Function):
         grad_a = _weight_grad(ctx.graph, x, grad, ctx.per_relation) \
             if ctx.needs_input_grad[1] else None
         return grad_x, grad_a, None, None
+
+
+def _edge_dot(graph: RelationalGraph, g: Tensor, x: Tensor) -> Tensor:
+    """``out[k] = <g[target_k], x[source_k]>`` over the edges in CSR order by target."""
+    row, col = graph.row_in, graph.col_in
+    if _numba.usable(g, x):
+        n, B = x.shape
+        out = torch.empty(col.numel(), 1, dtype=x.dtype)
+        _numba.set_threads()
+        _numba.routines().edge_dot(row.numpy(), col.numpy(), g.view(n, 1, B).numpy(),
+                                   x.view(n, 1, B).numpy(), out.numpy())
+        return out.view(-1)
+    out = x.new_empty(col.numel())
+    for e in _edge_chunks(col.numel(), x.size(1)):
+        out[e] = (g[row[e]] * x[col[e]]).sum(1)
+    return out
+
+
+class _ValuedProduct(torch.autograd.Function):
+    """``y[j] = sum_{k: i -> j} v_k x[i]`` with one value per edge (CSR order by target), as
+    one sparse product; gradients w.r.t. ``x`` (the product over the reversed edges) and
+    ``v`` (per edge, :func:`_edge_dot`). The step of a flow whose queries share their
+    relation weights."""
+
+    @staticmethod
+    def forward(ctx, x, value, graph):
+        x, value = x.detach().contiguous(), value.detach().contiguous()
+        ctx.save_for_backward(x, value)
+        ctx.graph = graph
+        return csr_product(graph.rowptr_in, graph.col_in, value, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, value = ctx.saved_tensors
+        graph, grad = ctx.graph, grad.contiguous()
+        grad_x = csr_product(graph.rowptr_out, graph.col_out, value[graph.in_to_out], grad) \
+            if ctx.needs_input_grad[0] else None
+        grad_v = _edge_dot(graph, grad, x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_v, None
+
+
+def shared_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str = "node",
+                dangling: str = "keep") -> Tensor:
+    r"""One step :math:`x P(a)` for queries that share their relation weights ``a`` ``[R]``
+    (``x`` ``[N, B]``): :math:`P(a)` is then one matrix, its entries
+    :math:`a_{r_e} w_e / D_i` (per relation: :math:`a_{r_e} w_e / C_{r_e, i}`) computed
+    per edge, and the step is one sparse product (the project's own) plus what stays."""
+    _, col, rel, weight, _ = graph.edges(False, normalization == "relation")
+    value = weight.to(a.dtype) * a[rel]
+    if normalization == "node":
+        degree = _times(graph.degree, a.view(-1, 1)).view(-1)  # D: [N]
+        has_mass = degree > MIN_MASS
+        inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, degree,
+                                                          torch.ones_like(degree)),
+                              torch.zeros_like(degree))
+        stay = (~has_mass).to(a.dtype)
+        value = value * inverse[col]
+    else:
+        stay = a.sum() - _times(graph.has_relation, a.view(-1, 1)).view(-1)
+    moved = _ValuedProduct.apply(x, value, graph)
+    return moved if dangling == "drop" else moved + stay.view(-1, 1) * x
 
 
 class _FusedStep(torch.autograd.Function):
@@ -325,7 +395,10 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
             attention; any real values, the map is linear in them).
         graph (RelationalGraph): the typed graph.
         relation_weights (torch.Tensor or list): :math:`a_t(q, r)`, ``[T, B, R]`` or a list
-            of ``T`` tensors ``[B, R]``. Non-negative; they need not sum to one
+            of ``T`` tensors ``[B, R]``; a step's ``[1, R]`` is shared by every query (a
+            batch of one query relation): that step's transition is then one matrix and the
+            step one sparse product with per-edge values, the project's SpMM (torch's CSR
+            product on GPUs). Non-negative; they need not sum to one
             (:math:`P_t(q)` does not change when a row is scaled); a row of zeros makes that
             query stand still for that step. ``T = 0`` returns :math:`\theta_0 p_0`.
         alpha (float): diffusion weight in ``[0, 1]`` of the PageRank hop weights
@@ -358,7 +431,8 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
             only. (default: ``None``)
 
     Shapes:
-        - **input:** p0 :math:`(B, N)`, relation_weights :math:`(T, B, R)`, hop_weights
+        - **input:** p0 :math:`(B, N)`, relation_weights :math:`(T, B, R)` or
+          :math:`(T, 1, R)`, hop_weights
           :math:`(T + 1)` or :math:`(B, T + 1)`
         - **output:** :math:`(B, N)`, and a list of :math:`T + 1` tensors :math:`(B, N)` if
           ``return_steps``
@@ -382,8 +456,8 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         relation_weights = list(relation_weights.unbind(0))
     relation_weights = list(relation_weights)
     for t, a in enumerate(relation_weights):
-        if not isinstance(a, Tensor) or a.dim() != 2 or a.size(0) != B:
-            raise ValueError(f"relation_weights[{t}] must be [B={B}, R] (got "
+        if not isinstance(a, Tensor) or a.dim() != 2 or a.size(0) not in (1, B):
+            raise ValueError(f"relation_weights[{t}] must be [B={B}, R] or [1, R] (got "
                              f"{list(a.shape) if isinstance(a, Tensor) else type(a).__name__})")
         if a.size(1) != R:
             raise ValueError(f"relation_weights[{t}] weighs {a.size(1)} relations but the graph "
@@ -394,7 +468,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     for t, a in enumerate(relation_weights):
         _check_weights(f"relation_weights[{t}]", a, validate)
         if validate and normalization == "relation" and a.numel() and not torch.allclose(
-                a.sum(1), a.new_ones(B), atol=1e-4):
+                a.sum(1), a.new_ones(a.size(0)), atol=1e-4):
             raise ValueError(f"relation_weights[{t}] rows must be distributions (sum to 1) "
                              f"with normalization='relation', which mixes the relations' walks")
     if hop_weights is None:
@@ -422,6 +496,12 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         and _numba.usable(x)
     spare = [torch.empty_like(x), torch.empty_like(x)] if reuse else None
     for t, a in enumerate(relation_weights):
+        if a.size(0) == 1:  # one transition for every query: one sparse product
+            x = shared_step(graph, x, a.to(dtype).view(-1), normalization, dangling)
+            out = torch.addcmul(out, coefficient(t + 1), x)
+            if return_steps:
+                walks.append(x)
+            continue
         a = a.to(dtype).t().contiguous()
         if reuse:
             x = _FusedStep.run(x, a, graph, normalization, dangling == "keep", spare[t % 2])

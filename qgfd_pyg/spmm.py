@@ -71,6 +71,21 @@ def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor,
     return out
 
 
+def csr_product(rowptr: Tensor, col: Tensor, value: Tensor, x: Tensor) -> Tensor:
+    """``M @ x`` for the square CSR matrix ``M`` given by ``(rowptr, col, value)`` and ``x``
+    ``[N, d]``, by the chosen backend's product (numba's routine or torch's CSR product; no
+    gradients: callers differentiate it themselves)."""
+    x = x.detach()
+    if _backend["name"] in ("auto", "numba") and _numba.usable(x):
+        return _numba_spmm((rowptr, col, value.detach()), x)
+    n = rowptr.numel() - 1
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(rowptr, col, value.detach().to(x.dtype), (n, n),
+                                         check_invariants=False)
+    return torch.sparse.mm(matrix, x.contiguous())
+
+
 def _csr(transition: SparseTensor, transpose: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """(rowptr, col, value) of ``P`` or ``P^T``, built once and kept on the transition until
     its entries change: ``set_value_`` swaps the value tensor, an in-place op (``mul_``) bumps

@@ -97,6 +97,21 @@ def test_relation_controller_equals_the_dense_loop(heads, normalization, danglin
     expected = _expected(model, graph, anchor, relation.view(-1, 1), rows, relation.tolist())
     torch.testing.assert_close(model(anchor, relation, graph), expected)
     torch.testing.assert_close(model.score(anchor, relation, model.prepare(graph, 0)), expected)
+    # a batch of one query relation (the kg kind's batches): every query of a head follows
+    # the same transitions, one sparse product per step; values and gradients as query by query
+    shared = torch.full_like(relation, 3)
+    expected = _expected(model, graph, anchor, shared.view(-1, 1), [[3] * 3] * 4, [3] * 4)
+    out = model(anchor, shared, graph)
+    torch.testing.assert_close(out, expected)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum(), params, allow_unused=True)
+    one_by_one = sum((model(anchor[b:b + 1], shared[b:b + 1], graph) * g[b]).sum()
+                     for b in range(4))
+    for x, y in zip(got, torch.autograd.grad(one_by_one, params, allow_unused=True),
+                    strict=True):
+        if y is not None:
+            torch.testing.assert_close(x, y)
     model.train()
     model(anchor, relation, graph).sum().backward()
     for p in (model.step_logits, model.hop_logits) + ((model.entity.weight,) if embedding

@@ -41,12 +41,12 @@ def _dense_flow(p0, ei, et, R, N, a, theta, weight=None, normalization="node",
                                 torch.zeros(N, N, dtype=torch.float64))
                 if dangling == "keep":  # no out-mass: the node keeps its mass
                     P = P + torch.diag((out_mass.view(-1) == 0).double())
-            else:  # each relation's own walk, mixed; a missing relation's share stays/drops
-                P = torch.zeros(N, N, dtype=torch.float64)
+            else:  # each relation's own walk (or its counts), mixed; a missing relation's
+                P = torch.zeros(N, N, dtype=torch.float64)  # share stays / drops
                 for r in range(R):
                     deg = A[r].sum(1, keepdim=True)
-                    walk = torch.where(deg > 0, A[r] / deg.clamp_min(1e-300),
-                                       torch.zeros_like(A[r]))
+                    walk = A[r] if normalization == "none" else torch.where(
+                        deg > 0, A[r] / deg.clamp_min(1e-300), torch.zeros_like(A[r]))
                     P = P + a[t, b, r].double() * walk
                     if dangling == "keep":
                         P = P + a[t, b, r].double() * torch.diag((deg.view(-1) == 0).double())
@@ -294,3 +294,56 @@ def test_normalizations_and_dangling_mass_against_the_dense_loop(backend, normal
             torch.testing.assert_close(out.sum(1), torch.ones(4, dtype=torch.float64))
         else:
             assert bool((out.sum(1) < 1).all())  # the dead ends lose theirs
+
+
+@pytest.mark.parametrize("normalization", ["node", "relation", "none"])
+@pytest.mark.parametrize("dangling", ["keep", "drop"])
+def test_weights_shared_by_all_queries_equal_the_dense_loop(backend, normalization, dangling):
+    """relation_weights [1, R] at a step: one transition for every query (one sparse
+    product); values and gradients as when each query carries the same row, also mixed
+    with per-query steps, on a masked graph and with sparse degrees."""
+    for ei, et, R, N in _graphs():
+        graph = RelationalGraph(ei, et, R, N, edge_weight=torch.rand(ei.size(1)) + 0.5
+                                ).masked(torch.tensor([3]))  # edge 3 hidden
+        B = 4
+        p0 = torch.softmax(torch.randn(B, N, dtype=torch.float64), 1)
+        p0[0] = 0.0
+        p0[0, 6 if N == 7 else 10] = 1.0  # the dangling / isolated node
+        p0.requires_grad_()
+        shared = torch.softmax(torch.randn(3, 1, R, dtype=torch.float64), -1)
+        shared[1, 0] = torch.eye(R, dtype=torch.float64)[1]  # one relation only
+        shared.requires_grad_()
+        own = torch.softmax(torch.randn(B, R, dtype=torch.float64), -1).requires_grad_()
+        theta = torch.randn(B, 5, dtype=torch.float64, requires_grad=True)
+        steps = [shared[0], own, shared[1], shared[2]]  # a per-query step among shared ones
+        out = relational_flow(p0, graph, steps, hop_weights=theta,
+                              normalization=normalization, dangling=dangling)
+        dense_a = torch.stack([s.expand(B, R) for s in steps])
+        ref = _dense_flow(p0, ei, et, R, N, dense_a, theta, graph.weight, normalization,
+                          dangling)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(ref)
+        inputs = [p0, shared, own, theta]
+        for x, y in zip(torch.autograd.grad((out * g).sum(), inputs),
+                        torch.autograd.grad((ref * g).sum(), inputs), strict=True):
+            torch.testing.assert_close(x, y)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                relational_flow(p0, graph, shared, hop_weights=theta[:, :4],
+                                normalization=normalization, dangling=dangling),
+                _dense_flow(p0, ei, et, R, N, shared.expand(3, B, R), theta[:, :4],
+                            graph.weight, normalization, dangling))
+
+
+def test_shared_weights_with_sparse_degrees(monkeypatch):
+    monkeypatch.setattr(flow_module, "DENSE_DEGREE_RELATIONS", 2)
+    for ei, et, R, N in _graphs():
+        graph = RelationalGraph(ei, et, R, N)
+        assert graph.degree.is_sparse
+        p0 = torch.softmax(torch.randn(3, N, dtype=torch.float64), 1)
+        a = torch.rand(2, 1, R, dtype=torch.float64, requires_grad=True)
+        out = relational_flow(p0, graph, a)
+        ref = _dense_flow(p0, ei, et, R, N, a.expand(2, 3, R), ppr_hop_weights(0.85, 2))
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), a)[0],
+                                   torch.autograd.grad(ref.sum(), a)[0])

@@ -331,12 +331,23 @@ class RelationalQGFD(Module):
         """:math:`p_T` ``[B, N]``: the heads' flows from the anchors, mixed."""
         B, N, H = anchor.numel(), self.num_entities, self.heads
         a, theta, mix = (controls or self.controls(words))[:3]
-        p0 = torch.zeros(B * H, N, device=anchor.device, dtype=self.entity.weight.dtype)
-        p0[torch.arange(B * H, device=anchor.device), anchor.repeat_interleave(H)] = 1.0
-        p = relational_flow(p0, graph.relational(N, 2 * self.num_relations), a,
-                            hop_weights=theta, normalization=self.normalization,
-                            dangling=self.dangling, validate=False)
-        return (p.view(B, H, N) * mix.unsqueeze(-1)).sum(1)
+        flow_graph = graph.relational(N, 2 * self.num_relations)
+        options = dict(normalization=self.normalization, dangling=self.dangling,
+                       validate=False)
+        if self.controller == "relation" and B > 1 and bool((words[:, 0] == words[0, 0]).all()):
+            # one query relation (the kg kind's batches): every query of a head follows the
+            # same transitions, so each step is one sparse product (relational_flow's shared
+            # weights)
+            p0 = torch.zeros(B, N, device=anchor.device, dtype=self.entity.weight.dtype)
+            p0[torch.arange(B, device=anchor.device), anchor] = 1.0
+            a, theta = a.view(-1, B, H, a.size(-1)), theta.view(B, H, -1)
+            p = torch.stack([relational_flow(p0, flow_graph, a[:, :1, h], hop_weights=theta[0, h],
+                                             **options) for h in range(H)], 1)
+        else:
+            p0 = torch.zeros(B * H, N, device=anchor.device, dtype=self.entity.weight.dtype)
+            p0[torch.arange(B * H, device=anchor.device), anchor.repeat_interleave(H)] = 1.0
+            p = relational_flow(p0, flow_graph, a, hop_weights=theta, **options).view(B, H, N)
+        return (p * mix.unsqueeze(-1)).sum(1)
 
     def forward(self, anchor: Tensor, words: Tensor, graph: KGGraph) -> Tensor:
         """Scores ``[B, N]`` of every entity for queries (``anchor`` ``[B]``, ``words``
