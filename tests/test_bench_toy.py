@@ -55,6 +55,21 @@ def test_only_models_that_reach_h_hops_see_the_label(model, reaches):
         assert net.hop_weights() is None
 
 
+@pytest.mark.parametrize("model", sorted(ChainTask.models))
+def test_every_toy_model_trains_without_dropout_or_weight_decay(model):
+    """The features are noise-free and the far end's share of a walk is ~2^-h: every model
+    of the toy, baselines included, runs without dropout (two training passes agree) and
+    without weight decay."""
+    task = ChainTask(3, chains=4)
+    spec = task.models[model]
+    assert spec.weight_decay == 0.0
+    torch.manual_seed(0)
+    net = spec.build(5, 4, **spec.options).train()
+    torch.testing.assert_close(net(task.data.x, task.data.edge_index),
+                               net(task.data.x, task.data.edge_index))
+    assert "without dropout and weight decay" in task.protocol({"epochs": 5, "patience": 2})
+
+
 @pytest.mark.slow
 def test_chain_runs_from_the_cli_and_rejects_bad_hops(tmp_path, capsys):
     out = str(tmp_path)
