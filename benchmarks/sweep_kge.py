@@ -26,7 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = load_task("wn18rr", "datasets", None, {"epoch_batches": 40})
-    print("| lr | margin | hidden | val MRR | test MRR | epochs |\n| --- | --- | --- | --- | --- | --- |")
+    print("| lr | margin | hidden | val MRR | test MRR | epochs |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for config in args.configs:
         lr, margin, hidden = config.split(",")
         kg.KG_MODELS["rotate"] = dataclasses.replace(kg.KG_MODELS["rotate"], lr=float(lr))

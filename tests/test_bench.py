@@ -146,6 +146,11 @@ def test_resume_keeps_finished_runs(tmp_path, monkeypatch):
     assert cli.main(argv[:6] + ["3"] + argv[7:]) == 130  # one line, not a traceback
     assert len(read(out, "cora")["runs"]) == 2
     assert cli.main(argv[:-1] + ["--resume", "--epochs", "4"]) == 2  # options differ: refused
+    # a baseline whose settings changed since its runs were stored: refused, not kept
+    from qgfd_pyg.bench.models import MODELS
+    monkeypatch.setitem(MODELS["gcn"].options, "hidden", 32)
+    assert cli.main(argv) == 2
+    monkeypatch.setitem(MODELS["gcn"].options, "hidden", 16)
     # resuming with other models adds their rows and keeps the earlier models' rows
     monkeypatch.setattr(runner, "fit", real)
     assert cli.main(["cora", "--out", out, "--models", "mlp", "--seeds", "1", "--epochs", "3",
@@ -178,6 +183,34 @@ def test_result_store_refuses_resume_with_other_options(tmp_path):
     assert gcn.config["qgfd"] == {"alpha": 0.5}  # the options of the stored QGFD rows
     gcn.add({**record, "model": "gcn", "seed": 1}, {})
     assert read(tmp_path, "cora")["config"]["qgfd"] == {"alpha": 0.5}
+
+
+def test_resume_refuses_runs_of_a_model_whose_settings_changed(tmp_path):
+    """Every model's settings (learning rate, weight decay, options) are stored; resuming
+    keeps a model's runs only under the same settings, whichever model it is."""
+    spec = {"lr": 0.005, "weight_decay": 0.0, "options": {"margin": 9.0, "hidden": 128}}
+    config = {"task": "wn18rr", "models": ["rotate"], "seeds": 1, "epochs": 3, "qgfd": {},
+              "metric": "filtered MRR", "seed_list": [0], "patience": 2,
+              "specs": {"rotate": spec}}
+    record = {"seed": 0, "test": 0.5, "val": 0.5, "params": 1, "sec_per_epoch": 0.1,
+              "epochs": 3, "peak_mem_mb": None}
+    ResultStore(str(tmp_path), "wn18rr", config, resume=False).add(
+        {**record, "model": "rotate"}, {})
+    assert read(tmp_path, "wn18rr")["config"]["specs"] == {"rotate": spec}
+    changed = {**spec, "options": {"margin": 3.0, "hidden": 128}}
+    with pytest.raises(ValueError, match=r"rotate: margin 9.0 -> 3.0"):
+        ResultStore(str(tmp_path), "wn18rr", {**config, "specs": {"rotate": changed}},
+                    resume=True)
+    with pytest.raises(ValueError, match=r"rotate: lr 0.005 -> 0.01"):
+        ResultStore(str(tmp_path), "wn18rr", {**config, "specs": {"rotate": {**spec,
+                                                                               "lr": 0.01}}},
+                    resume=True)
+    assert ResultStore(str(tmp_path), "wn18rr", config, resume=True).done("rotate", 0)
+    # another model joins with its own settings; the stored model's are kept beside them
+    other = ResultStore(str(tmp_path), "wn18rr", {**config, "models": ["distmult"],
+                                                  "specs": {"distmult": spec}}, resume=True)
+    other.add({**record, "model": "distmult"}, {})
+    assert read(tmp_path, "wn18rr")["config"]["specs"] == {"rotate": spec, "distmult": spec}
 
 
 def test_cli_errors_and_listing(tmp_path, capsys):

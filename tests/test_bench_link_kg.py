@@ -363,6 +363,9 @@ def test_results_of_separate_processes_merge_into_one_sweep(tmp_path):
     assert rows["qgfd"]["hits@10"]["mean"] == expected[2]["hits@10"]  # the task's columns
     md = open(tmp_path / "all" / "wn18rr.md").read()
     assert "| distmult |" in md and "| qgfd |" in md and "--models qgfd" in md
+    # each file's models' settings come along (what resuming the merged file checks)
+    assert set(merged["config"]["specs"]) == {"distmult", "qgfd"}
+    assert merged["config"]["specs"]["distmult"]["lr"] == task.models["distmult"].lr
     merge_results(parts[::-1], str(tmp_path / "reversed"), "wn18rr", task)
     config = read(str(tmp_path / "reversed"), "wn18rr")["config"]
     assert (config["models"], config["seed_list"]) == (["qgfd", "distmult"], [0, 1])

@@ -51,6 +51,16 @@ class ResultStore:
                 stored = json.load(f)
             old = {k: v for k, v in stored.get("config", {}).items() if k not in EXTENDABLE}
             new = {k: v for k, v in config.items() if k not in EXTENDABLE}
+            old_specs, new_specs = old.pop("specs", None) or {}, new.pop("specs", None) or {}
+            stale = sorted(m for m in set(old_specs) & set(new_specs)
+                           if old_specs[m] != new_specs[m]
+                           and any(r["model"] == m for r in stored.get("runs", [])))
+            if stale:  # (files written before specs were stored cannot be checked)
+                raise ValueError(
+                    f"--resume: the stored runs of {', '.join(stale)} in {self.json_path} were "
+                    f"trained with other settings ({_spec_change(old_specs, new_specs, stale)}); "
+                    f"write to another --out or --name, or run without --resume")
+            self.config = {**self.config, "specs": {**old_specs, **new_specs}}
             stored_qgfd = _ran_qgfd(stored.get("runs", []))
             if not stored_qgfd or "qgfd" not in config.get("models", ()):
                 # the QGFD options describe QGFD's rows only: baselines run apart from them
@@ -58,7 +68,7 @@ class ResultStore:
                 old.pop("qgfd", None)
                 new.pop("qgfd", None)
                 if stored_qgfd:
-                    self.config = {**config, "qgfd": stored["config"]["qgfd"]}
+                    self.config = {**self.config, "qgfd": stored["config"]["qgfd"]}
             if isinstance(old.get("qgfd"), dict) and isinstance(new.get("qgfd"), dict):
                 # an option added since the file was written, at its default value (the value
                 # the stored runs had), does not change what they computed
@@ -95,6 +105,20 @@ class ResultStore:
         return rows
 
 
+def _spec_change(old: Dict[str, Any], new: Dict[str, Any], models: Sequence[str]) -> str:
+    """``model: name old -> new, ...`` for the settings that differ."""
+    parts = []
+    for model in models:
+        flat_old = {**old[model].get("options", {}),
+                    **{k: v for k, v in old[model].items() if k != "options"}}
+        flat_new = {**new[model].get("options", {}),
+                    **{k: v for k, v in new[model].items() if k != "options"}}
+        parts += [f"{model}: {k} {flat_old.get(k)} -> {flat_new.get(k)}"
+                  for k in sorted(set(flat_old) | set(flat_new))
+                  if flat_old.get(k) != flat_new.get(k)]
+    return ", ".join(parts)
+
+
 def _ran_qgfd(runs: Sequence[Dict[str, Any]]) -> bool:
     return any(r["model"] == "qgfd" for r in runs)
 
@@ -118,7 +142,8 @@ def merge_results(paths: Sequence[str], out: str, name: str, task: "Task") -> Re
     models: List[str] = []
     for path, payload in zip(paths, stored, strict=True):
         other = payload["config"]
-        ignored = set(EXTENDABLE) | (set() if _ran_qgfd(payload["runs"]) else {"qgfd"})
+        ignored = set(EXTENDABLE) | {"specs"} | (set() if _ran_qgfd(payload["runs"])
+                                                 else {"qgfd"})
         changed = sorted(k for k in set(config) | set(other)
                          if k not in ignored and config.get(k) != other.get(k))
         if changed:
@@ -129,6 +154,12 @@ def merge_results(paths: Sequence[str], out: str, name: str, task: "Task") -> Re
                 raise ValueError(f"{path}: {run['model']} seed {run['seed']} is in two files")
             runs.append(run)
         models += [m for m in other["models"] if m not in models]
+    specs = {}
+    for payload in stored:  # what each file's models were trained with
+        specs.update({m: v for m, v in payload["config"].get("specs", {}).items()
+                      if any(r["model"] == m for r in payload["runs"])})
+    if specs:
+        config["specs"] = specs
     config["seed_list"] = sorted({r["seed"] for r in runs})
     config["models"], config["seeds"] = models, len(config["seed_list"])
     environment = dict(stored[0]["environment"])

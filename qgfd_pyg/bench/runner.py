@@ -6,6 +6,7 @@ and early stopping, and the records are written to ``<out>/<name>.json`` / ``.md
 run (``resume=True`` keeps the finished ones of an interrupted sweep).
 """
 import datetime
+import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -140,6 +141,14 @@ def model_options(task: Task, model: str, qgfd: Dict[str, Any]) -> Dict[str, Any
     return {**task.models[model].options, **(qgfd if model == "qgfd" else {})}
 
 
+def model_spec(task: Task, model: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """What a run of ``model`` was trained with (stored with the results, so that ``--resume``
+    never keeps runs of a model whose settings have changed since)."""
+    spec = task.models[model]
+    return json.loads(json.dumps({"lr": spec.lr, "weight_decay": spec.weight_decay,
+                                  "options": options}))
+
+
 def run_benchmark(config: RunConfig) -> Results:
     """Trains every model of ``config`` on every seed under the shared protocol and returns
     the records (also written to ``<out>/<name>.json`` and ``.md`` after each run). Bad
@@ -162,7 +171,8 @@ def run_benchmark(config: RunConfig) -> Results:
     seeds = list(range(config.seeds))
     stored = {"task": task.name, "metric": task.metric, "models": models, "seeds": config.seeds,
               "seed_list": seeds, "epochs": epochs, "patience": patience,
-              "device": device.type, "qgfd": qgfd, **task.stored_config()}
+              "device": device.type, "qgfd": qgfd, **task.stored_config(),
+              "specs": {m: model_spec(task, m, options[m]) for m in models}}
     if config.max_minutes is not None:  # only when set: earlier result files still resume
         stored["max_minutes"] = config.max_minutes
     environment = {"command": config.command or f"run_benchmark({asdict(config)})",
