@@ -1,6 +1,7 @@
 """One step of the query-conditioned flow against the project's own SpMM at the same work.
 
     ./run python benchmarks/perf_flow.py
+    python benchmarks/perf_flow.py --device cuda      # on a GPU: perf_flow_cuda.{json,md}
 
 For a random typed graph (N nodes, E edges, R relations) and B queries, one step of
 ``relational_flow`` (each query its own mixture of relations, or one mixture shared by all
@@ -25,10 +26,7 @@ from qgfd_pyg import RelationalGraph, diffuse, graph_transition, relational_flow
 from qgfd_pyg import _numba
 from qgfd_pyg.spmm import spmm
 
-CPU = torch.device("cpu")
-
-
-def flow_times(graph, p0, a, repeats, normalization):
+def flow_times(graph, p0, a, repeats, normalization, device):
     """Seconds per step (forward, forward + backward) of a flow of ``len(a)`` steps."""
     steps = a.size(0)
 
@@ -40,14 +38,15 @@ def flow_times(graph, p0, a, repeats, normalization):
         p0.grad = a.grad = None
         relational_flow(p0, graph, a, normalization=normalization,
                         validate=False).sum().backward()
-    return timed(forward, CPU, repeats)[0] / steps, timed(both, CPU, repeats)[0] / steps
+    return timed(forward, device, repeats)[0] / steps, timed(both, device, repeats)[0] / steps
 
 
-def spmm_times(P, x, repeats):
+def spmm_times(P, x, repeats, device):
     def both():
         x.grad = None
         diffuse(x, P, 1.0, 1).sum().backward()
-    return timed(lambda: spmm(P, x.detach()), CPU, repeats)[0], timed(both, CPU, repeats)[0]
+    return timed(lambda: spmm(P, x.detach()), device, repeats)[0], \
+        timed(both, device, repeats)[0]
 
 
 def main():
@@ -57,43 +56,49 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="steps of the timed flow")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     rows = []
     for spec in args.graphs.split(","):
         n, e, r = map(int, spec.split(":"))
         g = torch.Generator().manual_seed(0)
         edge_index = torch.randint(0, n, (2, e), generator=g)
         edge_type = torch.randint(0, r, (e,), generator=g)
-        graph = RelationalGraph(edge_index, edge_type, r, n)
-        p0 = torch.softmax(torch.randn(args.batch, n, generator=g), 1).requires_grad_()
-        a = torch.softmax(torch.randn(args.steps, args.batch, r, generator=g),
-                          -1).requires_grad_()
-        shared = a[:, :1].detach().clone().requires_grad_()
-        P = graph_transition(edge_index, n, add_self_loops=False)
-        x = torch.randn(n, args.batch, generator=g, requires_grad=True)
+        graph = RelationalGraph(edge_index.to(device), edge_type.to(device), r, n)
+        p0 = torch.softmax(torch.randn(args.batch, n, generator=g), 1).to(device)
+        a = torch.softmax(torch.randn(args.steps, args.batch, r, generator=g), -1).to(device)
+        shared = a[:, :1].clone().requires_grad_()
+        p0, a = p0.requires_grad_(), a.requires_grad_()
+        P = graph_transition(edge_index.to(device), n, add_self_loops=False)
+        x = torch.randn(n, args.batch, generator=g).to(device).requires_grad_()
         row = {"nodes": n, "edges": e, "relations": r, "batch": args.batch}
-        paths = (["numba"] if _numba.routines() is not None else []) + ["torch"]
+        paths = (["numba"] if _numba.routines() is not None and device.type == "cpu"
+                 else []) + ["torch"]
         for path in paths:
             original = _numba.usable
             if path == "torch":
                 _numba.usable = lambda *t: False
             try:
                 for norm in ("node", "relation"):
-                    row[f"flow_{norm}_{path}"] = flow_times(graph, p0, a, args.repeats, norm)
+                    row[f"flow_{norm}_{path}"] = flow_times(graph, p0, a, args.repeats, norm,
+                                                            device)
                     row[f"shared_{norm}_{path}"] = flow_times(graph, p0, shared, args.repeats,
-                                                              norm)
+                                                              norm, device)
             finally:
                 _numba.usable = original
             set_spmm_backend(path)
-            row[f"spmm_{path}"] = spmm_times(P, x, args.repeats)
+            row[f"spmm_{path}"] = spmm_times(P, x, args.repeats, device)
         set_spmm_backend("auto")
         rows.append(row)
         print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "batch": args.batch, "repeats": args.repeats, "steps": args.steps}
+           "batch": args.batch, "repeats": args.repeats, "steps": args.steps,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     paths = [p for p in ("numba", "torch") if f"spmm_{p}" in rows[0]]
-    lines = [f"# One query-conditioned flow step against one SpMM at the same nnz * B (CPU, "
-             f"{env['threads']} threads, torch {env['torch']}, B = {args.batch})", "",
+    where = env["device"] if device.type == "cuda" else f"CPU, {env['threads']} threads"
+    lines = [f"# One query-conditioned flow step against one SpMM at the same nnz * B ({where}, "
+             f"torch {env['torch']}, B = {args.batch})", "",
              f"`relational_flow` per step of a {args.steps}-step flow (every query its own "
              "relation weights; the flow's time over its steps) and one "
              "`qgfd_pyg.spmm` product of the same graph's random walk with [N, B] values; "
@@ -119,7 +124,8 @@ def main():
                         f"{weights} | {norm} | {1000 * f_fwd:.1f} ms | {1000 * s_fwd:.1f} ms | "
                         f"{f_fwd / s_fwd:.2f} | {1000 * f_both:.1f} ms | "
                         f"{1000 * s_both:.1f} ms | {f_both / s_both:.2f} |")
-    write_results(args.out, "perf_flow", env, rows, lines)
+    write_results(args.out, "perf_flow" if device.type == "cpu" else f"perf_flow_{device.type}",
+                  env, rows, lines)
 
 
 if __name__ == "__main__":

@@ -247,11 +247,11 @@ class _ValuedProduct(torch.autograd.Function):
     relation weights."""
 
     @staticmethod
-    def forward(ctx, x, value, graph):
+    def forward(ctx, x, value, graph, out=None):
         x, value = x.detach().contiguous(), value.detach().contiguous()
         ctx.save_for_backward(x, value)
         ctx.graph = graph
-        return csr_product(graph.rowptr_in, graph.col_in, value, x)
+        return csr_product(graph.rowptr_in, graph.col_in, value, x, out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -261,15 +261,16 @@ class _ValuedProduct(torch.autograd.Function):
         grad_x = csr_product(graph.rowptr_out, graph.col_out, value[graph.in_to_out], grad) \
             if ctx.needs_input_grad[0] else None
         grad_v = _edge_dot(graph, grad, x) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_v, None
+        return grad_x, grad_v, None, None
 
 
 def shared_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str = "node",
-                dangling: str = "keep") -> Tensor:
+                dangling: str = "keep", out: Optional[Tensor] = None) -> Tensor:
     r"""One step :math:`x P(a)` for queries that share their relation weights ``a`` ``[R]``
     (``x`` ``[N, B]``): :math:`P(a)` is then one matrix, its entries
     :math:`a_{r_e} w_e / D_i` (per relation: :math:`a_{r_e} w_e / C_{r_e, i}`) computed
-    per edge, and the step is one sparse product (the project's own) plus what stays."""
+    per edge, and the step is one sparse product (the project's own) plus what stays
+    (added in place). ``out``: a spare ``[N, B]`` buffer for the result (no autograd)."""
     _, col, rel, weight, _ = graph.edges(False, normalization == "relation")
     value = weight.to(a.dtype) * a[rel]
     if normalization == "node":
@@ -282,8 +283,8 @@ def shared_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str
         value = value * inverse[col]
     else:
         stay = a.sum() - _times(graph.has_relation, a.view(-1, 1)).view(-1)
-    moved = _ValuedProduct.apply(x, value, graph)
-    return moved if dangling == "drop" else moved + stay.view(-1, 1) * x
+    moved = _ValuedProduct.apply(x, value, graph, out)
+    return moved if dangling == "drop" else moved.addcmul_(stay.view(-1, 1), x)
 
 
 class _FusedStep(torch.autograd.Function):
@@ -501,7 +502,8 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     spare = [torch.empty_like(x), torch.empty_like(x)] if reuse else None
     for t, a in enumerate(relation_weights):
         if a.size(0) == 1:  # one transition for every query: one sparse product
-            x = shared_step(graph, x, a.to(dtype).view(-1), normalization, dangling)
+            x = shared_step(graph, x, a.to(dtype).view(-1), normalization, dangling,
+                            spare[t % 2] if reuse else None)
             out = torch.addcmul(out, coefficient(t + 1), x)
             if return_steps:
                 walks.append(x)

@@ -71,13 +71,14 @@ def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor,
     return out
 
 
-def csr_product(rowptr: Tensor, col: Tensor, value: Tensor, x: Tensor) -> Tensor:
+def csr_product(rowptr: Tensor, col: Tensor, value: Tensor, x: Tensor,
+                out: Optional[Tensor] = None) -> Tensor:
     """``M @ x`` for the square CSR matrix ``M`` given by ``(rowptr, col, value)`` and ``x``
     ``[N, d]``, by the chosen backend's product (numba's routine or torch's CSR product; no
-    gradients: callers differentiate it themselves)."""
+    gradients: callers differentiate it themselves). ``out``: as for :func:`spmm`."""
     x = x.detach()
     if _backend["name"] in ("auto", "numba") and _numba.usable(x):
-        return _numba_spmm((rowptr, col, value.detach()), x)
+        return _numba_spmm((rowptr, col, value.detach()), x, out)
     n = rowptr.numel() - 1
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
