@@ -4,10 +4,11 @@
 #   1. the device-parametrised tests and the Triton kernel's tests on CUDA,
 #   2. perf_attention.py on CUDA (bf16, causal, L = 1024 / 4096 / 16384, the issue's setting),
 #   3. perf_uncached.py part 1 on CUDA (the NeighborLoader part needs pyg-lib or torch-sparse),
-#   4. perf_graph.py on CUDA up to ogbn-products' size.
+#   4. perf_graph.py on CUDA up to ogbn-products' size,
+#   5. perf_flow.py on CUDA (the query-conditioned flow step against torch's CSR product).
 # Each step writes its tables under $OUT/results/ as it goes; a step that fails or runs out of
 # time leaves the earlier ones intact (copy them to benchmarks/results/ afterwards). The
-# steps' time limits add up to 9 minutes, inside one 10-minute device command.
+# steps' time limits add up to 9.5 minutes, inside one 10-minute device command.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_perf.sh
 #   SMOKE=1 OUT=/tmp/gpu DEVICE=cpu bash benchmarks/gpu_perf.sh   # tiny sizes, to check it runs
@@ -29,7 +30,7 @@ if [ -n "${SMOKE:-}" ]; then
     uncached=(--sizes 2000 --repeats 1 --loader-nodes 3000 --batches 1)
 fi
 echo "== tests on $device" | tee "$out/tests.log"
-timeout 120 $py -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_attention.py \
+timeout 90 $py -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_attention.py \
     tests/test_diffusion.py tests/test_knn_triton.py tests/test_structure.py \
     -k "$device or triton" >>"$out/tests.log" 2>&1
 tail -3 "$out/tests.log"
@@ -45,4 +46,10 @@ echo "== perf_graph"
 timeout 180 $py benchmarks/perf_graph.py --device "$device" --sizes "$sizes" \
     "${graph_extra[@]}" --out "$out/results" >"$out/perf_graph.log" 2>&1
 tail -2 "$out/perf_graph.log"
+echo "== perf_flow"
+flow_graphs=40943:215000:23,14541:559000:475,200000:4000000:20
+[ -n "${SMOKE:-}" ] && flow_graphs=2000:10000:5
+timeout 60 $py benchmarks/perf_flow.py --device "$device" --graphs "$flow_graphs" \
+    --out "$out/results" >"$out/perf_flow.log" 2>&1
+tail -2 "$out/perf_flow.log"
 ls "$out/results"
