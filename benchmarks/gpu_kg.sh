@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The knowledge-graph tables on one GPU in one go: wn18rr (every KG model, 1 seed) and
-# path-qa on kinship (every model, 10 seeds), each model in its own process, all at once.
+# The knowledge-graph tables on one GPU in one go: wn18rr and fb15k-237 (every KG model, 1 seed)
+# and path-qa on kinship (every model, 10 seeds), each model in its own process, all at once.
 # Every run has a wall-clock budget (--max-minutes) instead of a fixed number of epochs, the
 # same for every model of a table; results land in $OUT/<task>-<model>/ and are merged with
 #   python benchmarks/merge_results.py benchmarks/results/wn18rr.json DIR/wn18rr-*/wn18rr.json
@@ -16,6 +16,7 @@ out="${OUT:?set OUT to the output folder}"
 py=${PY:-python3}
 device=${DEVICE:-cuda}
 wn=${WN_MINUTES:-5.5}
+fb=${FB_MINUTES:-$wn}
 qa=${QA_MINUTES:-0.5}
 qa_seeds=${QA_SEEDS:-10}
 qa_kg=${QA_KG:-kinship}
@@ -31,13 +32,19 @@ quick=()
 common=(--device "$device" --threads 1 --no-progress --resume "${quick[@]}")
 mkdir -p "$out"
 # the first load processes the raw files; the processes below then only read them
-$py -c "from qgfd_pyg.bench.tasks import load_task; load_task('wn18rr', 'datasets', None, {})" \
-    || exit 1
+$py -c "from qgfd_pyg.bench.tasks import load_task as t; t('wn18rr', 'datasets', None, {}); \
+t('fb15k-237', 'datasets', None, {})" || exit 1
 pids=()
 for model in qgfd gat appnp distmult rotate attention; do
     $py -m qgfd_pyg.bench wn18rr --models "$model" --seeds "$wn_seeds" --epochs 1000 --patience 5 \
         --max-minutes "$wn" --out "$out/wn18rr-$model" "${common[@]}" \
         >"$out/wn18rr-$model.log" 2>&1 &
+    pids+=($!)
+done
+for model in qgfd rotate distmult attention; do
+    $py -m qgfd_pyg.bench fb15k-237 --models "$model" --seeds "$wn_seeds" --epochs 1000 \
+        --patience 5 --max-minutes "$fb" --out "$out/fb15k-237-$model" "${common[@]}" \
+        >"$out/fb15k-237-$model.log" 2>&1 &
     pids+=($!)
 done
 for model in qgfd attention gat appnp; do
