@@ -253,15 +253,16 @@ def test_conv_learnt_hop_weights(transition):
         QGFDConv(6, 4, learn_hop_weights=True, tol=1e-3)
 
 
-def test_many_relations_use_sparse_degrees(monkeypatch):
+@pytest.mark.parametrize("rows", [3, 1])  # per query, and shared by every query
+def test_many_relations_use_sparse_degrees(monkeypatch, rows):
     monkeypatch.setattr(flow_module, "DENSE_DEGREE_RELATIONS", 2)
     for ei, et, R, N in _graphs():
         graph = RelationalGraph(ei, et, R, N)
         assert graph.degree.is_sparse
         p0 = torch.softmax(torch.randn(3, N, dtype=torch.float64), 1)
-        a = torch.rand(2, 3, R, dtype=torch.float64, requires_grad=True)
+        a = torch.rand(2, rows, R, dtype=torch.float64, requires_grad=True)
         out = relational_flow(p0, graph, a)
-        ref = _dense_flow(p0, ei, et, R, N, a, ppr_hop_weights(0.85, 2))
+        ref = _dense_flow(p0, ei, et, R, N, a.expand(2, 3, R), ppr_hop_weights(0.85, 2))
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(torch.autograd.grad(out.sum(), a)[0],
                                    torch.autograd.grad(ref.sum(), a)[0])
@@ -334,16 +335,3 @@ def test_weights_shared_by_all_queries_equal_the_dense_loop(backend, normalizati
                 _dense_flow(p0, ei, et, R, N, shared.expand(3, B, R), theta[:, :4],
                             graph.weight, normalization, dangling))
 
-
-def test_shared_weights_with_sparse_degrees(monkeypatch):
-    monkeypatch.setattr(flow_module, "DENSE_DEGREE_RELATIONS", 2)
-    for ei, et, R, N in _graphs():
-        graph = RelationalGraph(ei, et, R, N)
-        assert graph.degree.is_sparse
-        p0 = torch.softmax(torch.randn(3, N, dtype=torch.float64), 1)
-        a = torch.rand(2, 1, R, dtype=torch.float64, requires_grad=True)
-        out = relational_flow(p0, graph, a)
-        ref = _dense_flow(p0, ei, et, R, N, a.expand(2, 3, R), ppr_hop_weights(0.85, 2))
-        torch.testing.assert_close(out, ref)
-        torch.testing.assert_close(torch.autograd.grad(out.sum(), a)[0],
-                                   torch.autograd.grad(ref.sum(), a)[0])
