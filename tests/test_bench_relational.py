@@ -182,20 +182,3 @@ def test_hidden_edges_share_the_sorted_structure():
     zero = (masked.weight == 0).nonzero().view(-1).tolist()
     assert zero == [0, 5, n, n + 5]
     assert math.isclose(float(masked.weight.sum()), 2 * n - 4 + N)
-
-
-def test_kg_queries_start_with_their_anchor_at_an_unreached_entitys_score():
-    """(h, r, ?) is rarely answered by h, though the flow keeps mass there: the relation
-    controller's anchor offset starts at log(eps), so an untrained model does not rank h
-    first; path questions (which may lead back to their anchor) start at 0."""
-    graph = KGGraph.from_triples(TRAIN, R)
-    torch.manual_seed(0)
-    model = RelationalQGFD(N, R, hidden=5, steps=2, embedding_scores=False).eval()
-    assert torch.allclose(model.anchor_logits, torch.full((2 * R,), math.log(1e-6)))
-    anchor, relation = torch.tensor([0, 1]), torch.tensor([0, 1])
-    scores = model(anchor, relation, graph)
-    reached = torch.log(model.flow(anchor, relation.view(-1, 1), graph) + model.eps)
-    assert bool((reached[[0, 1], anchor] > reached.max(1).values - 1e-6).all())  # flow: h first
-    assert bool((scores.argmax(1) != anchor).all())  # with the offset: not first
-    path = RelationalQGFD(N, R, hidden=5, steps=2, controller="path")
-    assert bool((path.anchor_logits == 0).all())

@@ -286,11 +286,7 @@ class RelationalQGFD(Module):
             with torch.no_grad():
                 self.hop_logits.copy_(start.expand_as(self.hop_logits))
             torch.nn.init.zeros_(self.head_logits)
-            # a KG query (h, r, ?) is almost never answered by h itself, while the flow keeps
-            # mass on h (theta_0, self loops): its offset starts where an unreached entity
-            # scores, log(eps) (a path question may lead back to its anchor: 0 there)
-            torch.nn.init.constant_(self.anchor_logits,
-                                    math.log(self.eps) if self.controller == "relation" else 0.0)
+            torch.nn.init.zeros_(self.anchor_logits)
 
     def controls(self, words: Tensor) -> "Controls":
         """Per query: relation weights ``[T, B H, 2R + 1]``, hop weights ``[B H, T + 1]``,
