@@ -135,6 +135,7 @@ class RelationalGraph:
         self.rel_ptr = torch.cat([present.new_zeros(1), torch.bincount(
             present // self.num_relations, minlength=self.num_nodes).cumsum(0)])
         self.rel_ids, self.rel_degree = present % self.num_relations, degree[present]
+        self.rel_nodes = present // self.num_relations  # the node of each (node, relation)
         degree = degree.view(self.num_nodes, self.num_relations)  # C^T: [N, R]
         has = (degree > 0).to(degree.dtype)  # whether a node has out-weight under r
         if self.num_relations > DENSE_DEGREE_RELATIONS:  # few relations per node: sparse
@@ -273,16 +274,18 @@ def shared_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str
     (added in place). ``out``: a spare ``[N, B]`` buffer for the result (no autograd)."""
     _, col, rel, weight, _ = graph.edges(False, normalization == "relation")
     value = weight.to(a.dtype) * a[rel]
-    if normalization == "node":
-        degree = _times(graph.degree, a.view(-1, 1)).view(-1)  # D: [N]
+    stay = None
+    if normalization == "node":  # D = C a: the edges' weights under a, summed at their sources
+        degree = value.new_zeros(graph.num_nodes).index_add(0, col, value)
         has_mass = degree > MIN_MASS
         inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, degree,
                                                           torch.ones_like(degree)),
                               torch.zeros_like(degree))
         stay = (~has_mass).to(a.dtype)
         value = value * inverse[col]
-    else:
-        stay = a.sum() - _times(graph.has_relation, a.view(-1, 1)).view(-1)
+    elif dangling == "keep":  # the weight of the relations a node has no edge of
+        stay = a.sum() - a.new_zeros(graph.num_nodes).index_add(0, graph.rel_nodes,
+                                                                a[graph.rel_ids])
     moved = _ValuedProduct.apply(x, value, graph, out)
     return moved if dangling == "drop" else moved.addcmul_(stay.view(-1, 1), x)
 
