@@ -223,19 +223,12 @@ class _TypedProduct(torch.autograd.Function):
 
 
 def _edge_dot(graph: RelationalGraph, g: Tensor, x: Tensor) -> Tensor:
-    """``out[k] = <g[target_k], x[source_k]>`` over the edges in CSR order by target."""
-    row, col = graph.row_in, graph.col_in
-    if _numba.usable(g, x):
-        n, B = x.shape
-        out = torch.empty(col.numel(), 1, dtype=x.dtype)
-        _numba.set_threads()
-        _numba.routines().edge_dot(row.numpy(), col.numpy(), g.view(n, 1, B).numpy(),
-                                   x.view(n, 1, B).numpy(), out.numpy())
-        return out.view(-1)
-    # torch's sampled product (cuSPARSE's SDDMM on GPUs): no [E, B] gathers
+    """``out[k] = <g[target_k], x[source_k]>`` over the edges in CSR order by target, by
+    torch's sampled product (cuSPARSE's SDDMM on GPUs): no ``[E, B]`` gathers."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(graph.rowptr_in, col, torch.ones_like(col, dtype=x.dtype),
+        pattern = torch.sparse_csr_tensor(graph.rowptr_in, graph.col_in,
+                                          torch.ones_like(graph.col_in, dtype=x.dtype),
                                           (graph.num_nodes, graph.num_nodes),
                                           check_invariants=False)
         return torch.sparse.sampled_addmm(pattern, g, x.t(), beta=0.0).values()
@@ -248,11 +241,11 @@ class _ValuedProduct(torch.autograd.Function):
     relation weights."""
 
     @staticmethod
-    def forward(ctx, x, value, graph, out=None):
+    def forward(ctx, x, value, graph):
         x, value = x.detach().contiguous(), value.detach().contiguous()
         ctx.save_for_backward(x, value)
         ctx.graph = graph
-        return csr_product(graph.rowptr_in, graph.col_in, value, x, out)
+        return csr_product(graph.rowptr_in, graph.col_in, value, x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -262,16 +255,18 @@ class _ValuedProduct(torch.autograd.Function):
         grad_x = csr_product(graph.rowptr_out, graph.col_out, value[graph.in_to_out], grad) \
             if ctx.needs_input_grad[0] else None
         grad_v = _edge_dot(graph, grad, x) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_v, None, None
+        return grad_x, grad_v, None
 
 
 def shared_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str = "node",
-                dangling: str = "keep", out: Optional[Tensor] = None) -> Tensor:
+                dangling: str = "keep") -> Tensor:
     r"""One step :math:`x P(a)` for queries that share their relation weights ``a`` ``[R]``
     (``x`` ``[N, B]``): :math:`P(a)` is then one matrix, its entries
     :math:`a_{r_e} w_e / D_i` (per relation: :math:`a_{r_e} w_e / C_{r_e, i}`) computed
-    per edge, and the step is one sparse product (the project's own) plus what stays
-    (added in place). ``out``: a spare ``[N, B]`` buffer for the result (no autograd)."""
+    per edge, and the step is one sparse product (torch's CSR product; cuSPARSE on GPUs)
+    plus what stays (added in place). :func:`relational_flow` takes it where numba's fused
+    step does not run: on the CPU that step, one pass per query, is faster forward and
+    backward (``benchmarks/results/perf_flow.md``)."""
     _, col, rel, weight, _ = graph.edges(False, normalization == "relation")
     value = weight.to(a.dtype) * a[rel]
     stay = None
@@ -286,7 +281,7 @@ def shared_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str
     elif dangling == "keep":  # the weight of the relations a node has no edge of
         stay = a.sum() - a.new_zeros(graph.num_nodes).index_add(0, graph.rel_nodes,
                                                                 a[graph.rel_ids])
-    moved = _ValuedProduct.apply(x, value, graph, out)
+    moved = _ValuedProduct.apply(x, value, graph)
     return moved if dangling == "drop" else moved.addcmul_(stay.view(-1, 1), x)
 
 
@@ -504,14 +499,14 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         and _numba.usable(x)
     spare = [torch.empty_like(x), torch.empty_like(x)] if reuse else None
     for t, a in enumerate(relation_weights):
-        if a.size(0) == 1:  # one transition for every query: one sparse product
-            x = shared_step(graph, x, a.to(dtype).view(-1), normalization, dangling,
-                            spare[t % 2] if reuse else None)
+        if a.size(0) == 1 and not _numba.usable(x.detach()):
+            # one transition for every query: one sparse product (torch's; GPUs, no numba)
+            x = shared_step(graph, x, a.to(dtype).view(-1), normalization, dangling)
             out = torch.addcmul(out, coefficient(t + 1), x)
             if return_steps:
                 walks.append(x)
             continue
-        a = a.to(dtype).t().contiguous()
+        a = a.to(dtype).expand(x.size(1), -1).t().contiguous()  # [R, B]
         if reuse:
             x = _FusedStep.run(x, a, graph, normalization, dangling == "keep", spare[t % 2])
         else:

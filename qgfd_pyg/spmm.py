@@ -71,14 +71,13 @@ def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor,
     return out
 
 
-def csr_product(rowptr: Tensor, col: Tensor, value: Tensor, x: Tensor,
-                out: Optional[Tensor] = None) -> Tensor:
+def csr_product(rowptr: Tensor, col: Tensor, value: Tensor, x: Tensor) -> Tensor:
     """``M @ x`` for the square CSR matrix ``M`` given by ``(rowptr, col, value)`` and ``x``
     ``[N, d]``, by the chosen backend's product (numba's routine or torch's CSR product; no
-    gradients: callers differentiate it themselves). ``out``: as for :func:`spmm`."""
+    gradients: callers differentiate it themselves)."""
     x = x.detach()
     if _backend["name"] in ("auto", "numba") and _numba.usable(x):
-        return _numba_spmm((rowptr, col, value.detach()), x, out)
+        return _numba_spmm((rowptr, col, value.detach()), x)
     n = rowptr.numel() - 1
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
