@@ -37,10 +37,10 @@ node, then the product over the edges into each node with the staying share) and
 backward one (over the edges out of each node, recomputing the normaliser, for the gradients
 of the values and of the relation weights together); otherwise (GPUs, no numba) torch ops
 over chunks of edges. Where every query of the batch shares a step's relation weights (a
-knowledge-graph batch of one query relation), the step's transition is one matrix whose
-entries are computed per edge, and the step is one sparse product (numba's or torch's CSR
-product), its backward the product by the transpose and one pass over the edges for the
-entries' gradients.
+knowledge-graph batch of one query relation) and numba's step does not run (GPUs), the
+step's transition is one matrix whose entries are computed per edge, and the step is one
+torch CSR product, its backward the product by the transpose and a sampled product (SDDMM)
+for the entries' gradients.
 """
 import warnings
 from typing import List, Optional, Sequence, Tuple, Union
@@ -399,9 +399,9 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         graph (RelationalGraph): the typed graph.
         relation_weights (torch.Tensor or list): :math:`a_t(q, r)`, ``[T, B, R]`` or a list
             of ``T`` tensors ``[B, R]``; a step's ``[1, R]`` is shared by every query (a
-            batch of one query relation): that step's transition is then one matrix and the
-            step one sparse product with per-edge values, the project's SpMM (torch's CSR
-            product on GPUs). Non-negative; they need not sum to one
+            batch of one query relation): where numba's fused step does not run (GPUs), that
+            step's transition is then one matrix and the step one CSR product with per-edge
+            values. Non-negative; they need not sum to one
             (:math:`P_t(q)` does not change when a row is scaled); a row of zeros makes that
             query stand still for that step. ``T = 0`` returns :math:`\theta_0 p_0`.
         alpha (float): diffusion weight in ``[0, 1]`` of the PageRank hop weights
