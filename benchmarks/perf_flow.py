@@ -106,8 +106,9 @@ def main():
              f"{args.repeats}. Ratio = flow / SpMM on the same path (numba: the compiled CPU "
              "routines; torch: chunked edge gathers for the flow, torch's CSR product for the "
              "SpMM). Shared relation weights (one mixture for every query, [T, 1, R]: a "
-             "knowledge-graph batch of one query relation) make each step one sparse product "
-             "with per-edge values. Target: ratio <= 2.", "",
+             "knowledge-graph batch of one query relation) make each step of the torch path "
+             "one sparse product with per-edge values; the numba path runs them through its "
+             "per-query step. Target: ratio <= 2.", "",
              "| nodes | edges | relations | path | relation weights | normalization | "
              "flow fwd | SpMM fwd | ratio fwd | flow fwd+bwd | SpMM fwd+bwd | ratio fwd+bwd |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -502,15 +502,10 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         if a.size(0) == 1 and not _numba.usable(x.detach()):
             # one transition for every query: one sparse product (torch's; GPUs, no numba)
             x = shared_step(graph, x, a.to(dtype).view(-1), normalization, dangling)
-            out = torch.addcmul(out, coefficient(t + 1), x)
-            if return_steps:
-                walks.append(x)
-            continue
-        a = a.to(dtype).expand(x.size(1), -1).t().contiguous()  # [R, B]
-        if reuse:
-            x = _FusedStep.run(x, a, graph, normalization, dangling == "keep", spare[t % 2])
         else:
-            x = relational_step(graph, x, a, normalization, dangling)
+            a = a.to(dtype).expand(x.size(1), -1).t().contiguous()  # [R, B]
+            x = _FusedStep.run(x, a, graph, normalization, dangling == "keep", spare[t % 2]) \
+                if reuse else relational_step(graph, x, a, normalization, dangling)
         out = torch.addcmul(out, coefficient(t + 1), x)  # one pass over [N, B]
         if return_steps:
             walks.append(x)

@@ -71,19 +71,20 @@ def _numba_spmm(csr: Tuple[Tensor, Tensor, Tensor], x: Tensor,
     return out
 
 
-def csr_product(rowptr: Tensor, col: Tensor, value: Tensor, x: Tensor) -> Tensor:
-    """``M @ x`` for the square CSR matrix ``M`` given by ``(rowptr, col, value)`` and ``x``
-    ``[N, d]``, by the chosen backend's product (numba's routine or torch's CSR product; no
-    gradients: callers differentiate it themselves)."""
-    x = x.detach()
+def csr_product(rowptr: Tensor, col: Tensor, value: Tensor, x: Tensor,
+                out: Optional[Tensor] = None) -> Tensor:
+    """``M @ x`` for the CSR matrix ``M`` given by ``(rowptr, col, value)`` (``x.size(0)``
+    columns) and ``x`` ``[N, d]``: numba's routine where the backend allows it and ``x`` is a
+    CPU float tensor without autograd (``out`` as for :func:`spmm`), else torch's CSR product
+    (differentiable in ``x``, not in the entries)."""
     if _backend["name"] in ("auto", "numba") and _numba.usable(x):
-        return _numba_spmm((rowptr, col, value.detach()), x)
-    n = rowptr.numel() - 1
+        return _numba_spmm((rowptr, col, value.detach()), x, out)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        matrix = torch.sparse_csr_tensor(rowptr, col, value.detach().to(x.dtype), (n, n),
+        matrix = torch.sparse_csr_tensor(rowptr, col, value.detach().to(x.dtype),
+                                         (rowptr.numel() - 1, x.size(0)),
                                          check_invariants=False)
-    return torch.sparse.mm(matrix, x.contiguous())
+    return torch.sparse.mm(matrix, x)
 
 
 def _csr(transition: SparseTensor, transpose: bool) -> Tuple[Tensor, Tensor, Tensor]:
@@ -102,14 +103,6 @@ def _csr(transition: SparseTensor, transpose: bool) -> Tuple[Tensor, Tensor, Ten
     csr = (rowptr, col, csr_value.detach())
     setattr(transition, name, (value, version, csr))  # holding value keeps its id unique
     return csr
-
-
-def _torch_csr(transition: SparseTensor, transpose: bool, dtype: torch.dtype) -> Tensor:
-    rowptr, col, value = _csr(transition, transpose)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(rowptr, col, value.to(dtype), transition.sparse_sizes(),
-                                       check_invariants=False)  # built by torch_sparse
 
 
 def _torch_sparse_csr(transition: Tensor, transpose: bool) -> Tuple[Tensor, Tensor, Tensor]:
@@ -241,18 +234,9 @@ def spmm(transition: Transition, x: Tensor, transpose: bool = False,
         backend = _backend["name"]
         if backend == "torch_sparse" or needs_value_grad(transition):
             return sparse_matmul(transition.t() if transpose else transition, x)
-        if backend in ("auto", "numba") and _numba.usable(x):
-            return _numba_spmm(_csr(transition, transpose), x, out)
-        return torch.sparse.mm(_torch_csr(transition, transpose, x.dtype), x)
+        return csr_product(*_csr(transition, transpose), x, out)
     if transition.layout != torch.strided:
         if transition.requires_grad:
             return _gather_spmm(transition, x, transpose)
-        csr = _torch_sparse_csr(transition, transpose)
-        if _backend["name"] in ("auto", "numba") and _numba.usable(x):
-            return _numba_spmm(csr, x, out)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            matrix = torch.sparse_csr_tensor(*csr[:2], csr[2].to(x.dtype), transition.shape,
-                                             check_invariants=False)
-        return torch.sparse.mm(matrix, x)
+        return csr_product(*_torch_sparse_csr(transition, transpose), x, out)
     return (transition.mT if transpose else transition) @ x

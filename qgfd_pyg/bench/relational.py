@@ -336,8 +336,8 @@ class RelationalQGFD(Module):
                        validate=False)
         if self.controller == "relation" and B > 1 and bool((words[:, 0] == words[0, 0]).all()):
             # one query relation (the kg kind's batches): every query of a head follows the
-            # same transitions, so each step is one sparse product (relational_flow's shared
-            # weights)
+            # same transitions (relational_flow's shared weights: one sparse product per step
+            # on GPUs)
             p0 = torch.zeros(B, N, device=anchor.device, dtype=self.entity.weight.dtype)
             p0[torch.arange(B, device=anchor.device), anchor] = 1.0
             a, theta = a.view(-1, B, H, a.size(-1)), theta.view(B, H, -1)
