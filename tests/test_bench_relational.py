@@ -182,3 +182,40 @@ def test_hidden_edges_share_the_sorted_structure():
     zero = (masked.weight == 0).nonzero().view(-1).tolist()
     assert zero == [0, 5, n, n + 5]
     assert math.isclose(float(masked.weight.sum()), 2 * n - 4 + N)
+
+
+@pytest.mark.parametrize("controller", ["relation", "text"])
+def test_suppress_anchor_starts_the_anchor_below_every_entity_the_flow_reaches(controller):
+    graph = KGGraph.from_triples(TRAIN, R)
+    words = torch.tensor([[1]]) if controller == "relation" else torch.tensor([[3, 4]])
+    kwargs = dict(hidden=8, steps=2, controller=controller, embedding_scores=False,
+                  vocab=None if controller == "relation" else 11)
+    plain = RelationalQGFD(N, R, **kwargs).double()
+    suppressed = RelationalQGFD(N, R, suppress_anchor=True, **kwargs).double()
+    suppressed.load_state_dict({k: v for k, v in plain.state_dict().items()
+                                if "anchor" not in k}, strict=False)
+    anchor = torch.tensor([1])
+    before, after = plain(anchor, words, graph), suppressed(anchor, words, graph)
+    # the offset starts at log(1e-6) = -13.8155..., the flow's own scores are unchanged
+    assert float(suppressed.controls(words).anchor_offset) == pytest.approx(-13.815510557964274)
+    torch.testing.assert_close(after[0, 1], before[0, 1] - 13.815510557964274)
+    others = [v for v in range(N) if v != 1]
+    torch.testing.assert_close(after[0, others], before[0, others])
+    # before, the anchor ranks first (theta_0 = 0.1 of the mass stays on it); after, it ranks
+    # below every entity the flow reaches
+    assert int(before[0].argmax()) == 1
+    reached = [v for v in others if float(before[0, v]) > math.log(1e-6) + 1e-9]
+    assert reached and all(float(after[0, v]) > float(after[0, 1]) for v in reached)
+
+
+def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
+    from qgfd_pyg.bench.kg import KG_MODELS, WN18RRTask
+
+    chosen = {name: spec.options.get("suppress_anchor", False)
+              for name, spec in WN18RRTask.models.items()}
+    assert chosen == {"qgfd": True, "gat": False, "appnp": False, "distmult": False,
+                      "rotate": False, "attention": True}
+    assert not any(spec.options.get("suppress_anchor") for spec in KG_MODELS.values())
+    assert WN18RRTask.models["attention"].options["steps"] == 1
+    with pytest.raises(ValueError, match="eps must be positive"):
+        RelationalQGFD(N, R, eps=0.0)

@@ -25,6 +25,7 @@ the ranking, as in the published protocol.
 """
 import math
 import os
+from dataclasses import replace
 from functools import partial
 from typing import Any, Dict, List, Optional
 
@@ -314,9 +315,20 @@ class KGExperiment(MiniBatchExperiment):
         return self.task.reduce(parts)
 
 
-@register("wn18rr", KGTask, "WordNet18RR through PyG's WordNet18RR (40,943 entities, 11 "
-                            "relations); filtered MRR and Hits@1/3/10 over all entities; ships "
-                            "in datasets/WN18RR; --quick: a smoke budget")
+class WN18RRTask(KGTask):
+    """WN18RR: its qgfd and attention models start the anchor's offset at log(eps)
+    (``suppress_anchor``): chosen on validation filtered MRR (0.346 against 0.183 with the
+    offset at 0, 15 CPU minutes, seed 0; on FB15k-237 it lowered validation MRR, 0.007 against
+    0.015, and on Countries S2 the one-step control's validation AUC-PR, so there it stays off)."""
+    models = {name: replace(spec, options={**spec.options, "suppress_anchor": True})
+              if name in ("qgfd", "attention") else spec for name, spec in KG_MODELS.items()}
+
+
+@register("wn18rr", WN18RRTask, "WordNet18RR through PyG's WordNet18RR (40,943 entities, 11 "
+                                "relations); filtered MRR and Hits@1/3/10 over all entities; "
+                                "qgfd and attention start the anchor's offset at log(eps) "
+                                "(chosen on validation); ships in datasets/WN18RR; --quick: a "
+                                "smoke budget")
 def wn18rr(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTask:
     from torch_geometric.datasets import WordNet18RR
 
@@ -327,8 +339,8 @@ def wn18rr(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTask:
     data = open_dataset(WordNet18RR, folder)[0]
     triples = [torch.stack([data.edge_index[0], data.edge_type, data.edge_index[1]], 1)[mask]
                for mask in (data.train_mask, data.val_mask, data.test_mask)]
-    return KGTask("wn18rr", Triples(*triples), data.num_nodes, len(WordNet18RR.edge2id),
-                  quick=bool(extra.get("quick")), epoch_batches=extra.get("epoch_batches"))
+    return WN18RRTask("wn18rr", Triples(*triples), data.num_nodes, len(WordNet18RR.edge2id),
+                      quick=bool(extra.get("quick")), epoch_batches=extra.get("epoch_batches"))
 
 
 @register("fb15k-237", KGTask, "FB15k-237 through PyG's FB15k_237, the wn18rr protocol; raw "

@@ -217,13 +217,18 @@ class RelationalQGFD(Module):
             :func:`qgfd_pyg.relational_flow`. (default: ``"node"``)
         dangling (str): ``"keep"`` or ``"drop"``, see :func:`qgfd_pyg.relational_flow`.
             (default: ``"keep"``)
+        suppress_anchor (bool): start the learnt offset of the anchor's own score at
+            :math:`\log \epsilon` instead of 0, so that the mass the flow keeps on the anchor
+            (:math:`\theta_0`, walks that return) does not rank it first before the model has
+            learnt how often a query answers itself. (default: ``False``)
     """
 
     def __init__(self, num_entities: int, num_relations: int, hidden: int = 64,
                  steps: int = 3, alpha: float = 0.9, heads: int = 1,
                  controller: str = "relation", vocab: Optional[int] = None,
                  max_words: int = 3, embedding_scores: bool = True, dropout: float = 0.0,
-                 eps: float = 1e-6, normalization: str = "node", dangling: str = "keep"):
+                 eps: float = 1e-6, normalization: str = "node", dangling: str = "keep",
+                 suppress_anchor: bool = False):
         super().__init__()
         self.num_entities, self.num_relations = num_entities, num_relations
         self.steps, self.alpha = check_steps(steps), check_alpha(alpha)
@@ -232,9 +237,12 @@ class RelationalQGFD(Module):
         self.controller = check_choice("controller", controller, CONTROLLERS)
         self.vocab = vocab or 2 * num_relations
         self.max_words = check_positive_int("max_words", max_words)
-        self.embedding_scores, self.dropout, self.eps = embedding_scores, dropout, eps
+        if not eps > 0:
+            raise ValueError(f"eps must be positive (got {eps})")
+        self.embedding_scores, self.dropout, self.eps = embedding_scores, dropout, float(eps)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self.dangling = check_choice("dangling", dangling, ("keep", "drop"))
+        self.suppress_anchor = bool(suppress_anchor)
         flow_relations = 2 * num_relations + 1
         H, T = self.heads, self.steps
         self.entity = Embedding(num_entities, hidden)
@@ -264,13 +272,14 @@ class RelationalQGFD(Module):
         torch.nn.init.xavier_uniform_(self.entity.weight)
         torch.nn.init.normal_(self.word.weight, 1.0, 0.1)  # near-identity compositions
         start = ppr_hop_weights(self.alpha, self.steps).clamp_min(1e-6).log()
+        anchor = math.log(self.eps) if self.suppress_anchor else 0.0
         if self.controller == "text":
             self.encoder.reset_parameters()
             for lin in (self.step_map, self.hop_map, self.head_map, self.query_map,
                         self.anchor_map):
                 lin.reset_parameters()
             torch.nn.init.zeros_(self.anchor_map.weight)
-            torch.nn.init.zeros_(self.anchor_map.bias)
+            torch.nn.init.constant_(self.anchor_map.bias, anchor)
             torch.nn.init.zeros_(self.step_map.weight)
             torch.nn.init.zeros_(self.step_map.bias)
             torch.nn.init.zeros_(self.hop_map.weight)
@@ -286,7 +295,7 @@ class RelationalQGFD(Module):
             with torch.no_grad():
                 self.hop_logits.copy_(start.expand_as(self.hop_logits))
             torch.nn.init.zeros_(self.head_logits)
-            torch.nn.init.zeros_(self.anchor_logits)
+            torch.nn.init.constant_(self.anchor_logits, anchor)
 
     def controls(self, words: Tensor) -> "Controls":
         """Per query: relation weights ``[T, B H, 2R + 1]``, hop weights ``[B H, T + 1]``,
