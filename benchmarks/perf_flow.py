@@ -10,7 +10,8 @@ steps divided by the steps, so that the seeds' and the result's transposes, done
 flow, count as they do in use) is timed against one
 ``qgfd_pyg.spmm`` product of the same graph's transition with ``[N, B]`` values, i.e. the same
 ``nnz * B`` multiply-adds (the perf_spmm product). Forward alone and forward + backward
-(gradients w.r.t. the seeds and the relation weights; for the SpMM, w.r.t. the values),
+(a dense random gradient of the output, as in training; gradients w.r.t. the seeds and the
+relation weights; for the SpMM, w.r.t. the values),
 median of --repeats, for the numba and the torch (chunked edges: GPUs, no numba) paths of the
 flow and for numba's and torch's CSR products. Writes benchmarks/results/perf_flow.{json,md}.
 """
@@ -34,17 +35,21 @@ def flow_times(graph, p0, a, repeats, normalization, device):
         with torch.no_grad():
             relational_flow(p0, graph, a, normalization=normalization, validate=False)
 
+    grad = torch.rand_like(p0)  # a dense gradient, as training's (a sum's is one broadcast)
+
     def both():
         p0.grad = a.grad = None
         relational_flow(p0, graph, a, normalization=normalization,
-                        validate=False).sum().backward()
+                        validate=False).backward(grad)
     return timed(forward, device, repeats)[0] / steps, timed(both, device, repeats)[0] / steps
 
 
 def spmm_times(P, x, repeats, device):
+    grad = torch.rand_like(x)
+
     def both():
         x.grad = None
-        diffuse(x, P, 1.0, 1).sum().backward()
+        diffuse(x, P, 1.0, 1).backward(grad)
     return timed(lambda: spmm(P, x.detach()), device, repeats)[0], \
         timed(both, device, repeats)[0]
 
@@ -102,7 +107,8 @@ def main():
              f"`relational_flow` per step of a {args.steps}-step flow (every query its own "
              "relation weights; the flow's time over its steps) and one "
              "`qgfd_pyg.spmm` product of the same graph's random walk with [N, B] values; "
-             "forward / forward + backward, median of "
+             "forward / forward + backward (a dense random gradient of the output, as in "
+             "training), median of "
              f"{args.repeats}. Ratio = flow / SpMM on the same path (numba: the compiled CPU "
              "routines; torch: chunked edge gathers for the flow, torch's CSR product for the "
              "SpMM). Shared relation weights (one mixture for every query, [T, 1, R]: a "
