@@ -129,7 +129,7 @@ def main() -> None:
 
 def write(args, path, results) -> None:
     best = max(results, key=lambda r: r["val"]["mean"])
-    search = args.grid in ("search", "transitions", "network", "network2", "dropout")
+    search = args.grid != "ablation"  # every other grid is a search
     atomic_write(path, json.dumps({"task": args.task, "grid": args.grid, "seeds": args.seeds,
                                    "selected_by": "mean validation accuracy" if search else None,
                                    "best_val": best["config"], "base": MODELS["qgfd"].options,
@@ -154,9 +154,13 @@ def write(args, path, results) -> None:
     atomic_write(path[:-5] + ".md", "\n".join(lines) + "\n")
 
 
-def _ece(record) -> str:
+def _ece(record, spread: bool = True) -> str:
+    """A run's test ECE in % (mean, with its std over seeds if ``spread``); earlier records have
+    none."""
     ece = record.get("ece")
-    return f"{100 * ece['mean']:.1f} ± {100 * ece['std']:.1f}" if ece else ""
+    if not ece:
+        return "" if spread else "-"
+    return f"{100 * ece['mean']:.1f}" + (f" ± {100 * ece['std']:.1f}" if spread else "")
 
 
 def select(out: str, grid: str, tasks) -> None:
@@ -188,7 +192,7 @@ def select(out: str, grid: str, tasks) -> None:
         cfg = ", ".join(f"{k}={v}" for k, v in json.loads(key).items())
         cells = " | ".join(f"{100 * runs[t][key]['val']['mean']:.1f} / "
                            f"{100 * runs[t][key]['test']['mean']:.1f} / "
-                           f"{_ece(runs[t][key]).split(' ')[0] or '-'}" for t in tasks)
+                           f"{_ece(runs[t][key], spread=False)}" for t in tasks)
         lines.append(f"| {cfg}{' **(chosen)**' if i == 0 else ''} | "
                      f"{100 * mean_val(key):.1f} | {cells} |")
     atomic_write(os.path.join(out, f"{grid}_search.md"), "\n".join(lines) + "\n")
