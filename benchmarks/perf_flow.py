@@ -12,7 +12,8 @@ flow, count as they do in use) is timed against one
 ``nnz * B`` multiply-adds (the perf_spmm product). Forward alone and forward + backward
 (a dense random gradient of the output, as in training; gradients w.r.t. the seeds and the
 relation weights; for the SpMM, w.r.t. the values),
-median of --repeats, for the numba and the torch (chunked edges: GPUs, no numba) paths of the
+median of --repeats rounds (every call of a graph in turn, so that the machine's drift slows
+them alike), for the numba and the torch (chunked edges: GPUs, no numba) paths of the
 flow and for numba's and torch's CSR products. Writes benchmarks/results/perf_flow.{json,md}.
 """
 import argparse
@@ -20,17 +21,15 @@ import json
 import os
 
 import torch
-from qgfd_pyg.bench.measure import timed, write_results
+from qgfd_pyg.bench.measure import timed_interleaved, write_results
 
 from qgfd_pyg import RelationalGraph, diffuse, graph_transition, relational_flow, \
     set_spmm_backend
 from qgfd_pyg import _numba
 from qgfd_pyg.spmm import spmm
 
-def flow_times(graph, p0, a, repeats, normalization, device):
-    """Seconds per step (forward, forward + backward) of a flow of ``len(a)`` steps."""
-    steps = a.size(0)
-
+def flow_calls(graph, p0, a, normalization):
+    """(forward, forward + backward) of a flow of ``len(a)`` steps."""
     def forward():
         with torch.no_grad():
             relational_flow(p0, graph, a, normalization=normalization, validate=False)
@@ -41,17 +40,32 @@ def flow_times(graph, p0, a, repeats, normalization, device):
         p0.grad = a.grad = None
         relational_flow(p0, graph, a, normalization=normalization,
                         validate=False).backward(grad)
-    return timed(forward, device, repeats)[0] / steps, timed(both, device, repeats)[0] / steps
+    return forward, both
 
 
-def spmm_times(P, x, repeats, device):
+def spmm_calls(P, x):
     grad = torch.rand_like(x)
 
     def both():
         x.grad = None
         diffuse(x, P, 1.0, 1).backward(grad)
-    return timed(lambda: spmm(P, x.detach()), device, repeats)[0], \
-        timed(both, device, repeats)[0]
+    return (lambda: spmm(P, x.detach())), both
+
+
+def on_path(path, fn):
+    """``fn`` run on one path: numba's routines, or the torch ops (numba switched off for the
+    flow, torch's CSR product for the SpMM)."""
+    def call():
+        original = _numba.usable
+        if path == "torch":
+            _numba.usable = lambda *t: False
+        set_spmm_backend(path)
+        try:
+            fn()
+        finally:
+            _numba.usable = original
+            set_spmm_backend("auto")
+    return call
 
 
 def main():
@@ -80,21 +94,21 @@ def main():
         row = {"nodes": n, "edges": e, "relations": r, "batch": args.batch}
         paths = (["numba"] if _numba.routines() is not None and device.type == "cpu"
                  else []) + ["torch"]
+        calls = {}
         for path in paths:
-            original = _numba.usable
-            if path == "torch":
-                _numba.usable = lambda *t: False
-            try:
-                for norm in ("node", "relation"):
-                    row[f"flow_{norm}_{path}"] = flow_times(graph, p0, a, args.repeats, norm,
-                                                            device)
-                    row[f"shared_{norm}_{path}"] = flow_times(graph, p0, shared, args.repeats,
-                                                              norm, device)
-            finally:
-                _numba.usable = original
-            set_spmm_backend(path)
-            row[f"spmm_{path}"] = spmm_times(P, x, args.repeats, device)
-        set_spmm_backend("auto")
+            for norm in ("node", "relation"):
+                for mode, weights in (("flow", a), ("shared", shared)):
+                    fwd, both = flow_calls(graph, p0, weights, norm)
+                    calls[(f"{mode}_{norm}_{path}", 0)] = on_path(path, fwd)
+                    calls[(f"{mode}_{norm}_{path}", 1)] = on_path(path, both)
+            fwd, both = spmm_calls(P, x)
+            calls[(f"spmm_{path}", 0)], calls[(f"spmm_{path}", 1)] = \
+                on_path(path, fwd), on_path(path, both)
+        # every call in turn, repeats rounds: the ratios hold while the machine's speed drifts
+        seconds = timed_interleaved(calls, device, args.repeats)
+        for (key, part), value in seconds.items():
+            per_step = 1 if key.startswith("spmm") else args.steps
+            row.setdefault(key, [None, None])[part] = value / per_step
         rows.append(row)
         print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -109,9 +123,11 @@ def main():
              "`qgfd_pyg.spmm` product of the same graph's random walk with [N, B] values; "
              "forward / forward + backward (a dense random gradient of the output, as in "
              "training), median of "
-             f"{args.repeats}. Ratio = flow / SpMM on the same path (numba: the compiled CPU "
-             "routines; torch: chunked edge gathers for the flow, torch's CSR product for the "
-             "SpMM). Shared relation weights (one mixture for every query, [T, 1, R]: a "
+             f"{args.repeats} rounds in which every flow and product of a graph is called in "
+             "turn (so that the machine's drift slows them alike). Ratio = flow / SpMM on "
+             "the same path (numba: the compiled CPU routines; torch: chunked edge gathers "
+             "for the flow, torch's CSR product for the SpMM). Shared relation weights (one "
+             "mixture for every query, [T, 1, R]: a "
              "knowledge-graph batch of one query relation) make each step of the torch path "
              "one sparse product with per-edge values; the numba path runs them through its "
              "per-query step. Target: ratio <= 2.", "",

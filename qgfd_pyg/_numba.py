@@ -289,50 +289,66 @@ def _compile() -> Optional[SimpleNamespace]:
                     given[o] = True
         return out_row, out_col, out_weight, given, counts
 
+    @numba.njit(nogil=True, fastmath=True, cache=True, inline="always")
+    def _typed_row_product(rowptr, col, rel, weight, a, y, out, j):
+        """out[j, b] += sum_k weight[k] a[rel[k], b] y[col[k], b] over the edges k into j,
+        four at a time as :func:`_row_product`."""
+        width = out.shape[1]
+        k, end = rowptr[j], rowptr[j + 1]
+        while k + 4 <= end:
+            c0, c1, c2, c3 = col[k], col[k + 1], col[k + 2], col[k + 3]
+            r0, r1, r2, r3 = rel[k], rel[k + 1], rel[k + 2], rel[k + 3]
+            w0, w1, w2, w3 = weight[k], weight[k + 1], weight[k + 2], weight[k + 3]
+            for b in range(width):
+                out[j, b] += (w0 * a[r0, b] * y[c0, b] + w1 * a[r1, b] * y[c1, b]
+                              + w2 * a[r2, b] * y[c2, b] + w3 * a[r3, b] * y[c3, b])
+            k += 4
+        while k < end:
+            c, r, w = col[k], rel[k], weight[k]
+            for b in range(width):
+                out[j, b] += w * a[r, b] * y[c, b]
+            k += 1
+
     @jit
     def typed_step(rowptr, col, rel, weight, a, x, rel_ptr, rel_ids, rel_degree, asum,
-                   node_mode, keep, min_mass, y, scale, out):
+                   node_mode, keep, min_mass, y, out):
         """One step of a query-conditioned flow, node-major (``x`` ``[N, B]``, ``a``
-        ``[R, B]``). Node mode first writes, per node ``i`` and query ``b``, the scale of its
-        mass (``1 / D[i, b]`` with ``D = sum_r C[i, r] a[r, b]`` over the node's relation
-        list, 0 where ``D <= min_mass``) and ``y = x * scale`` (scratch arrays); then
-        ``out[j, b] = x[j, b] stay[j, b] + sum_k weight[k] a[rel[k], b] y[col[k], b]`` over
-        the edges into ``j``, where the share that stays is, with ``keep``, all of it where
-        node ``j`` has no out-mass (node mode) or the weight of the relations it lacks,
-        ``asum[b] - sum_{r in j} a[r, b]`` (otherwise; ``y`` is then ``x``)."""
+        ``[R, B]``): ``out[j, b] = x[j, b] stay[j, b] + sum_k weight[k] a[rel[k], b]
+        y[col[k], b]`` over the edges into ``j``. Node mode first writes, per node ``i`` and
+        query ``b``, ``y = x / D[i, b]`` (a scratch array; ``D = sum_r C[i, r] a[r, b]`` over
+        the node's relation list, accumulated in ``out[i]``; 0 where ``D <= min_mass``) and
+        the share that stays into ``out`` (with ``keep``, all of ``x`` where the node has no
+        out-mass); otherwise ``y`` is ``x`` and, with ``keep``, the share that stays is the
+        weight of the relations ``j`` lacks, ``asum[b] - sum_{r in j} a[r, b]``."""
         n, width = x.shape
         if node_mode:
             for i in numba.prange(n):
                 for b in range(width):
-                    scale[i, b] = 0
+                    out[i, b] = 0
                 for m in range(rel_ptr[i], rel_ptr[i + 1]):
                     r, d = rel_ids[m], rel_degree[m]
                     for b in range(width):
-                        scale[i, b] += d * a[r, b]
+                        out[i, b] += d * a[r, b]
                 for b in range(width):
-                    mass = scale[i, b]
-                    scale[i, b] = 1.0 / mass if mass > min_mass else 0.0
-                    y[i, b] = x[i, b] * scale[i, b]
+                    mass = out[i, b]
+                    moves = mass > min_mass
+                    y[i, b] = x[i, b] / mass if moves else 0.0
+                    out[i, b] = x[i, b] if keep and not moves else 0.0
         for j in numba.prange(n):
-            if not keep:
-                for b in range(width):
-                    out[j, b] = 0
-            elif node_mode:
-                for b in range(width):
-                    out[j, b] = x[j, b] if scale[j, b] == 0 else 0.0
-            else:
-                for b in range(width):
-                    out[j, b] = asum[b]
-                for m in range(rel_ptr[j], rel_ptr[j + 1]):
-                    r = rel_ids[m]
+            if not node_mode:
+                if keep:
                     for b in range(width):
-                        out[j, b] -= a[r, b]
-                for b in range(width):
-                    out[j, b] *= x[j, b]
-            for k in range(rowptr[j], rowptr[j + 1]):
-                c, r, w = col[k], rel[k], weight[k]
-                for b in range(width):
-                    out[j, b] += w * a[r, b] * y[c, b]
+                        out[j, b] = asum[b]
+                    for m in range(rel_ptr[j], rel_ptr[j + 1]):
+                        r = rel_ids[m]
+                        for b in range(width):
+                            out[j, b] -= a[r, b]
+                    for b in range(width):
+                        out[j, b] *= x[j, b]
+                else:
+                    for b in range(width):
+                        out[j, b] = 0
+            _typed_row_product(rowptr, col, rel, weight, a, y, out, j)
 
     @jit
     def typed_step_backward(rowptr, col, rel, weight, a, x, g, rel_ptr, rel_ids, rel_degree,

@@ -178,20 +178,21 @@ SCRATCH_BYTES = 2**28  # largest iterate buffer fused_diffusion keeps between ca
 _scratch = threading.local()
 
 
-def scratch_buffers(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Two ``[N, d]`` buffers like ``x`` that nothing keeps past a call (the iterates of
-    :func:`fused_diffusion`, a flow step's normaliser), kept
-    between calls (per thread, the largest size so far, up to :data:`SCRATCH_BYTES` each):
-    fresh memory costs its page faults, more than the products themselves for a few
-    diffusion steps at 10^5 nodes (two products of 181,000 x 64 took 66 ms into fresh buffers,
-    9 ms each into reused ones). Larger iterates get fresh buffers every call."""
+def scratch_buffers(x: Tensor, count: int = 2) -> Tuple[Tensor, ...]:
+    """``count`` ``[N, d]`` buffers like ``x`` that nothing keeps past a call (the iterates of
+    :func:`fused_diffusion`, a flow step's normaliser and walks), kept between calls (per
+    thread, the largest size so far, up to :data:`SCRATCH_BYTES` each): fresh memory costs
+    its page faults, more than the products themselves for a few diffusion steps at 10^5
+    nodes (two products of 181,000 x 64 took 66 ms into fresh buffers, 9 ms each into reused
+    ones). Larger iterates get fresh buffers every call."""
     if x.numel() * x.element_size() > SCRATCH_BYTES:
-        return torch.empty_like(x), torch.empty_like(x)
-    pool = getattr(_scratch, "pool", None)
-    if pool is None or pool[0].dtype != x.dtype or pool[0].numel() < x.numel():
-        pool = (torch.empty(x.numel(), dtype=x.dtype), torch.empty(x.numel(), dtype=x.dtype))
+        return tuple(torch.empty_like(x) for _ in range(count))
+    pool = getattr(_scratch, "pool", ())
+    if len(pool) < count or pool[0].dtype != x.dtype or pool[0].numel() < x.numel():
+        size = max([x.numel()] + [b.numel() for b in pool if b.dtype == x.dtype])
+        pool = tuple(torch.empty(size, dtype=x.dtype) for _ in range(max(count, len(pool))))
         _scratch.pool = pool
-    return tuple(buffer[:x.numel()].view(x.shape) for buffer in pool)
+    return tuple(buffer[:x.numel()].view(x.shape) for buffer in pool[:count])
 
 
 def fused_diffusion(transition: Transition, x: Tensor, theta, last: float, steps: int,

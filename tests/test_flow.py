@@ -103,6 +103,43 @@ def test_flow_equals_dense_loop_values_and_gradients(backend, hops, steps):
             torch.testing.assert_close(x, y)
 
 
+@pytest.mark.parametrize("queries", [5, 20])  # [B, N] wide, and taller than wide
+def test_blocked_transposes_keep_values_and_gradients(backend, monkeypatch, queries):
+    """The seeds, the result and their gradients change layout in blocks of the long side on
+    the CPU (a few bytes per block here, so that blocks and a partial last one occur)."""
+    monkeypatch.setattr(flow_module, "TRANSPOSE_BYTES", 100)
+    for ei, et, R, N in _graphs():
+        graph = RelationalGraph(ei, et, R, N)
+        p0 = torch.rand(queries, N, dtype=torch.float64, requires_grad=True)
+        a = torch.rand(2, queries, R, dtype=torch.float64, requires_grad=True)
+        theta = ppr_hop_weights(0.8, 2).double()
+        out = relational_flow(p0, graph, a, alpha=0.8)
+        ref = _dense_flow(p0, ei, et, R, N, a, theta)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(ref)
+        for x, y in zip(torch.autograd.grad((out * g).sum(), [p0, a]),
+                        torch.autograd.grad((ref * g).sum(), [p0, a]), strict=True):
+            torch.testing.assert_close(x, y)
+
+
+def test_inference_results_survive_later_calls(backend):
+    """Without autograd the walks run in buffers kept between calls: a result is its own
+    memory, unchanged by later calls on other graphs and batch sizes, and equal to the dense
+    loop's."""
+    results = []
+    with torch.no_grad():
+        for B, (ei, et, R, N) in zip((3, 6), _graphs(), strict=True):
+            p0 = torch.softmax(torch.randn(B, N, dtype=torch.float64), 1)
+            a = torch.rand(3, B, R, dtype=torch.float64)
+            theta = torch.randn(B, 4, dtype=torch.float64)
+            out = relational_flow(p0, RelationalGraph(ei, et, R, N), a, hop_weights=theta)
+            results.append((out, out.clone(), _dense_flow(p0, ei, et, R, N, a, theta)))
+            relational_flow(p0, RelationalGraph(ei, et, R, N), a.flip(0), hop_weights=theta)
+    for out, copy, ref in results:
+        torch.testing.assert_close(out, copy, rtol=0, atol=0)
+        torch.testing.assert_close(out, ref)
+
+
 def test_flow_float32_and_return_steps(backend):
     ei, et, R, N = next(_graphs())
     graph = RelationalGraph(ei, et, R, N, edge_weight=torch.rand(ei.size(1)) + 0.1)

@@ -74,6 +74,24 @@ def timed(fn, device: torch.device, repeats: int, warmup: bool = True):
     return statistics.median(times), None if peak is None or base is None else peak - base
 
 
+def timed_interleaved(fns, device: torch.device, repeats: int):
+    """Median seconds per call of each closure in ``fns`` (name -> closure), called in turn for
+    ``repeats`` rounds after one warm-up round: a machine whose speed drifts during the
+    measurement slows them all alike, so that their ratios hold."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    times = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def cell(entry, scale=1.0, unit="s", digits=4) -> str:
     """'1.234 s / 56 MB' for a measured entry, its status otherwise."""
     if entry.get("status") != "ok":
