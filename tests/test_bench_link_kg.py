@@ -188,6 +188,16 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--epoch-batches", "0", "--name", "zero"]) == 2
     assert "epoch_batches must be a positive integer" in capsys.readouterr().err
+    # --batches mixed: random batches of any relations, stated in the results
+    assert cli.main(base + ["--batches", "mixed", "--name", "mixed"]) == 0
+    assert read(out, "mixed")["config"]["batches"] == "mixed"
+    assert "batches of 512 random queries (mixed relations)" in \
+        open(os.path.join(out, "mixed.md")).read()
+    assert read(out, "two")["config"]["batches"] == "relation"
+    capsys.readouterr()
+    assert cli.main(base + ["--batches", "some", "--name", "some"]) == 2
+    assert "batches must be one of ['mixed', 'relation'] (got 'some')" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("corrupt,message", [
@@ -221,28 +231,40 @@ def test_missing_link_and_kg_data_is_one_line_exit_2(task, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_kg_training_batches_share_a_relation_and_hide_their_own_edges(tmp_path):
-    task = load_task("wn18rr", _kg_root(tmp_path))
+@pytest.mark.parametrize("batches", ["relation", "mixed"])
+def test_kg_training_batches_share_a_relation_and_hide_their_own_edges(tmp_path, batches):
+    """One relation per batch by default; random batches of any relations with --batches
+    mixed; either way every query once per epoch, and a batch's own facts hidden."""
+    task = load_task("wn18rr", _kg_root(tmp_path), None, {"batches": batches})
     task.batch_size = 8
     experiment = task.setup("qgfd", 0, task.models["qgfd"].options, torch.device("cpu"))
-    batches = experiment.batches()
-    seen = torch.cat(batches)
+    batches_ = experiment.batches()
+    seen = torch.cat(batches_)
     assert sorted(seen.tolist()) == list(range(experiment.train.size(0)))  # each query once
-    assert all(experiment.train[b, 1].unique().numel() == 1 for b in batches)
-    assert max(b.numel() for b in batches) == 8
-    calls = []
-    real = experiment.model.forward
+    relations = [experiment.train[b, 1].unique().numel() for b in batches_]
+    if batches == "relation":
+        assert all(n == 1 for n in relations)
+    else:
+        assert sum(n > 1 for n in relations) > len(batches_) // 2
+    assert max(b.numel() for b in batches_) == 8
+    calls, hidden = [], []
+    real, real_loss = experiment.model.forward, experiment.batch_loss
 
     def record(entity, relation, graph):
         calls.append((entity, relation, graph))
         return real(entity, relation, graph)
 
-    experiment.model.forward = record
+    def record_loss(idx):
+        hidden.append(set(experiment.train_ids[idx].tolist()))  # the batch's triples
+        return real_loss(idx)
+
+    experiment.model.forward, experiment.batch_loss = record, record_loss
     experiment.train_epoch()
     train = task.triples.train
-    for entity, relation, graph in calls:
+    assert len(calls) == len(hidden) == len(batches_)
+    for (entity, relation, graph), triples in zip(calls, hidden, strict=True):
         edges = set(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist(), strict=True))
-        assert len(edges) == 2 * train.size(0) - 2 * entity.numel()
+        assert len(edges) == 2 * train.size(0) - 2 * len(triples)
         for e, q in zip(entity.tolist(), relation.tolist(), strict=True):
             # the query's own fact, in neither direction
             match = [tuple(t) for t in queries(train, task.num_relations).tolist()
