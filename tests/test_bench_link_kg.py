@@ -198,6 +198,26 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
     assert cli.main(base + ["--batches", "some", "--name", "some"]) == 2
     assert "batches must be one of ['mixed', 'relation'] (got 'some')" in \
         capsys.readouterr().err
+    # --lr: the learning rate of the models run, in their optimiser and in the results
+    rates = []
+    real_optimizer = kg.make_optimizer
+
+    def recording(model, spec):
+        optimizer = real_optimizer(model, spec)
+        rates.append(optimizer.param_groups[0]["lr"])
+        return optimizer
+    kg.make_optimizer = recording
+    try:
+        assert cli.main(base + ["--lr", "0.125", "--name", "rate"]) == 0
+    finally:
+        kg.make_optimizer = real_optimizer
+    assert rates == [0.125] and read(out, "rate")["config"]["specs"]["distmult"]["lr"] == 0.125
+    assert "- learning rates: distmult 0.125" in open(os.path.join(out, "rate.md")).read()
+    assert kg.KG_MODELS["distmult"].lr == 0.005  # the kind's table itself is left alone
+    assert "- learning rates: distmult 0.005" in open(os.path.join(out, "two.md")).read()
+    capsys.readouterr()
+    assert cli.main(base + ["--lr", "0", "--name", "zero-rate"]) == 2
+    assert "lr must be a positive number (got 0.0)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("corrupt,message", [

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="wall-clock budget per run (training + validation); a run stops "
                              "after the epoch that passes it (default: none)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate of every model run (default: each model's own, "
+                             "see --list)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--root", default=default_dir("datasets"), help="data root")
@@ -84,6 +87,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
         dataset=args.dataset, max_minutes=args.max_minutes, download=args.download,
+        lr=args.lr,
         extra={o.dest: getattr(args, o.dest) for o in task_options()
                if getattr(args, o.dest) is not None and getattr(args, o.dest) is not False},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)

@@ -234,6 +234,7 @@ def markdown(config: Dict[str, Any], environment: Dict[str, Any], rows, complete
              protocol: str = "") -> str:
     state = "" if complete else "\n**Incomplete sweep** (interrupted or still running).\n"
     options = ", ".join(f"{k}={v}" for k, v in config.get("qgfd", {}).items())
+    rates = ", ".join(f"{m} {s['lr']:g}" for m, s in config.get("specs", {}).items())
     return (f"# {config['task']}: {config['metric']}\n{state}\n"
             f"{table(rows, columns, percent)}\n\n"
             f"Mean ± std over seeds {config['seed_list']}; test metrics with the parameters of "
@@ -244,7 +245,8 @@ def markdown(config: Dict[str, Any], environment: Dict[str, Any], rows, complete
                f"run (stops after the epoch that passes it)" if config.get("max_minutes")
                else "") + "\n"
             f"- qgfd options: {options}\n"
-            f"- command: `{environment.get('command', '')}`\n"
+            + (f"- learning rates: {rates}\n" if rates else "")
+            + f"- command: `{environment.get('command', '')}`\n"
             f"- environment: torch {environment.get('torch')}, torch_geometric "
             f"{environment.get('torch_geometric')}, device {environment.get('device')}, "
             f"{environment.get('threads')} threads, {environment.get('date')}\n")

@@ -9,7 +9,7 @@ import datetime
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -50,6 +50,8 @@ class RunConfig:
             after the first epoch that ends past it, like early stopping (``None``: none).
         download: fetch a missing data set (PyG's and OGB's sets, and the few files the
             runner knows an address for) instead of failing with where to put it.
+        lr: the learning rate of every model run (``None``: each model's own, see
+            ``--list``); stored with the results.
     """
     task: str
     models: Optional[Sequence[str]] = None
@@ -69,6 +71,7 @@ class RunConfig:
     command: str = ""
     max_minutes: Optional[float] = None
     download: bool = False
+    lr: Optional[float] = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -131,6 +134,8 @@ def _check(config: RunConfig) -> Tuple[List[str], int, int]:
         raise ValueError("seeds, epochs and patience must be positive")
     if config.max_minutes is not None and not config.max_minutes > 0:
         raise ValueError(f"max_minutes must be positive (got {config.max_minutes})")
+    if config.lr is not None and not 0 < config.lr < float("inf"):
+        raise ValueError(f"lr must be a positive number (got {config.lr})")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be positive (got {config.threads})")
     return models, epochs, patience
@@ -164,6 +169,9 @@ def run_benchmark(config: RunConfig) -> Results:
     if missing:
         raise ValueError(f"models {missing} do not apply to {task.name}; choose from "
                          f"{', '.join(task.models)}")
+    if config.lr is not None:  # this task's table, these models at the given rate
+        task.models = {m: replace(spec, lr=config.lr) if m in models else spec
+                       for m, spec in task.models.items()}
     options = {m: model_options(task, m, config.qgfd) for m in models}
     for model in models:  # bad options fail here, before any run
         task.check_options(model, options[model])
