@@ -180,7 +180,9 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
         return original(self, idx)
     kg.KGExperiment.batch_loss = counting
     try:
-        assert cli.main(base + ["--epoch-batches", "2", "--name", "two"]) == 0
+        # (one-relation batches: the tiny set's 324 queries make one mixed batch of 512)
+        assert cli.main(base + ["--epoch-batches", "2", "--batches", "relation",
+                                "--name", "two"]) == 0
     finally:
         kg.KGExperiment.batch_loss = original
     assert len(batches) == 2 and read(out, "two")["config"]["train_batches"] == 2
@@ -188,12 +190,9 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--epoch-batches", "0", "--name", "zero"]) == 2
     assert "epoch_batches must be a positive integer" in capsys.readouterr().err
-    # --batches mixed: random batches of any relations, stated in the results
-    assert cli.main(base + ["--batches", "mixed", "--name", "mixed"]) == 0
-    assert read(out, "mixed")["config"]["batches"] == "mixed"
-    assert "batches of 512 random queries (mixed relations)" in \
-        open(os.path.join(out, "mixed.md")).read()
+    # --batches: one query relation per batch, stated in the results (mixed: the default)
     assert read(out, "two")["config"]["batches"] == "relation"
+    assert "batches of 512 queries of one relation" in open(os.path.join(out, "two.md")).read()
     capsys.readouterr()
     assert cli.main(base + ["--batches", "some", "--name", "some"]) == 2
     assert "batches must be one of ['mixed', 'relation'] (got 'some')" in \
@@ -213,6 +212,9 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
         kg.make_optimizer = real_optimizer
     assert rates == [0.125] and read(out, "rate")["config"]["specs"]["distmult"]["lr"] == 0.125
     assert "- learning rates: distmult 0.125" in open(os.path.join(out, "rate.md")).read()
+    assert read(out, "rate")["config"]["batches"] == "mixed"  # the default on WN18RR
+    assert "batches of 512 random queries (mixed relations)" in \
+        open(os.path.join(out, "rate.md")).read()
     assert kg.KG_MODELS["distmult"].lr == 0.005  # the kind's table itself is left alone
     assert "- learning rates: distmult 0.005" in open(os.path.join(out, "two.md")).read()
     capsys.readouterr()

@@ -97,8 +97,9 @@ def test_relation_controller_equals_the_dense_loop(heads, normalization, danglin
     expected = _expected(model, graph, anchor, relation.view(-1, 1), rows, relation.tolist())
     torch.testing.assert_close(model(anchor, relation, graph), expected)
     torch.testing.assert_close(model.score(anchor, relation, model.prepare(graph, 0)), expected)
-    # a batch of one query relation (the kg kind's batches): every query of a head follows
-    # the same transitions, one sparse product per step; values and gradients as query by query
+    # a batch of one query relation (evaluation's, Countries' training): every query of a
+    # head follows the same transitions, one sparse product per step; values and gradients as
+    # query by query
     shared = torch.full_like(relation, 3)
     expected = _expected(model, graph, anchor, shared.view(-1, 1), [[3] * 3] * 4, [3] * 4)
     out = model(anchor, shared, graph)
@@ -209,7 +210,7 @@ def test_suppress_anchor_starts_the_anchor_below_every_entity_the_flow_reaches(c
 
 
 def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
-    from qgfd_pyg.bench.kg import KG_MODELS, WN18RRTask
+    from qgfd_pyg.bench.kg import KG_MODELS, CountriesTask, FB15k237Task, WN18RRTask
 
     chosen = {name: spec.options.get("suppress_anchor", False)
               for name, spec in WN18RRTask.models.items()}
@@ -217,5 +218,13 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
                       "rotate": False, "attention": True}
     assert not any(spec.options.get("suppress_anchor") for spec in KG_MODELS.values())
     assert WN18RRTask.models["attention"].options["steps"] == 1
+    # the learning rate chosen per data set (qgfd and its control), Countries' table untouched
+    for table in (WN18RRTask.models, FB15k237Task.models):
+        assert {name: spec.lr for name, spec in table.items()} == {
+            "qgfd": 0.03, "gat": 0.005, "appnp": 0.005, "distmult": 0.005, "rotate": 0.005,
+            "attention": 0.03}
+    assert KG_MODELS["qgfd"].lr == KG_MODELS["attention"].lr == 0.01
+    assert not any(spec.options.get("suppress_anchor") for spec in FB15k237Task.models.values())
+    assert CountriesTask.models is KG_MODELS
     with pytest.raises(ValueError, match="eps must be positive"):
         RelationalQGFD(N, R, eps=0.0)
