@@ -8,6 +8,10 @@
 #   OUT=/tmp/gpu WN_MINUTES=5.5 QA_MINUTES=0.5 bash benchmarks/gpu_kg.sh
 #   SMOKE=1 DEVICE=cpu bash benchmarks/gpu_kg.sh      # the same commands on the --quick budget
 #
+# WN18RR and FB15k-237 train on random batches of any relations (the runner's default for them:
+# every query its own transitions, chunked edge gathers on a GPU); BATCHES=relation gives one
+# query relation per batch instead (each flow one sparse product per step).
+#
 # PY may name another interpreter command; wheels in .whl/ (e.g. ogb for a machine without
 # it) are installed first.
 set -uo pipefail
@@ -21,6 +25,7 @@ qa=${QA_MINUTES:-0.5}
 qa_seeds=${QA_SEEDS:-10}
 qa_kg=${QA_KG:-kinship}
 wn_seeds=${WN_SEEDS:-1}
+batches=${BATCHES:-mixed}
 export PYTHONUNBUFFERED=1 OUTDATED_IGNORE=1
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -37,13 +42,14 @@ t('fb15k-237', 'datasets', None, {})" || exit 1
 pids=()
 for model in qgfd gat appnp distmult rotate attention; do
     $py -m qgfd_pyg.bench wn18rr --models "$model" --seeds "$wn_seeds" --epochs 1000 --patience 5 \
-        --max-minutes "$wn" --out "$out/wn18rr-$model" "${common[@]}" \
+        --max-minutes "$wn" --batches "$batches" --out "$out/wn18rr-$model" "${common[@]}" \
         >"$out/wn18rr-$model.log" 2>&1 &
     pids+=($!)
 done
 for model in qgfd rotate distmult attention; do
     $py -m qgfd_pyg.bench fb15k-237 --models "$model" --seeds "$wn_seeds" --epochs 1000 \
-        --patience 5 --max-minutes "$fb" --out "$out/fb15k-237-$model" "${common[@]}" \
+        --patience 5 --max-minutes "$fb" --batches "$batches" --out "$out/fb15k-237-$model" \
+        "${common[@]}" \
         >"$out/fb15k-237-$model.log" 2>&1 &
     pids+=($!)
 done
