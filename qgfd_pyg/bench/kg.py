@@ -292,13 +292,12 @@ class KGExperiment(MiniBatchExperiment):
         order = torch.randperm(self.train.size(0), device=self.device)
         if self.task.batches == "mixed":
             out = list(order.split(self.task.batch_size))
-            return out[:self.task.train_batches] if self.task.train_batches else out
-        order = order[torch.argsort(self.train[order, 1], stable=True)]
-        rel = self.train[order, 1]
-        out = []
-        for chunk in torch.split(order, torch.bincount(rel).tolist()):
-            out.extend(b for b in chunk.split(self.task.batch_size) if b.numel())
-        out = [out[i] for i in torch.randperm(len(out)).tolist()]
+        else:
+            order = order[torch.argsort(self.train[order, 1], stable=True)]
+            out = []
+            for chunk in torch.split(order, torch.bincount(self.train[order, 1]).tolist()):
+                out.extend(b for b in chunk.split(self.task.batch_size) if b.numel())
+            out = [out[i] for i in torch.randperm(len(out)).tolist()]
         return out[:self.task.train_batches] if self.task.train_batches else out
 
     def train_batches(self) -> List[Tensor]:
