@@ -471,3 +471,53 @@ def test_ctrl_c_keeps_the_finished_runs_in_one_line_and_resume_continues(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming: {kept} finished runs kept" in done.stderr
     assert len(read(out, "cora")["runs"]) == 40
+
+
+KEEP_PROBE = """
+import sys, torch
+from qgfd_pyg.bench import measure
+memory = measure.PeakMemory(torch.device("cpu"))
+if sys.argv[1] == "keep":
+    assert measure.keep_freed_memory() and measure.FREED_MEMORY_KEPT
+before = memory.current_mb()
+x = torch.ones(2 ** 25)  # 128 MB, above glibc's mmap threshold
+del x
+held = memory.current_mb() - before
+memory.reset()  # a run's peak starts here: what earlier runs freed goes back to the system
+print(held, memory.current_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keep_freed_memory_keeps_a_freed_tensor_until_released():
+    """In a fresh process: by default a freed 128 MB tensor goes back to the system at once;
+    after keep_freed_memory it stays resident (for the next tensors) until
+    release_freed_memory, which a run's PeakMemory.reset calls."""
+    held = {}
+    for mode in ("system", "keep"):
+        done = subprocess.run([sys.executable, "-c", KEEP_PROBE, mode], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        held[mode] = [float(v) for v in done.stdout.split()]
+    assert held["system"][0] < 20, held
+    assert 110 < held["keep"][0] < 150 and held["keep"][1] < 20, held
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_cli_keeps_freed_memory_unless_told_and_says_so(tmp_path):
+    """A fresh CLI process keeps freed memory on the CPU by default and records it in the
+    results (json environment, md environment line, the memory note);
+    --no-keep-freed-memory leaves malloc as it is and says so."""
+    base = [sys.executable, "-m", "qgfd_pyg.bench", "cora", "--models", "gcn", "--seeds", "1",
+            "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    for extra, name in (([], "kept"), (["--no-keep-freed-memory"], "system")):
+        done = subprocess.run(base + extra + ["--name", name], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    kept, system = read(tmp_path, "kept")["environment"], read(tmp_path, "system")["environment"]
+    assert kept["malloc"].startswith("glibc keeps freed memory") and "kept for reuse" in \
+        kept["memory_kind"]
+    assert system["malloc"] == "the system's default" and "kept" not in system["memory_kind"]
+    md = (tmp_path / "kept.md").read_text()
+    assert "malloc: glibc keeps freed memory" in md and "kept for reuse" in md

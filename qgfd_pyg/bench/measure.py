@@ -1,7 +1,9 @@
 """Measuring: peak memory, timing, bandwidth bounds and result files. Shared by the runner and
 the performance scripts in ``benchmarks/``."""
+import ctypes
 import json
 import os
+import platform
 import statistics
 import time
 from typing import Optional
@@ -11,9 +13,53 @@ import torch
 from .report import atomic_write
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters (glibc's malloc.h)
+FREED_MEMORY_KEPT = False  # whether keep_freed_memory applied in this process (it stays on)
+
+
+def _glibc() -> Optional[ctypes.CDLL]:
+    """The C library where it is glibc (Linux), else ``None``."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc's malloc keep the memory of freed tensors for the next ones, for the rest
+    of the process; returns whether it applied (glibc only).
+
+    glibc serves every allocation above 32 MB with a fresh ``mmap`` and returns it to the
+    system when freed, so each large CPU tensor (a flow's ``[B, N]`` states: 84-168 MB at
+    WN18RR's size) costs its page faults, each page zeroed by the kernel, on every
+    allocation: on WN18RR's training batches most of the time, and two processes side by side
+    fault in turn. With ``mmap`` off and no trimming the freed memory stays in the heap
+    (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, INT_MAX)``; the same as the
+    environment variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``). The
+    process's resident memory then includes what it keeps; :func:`release_freed_memory`
+    gives it back."""
+    global FREED_MEMORY_KEPT
+    libc = _glibc()
+    if libc is not None and libc.mallopt(M_MMAP_MAX, 0) \
+            and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1):
+        FREED_MEMORY_KEPT = True
+    return FREED_MEMORY_KEPT
+
+
+def release_freed_memory() -> None:
+    """Returns the free memory glibc's malloc holds to the system (``malloc_trim(0)``)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory of one run: CUDA allocator peak, or the process's peak RSS on CPU (Linux
-    resets it through /proc/self/clear_refs; it then includes the process's baseline)."""
+    resets it through /proc/self/clear_refs, after giving back the free memory malloc holds;
+    it then includes the process's baseline, and the memory freed during the run that
+    :func:`keep_freed_memory` keeps)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -22,6 +68,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            release_freed_memory()  # what an earlier run freed does not count in this one
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")

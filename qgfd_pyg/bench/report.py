@@ -249,4 +249,6 @@ def markdown(config: Dict[str, Any], environment: Dict[str, Any], rows, complete
             + f"- command: `{environment.get('command', '')}`\n"
             f"- environment: torch {environment.get('torch')}, torch_geometric "
             f"{environment.get('torch_geometric')}, device {environment.get('device')}, "
-            f"{environment.get('threads')} threads, {environment.get('date')}\n")
+            f"{environment.get('threads')} threads, {environment.get('date')}"
+            + (f"; malloc: {environment['malloc']}" if "malloc" in environment else "")
+            + "\n")

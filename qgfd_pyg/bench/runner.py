@@ -15,6 +15,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from . import measure
 from .report import ResultStore, table, table_columns
 from .tasks import Task, load_task, task_entry
 from .train import fit
@@ -52,6 +53,9 @@ class RunConfig:
             runner knows an address for) instead of failing with where to put it.
         lr: the learning rate of every model run (``None``: each model's own, see
             ``--list``); stored with the results.
+        keep_freed_memory: on the CPU, glibc's malloc keeps freed tensors' memory for reuse
+            (:func:`~qgfd_pyg.bench.measure.keep_freed_memory`: large tensors otherwise cost
+            fresh pages on every allocation); recorded in the results' environment.
     """
     task: str
     models: Optional[Sequence[str]] = None
@@ -72,6 +76,7 @@ class RunConfig:
     max_minutes: Optional[float] = None
     download: bool = False
     lr: Optional[float] = None
+    keep_freed_memory: bool = True
 
 
 class Interrupted(KeyboardInterrupt):
@@ -183,12 +188,19 @@ def run_benchmark(config: RunConfig) -> Results:
               "specs": {m: model_spec(task, m, options[m]) for m in models}}
     if config.max_minutes is not None:  # only when set: earlier result files still resume
         stored["max_minutes"] = config.max_minutes
+    if config.keep_freed_memory and device.type == "cpu":
+        measure.keep_freed_memory()
+    kept = measure.FREED_MEMORY_KEPT  # process-wide: an earlier sweep may have set it
     environment = {"command": config.command or f"run_benchmark({asdict(config)})",
                    "torch": torch.__version__, "torch_geometric": _pyg_version(),
                    "device": str(device), "threads": torch.get_num_threads(),
                    "date": datetime.date.today().isoformat(),
+                   "malloc": "glibc keeps freed memory for reuse (mallopt M_MMAP_MAX=0, "
+                   "M_TRIM_THRESHOLD=INT_MAX)" if kept else "the system's default",
                    "memory_kind": "the CUDA allocator's peak" if device.type == "cuda"
-                   else "the process's peak resident set (includes its ~baseline)"}
+                   else "the process's peak resident set (includes its ~baseline"
+                   + (" and the memory freed during the run, kept for reuse)" if kept
+                      else ")")}
     name = config.name or task.name.replace(":", "-")
     store = ResultStore(config.out, name, stored, config.resume, task)
     skipped = sum(store.done(m, s) for m in models for s in seeds)
