@@ -13,15 +13,16 @@ flow, count as they do in use) is timed against one
 (a dense random gradient of the output, as in training; gradients w.r.t. the seeds and the
 relation weights; for the SpMM, w.r.t. the values),
 median of --repeats rounds (every call of a graph in turn, so that the machine's drift slows
-them alike), for the numba and the torch (chunked edges: GPUs, no numba) paths of the
-flow and for numba's and torch's CSR products. Writes benchmarks/results/perf_flow.{json,md}.
+them alike), for the numba and the torch (pair gathers and CSR products: GPUs, no numba)
+paths of the flow and for numba's and torch's CSR products. Writes
+benchmarks/results/perf_flow.{json,md}.
 """
 import argparse
 import json
 import os
 
 import torch
-from qgfd_pyg.bench.measure import timed_interleaved, write_results
+from qgfd_pyg.bench.measure import keep_freed_memory, timed_interleaved, write_results
 
 from qgfd_pyg import RelationalGraph, diffuse, graph_transition, relational_flow, \
     set_spmm_backend
@@ -77,6 +78,9 @@ def main():
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    # as the runner does: large temporaries reuse freed memory instead of faulting in fresh
+    # pages on every call (which would time the kernel's page zeroing, not the step)
+    kept = args.device == "cpu" and keep_freed_memory()
     device = torch.device(args.device)
     rows = []
     for spec in args.graphs.split(","):
@@ -112,6 +116,7 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "malloc": "glibc keeps freed memory" if kept else "the system's default",
            "batch": args.batch, "repeats": args.repeats, "steps": args.steps,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     paths = [p for p in ("numba", "torch") if f"spmm_{p}" in rows[0]]
@@ -125,12 +130,15 @@ def main():
              "training), median of "
              f"{args.repeats} rounds in which every flow and product of a graph is called in "
              "turn (so that the machine's drift slows them alike). Ratio = flow / SpMM on "
-             "the same path (numba: the compiled CPU routines; torch: chunked edge gathers "
-             "for the flow, torch's CSR product for the SpMM). Shared relation weights (one "
+             "the same path (numba: the compiled CPU routines; torch: gathers over the "
+             "(source, relation) pairs and CSR products for the flow, torch's CSR product "
+             "for the SpMM). Shared relation weights (one "
              "mixture for every query, [T, 1, R]: a "
              "knowledge-graph batch of one query relation) make each step of the torch path "
              "one sparse product with per-edge values; the numba path runs them through its "
-             "per-query step. Target: ratio <= 2.", "",
+             "per-query step. Memory: " + ("glibc's malloc keeps freed memory for reuse "
+             "(as the runner does; otherwise every large temporary costs fresh pages)"
+             if kept else "the system's malloc") + ". Target: ratio <= 2.", "",
              "| nodes | edges | relations | path | relation weights | normalization | "
              "flow fwd | SpMM fwd | ratio fwd | flow fwd+bwd | SpMM fwd+bwd | ratio fwd+bwd |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -35,15 +35,18 @@ plus the normaliser :math:`C^\top a_t` (over each node's own relations, :math:`O
 tensor is formed. On the CPU with numba a step is two compiled passes (the normaliser per
 node, then the product over the edges into each node with the staying share) and its
 backward one (over the edges out of each node, recomputing the normaliser, for the gradients
-of the values and of the relation weights together); otherwise (GPUs, no numba) torch ops
-over chunks of edges. Where every query of the batch shares a step's relation weights (a
-knowledge-graph batch of one query relation) and numba's step does not run (GPUs), the
-step's transition is one matrix whose entries are computed per edge, and the step is one
-torch CSR product, its backward the product by the transpose and a sampled product (SDDMM)
-for the entries' gradients.
+of the values and of the relation weights together); otherwise (GPUs, no numba) torch ops:
+each (source, relation) pair's value weighed by the query's weight of the relation (gathers
+over the ``P <= E`` pairs), then one torch CSR product over the edges; its backward one
+product over the edges by source and two over the pairs (queries in column chunks whose
+``[P, columns]`` temporaries stay within the ``[N, B]`` state's size). Where every query
+of the batch shares a step's relation weights (a knowledge-graph batch of one query
+relation) and numba's step does not run (GPUs), the step's transition is one matrix whose
+entries are computed per edge, and the step is one torch CSR product, its backward the
+product by the transpose and a sampled product (SDDMM) for the entries' gradients.
 """
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -55,7 +58,8 @@ from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_we
 from .diffusion import ppr_hop_weights
 from .spmm import csr_product, scratch_buffers
 
-CHUNK_ELEMENTS = 2**22  # [edges, B] elements per chunk on the torch path
+CHUNK_ELEMENTS = 2**24  # [pairs, columns] elements per chunk on the torch path, at least
+PAIR_MEMORY = 4.0  # or this many times the [N, B] state's, if that is more
 NORMALIZATIONS = ("node", "relation", "none")
 MIN_MASS = 1e-12  # out-mass D below this counts as none (normalization="node")
 DENSE_DEGREE_RELATIONS = 64  # above this many relations the degrees C are a sparse matrix
@@ -66,6 +70,44 @@ def _csr_order(row: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
     perm = torch.argsort(row, stable=True)
     counts = torch.bincount(row, minlength=num_nodes)
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), perm
+
+
+class _Pairs(NamedTuple):
+    """The graph's (source, relation) pairs that have edges, by source then relation: the
+    torch path's per-query step first weighs each pair's source value by the query's weight
+    of its relation, then sums the pairs' edges into their targets (one sparse product over
+    the edges)."""
+    node: Tensor  # [P] each pair's source
+    rel: Tensor  # [P] and relation
+    edge_ptr: Tensor  # [P + 1] a pair's edges in the by-source order
+    of_in_edge: Tensor  # [E] the pair of each edge in the by-target order
+    node_ptr: Tensor  # [N + 1] a node's pairs
+    rel_ptr: Tensor  # [R + 1] and a relation's, in by_rel
+    by_rel: Tensor  # [P] the pairs sorted by relation
+    index: Tensor  # [P] 0 .. P - 1
+    ones: Tensor  # [P]
+
+    @staticmethod
+    def build(out_slots: Tensor, place: Tensor, perm_out: Tensor, num_nodes: int,
+              num_relations: int) -> "_Pairs":
+        """From the slots ``source * R + relation`` of the edges in the by-source order,
+        each edge's place in the by-target order, and that order."""
+        slots, of_out_edge, counts = torch.unique_consecutive(
+            out_slots, return_inverse=True, return_counts=True)
+        of_edge = torch.empty_like(of_out_edge)
+        of_edge[perm_out] = of_out_edge
+        of_in_edge = torch.empty_like(of_out_edge)
+        of_in_edge[place] = of_edge
+        node, rel = slots // num_relations, slots % num_relations
+
+        def offsets(values: Tensor, size: int) -> Tensor:
+            return torch.cat([values.new_zeros(1),
+                              torch.bincount(values, minlength=size).cumsum(0)])
+        index = torch.arange(slots.numel(), device=slots.device)
+        return _Pairs(node, rel, torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
+                      of_in_edge, offsets(node, num_nodes), offsets(rel, num_relations),
+                      torch.argsort(rel, stable=True), index,
+                      torch.ones(slots.numel(), device=slots.device))
 
 
 class RelationalGraph:
@@ -108,15 +150,19 @@ class RelationalGraph:
         src, dst = edge_index.long()
         self._src, self._rel = src, edge_type.long()
         self.rowptr_in, self.perm_in = _csr_order(dst, self.num_nodes)
-        self.rowptr_out, self.perm_out = _csr_order(src, self.num_nodes)
+        # by source, and within a source by relation: a (source, relation) pair's edges are
+        # consecutive (the torch path's per-query product)
+        slot = src * self.num_relations + self._rel
+        self.rowptr_out = _csr_order(src, self.num_nodes)[0]
+        self.perm_out = torch.argsort(slot, stable=True)
         self.col_in, self.rel_in = src[self.perm_in], self._rel[self.perm_in]
         self.col_out, self.rel_out = dst[self.perm_out], self._rel[self.perm_out]
-        self.row_in = dst[self.perm_in]  # the torch path scatters by it
-        self.row_out = src[self.perm_out]
         # the out-order edges' places in the in-order (a shared step's values, transposed)
         place = torch.empty_like(self.perm_in)
         place[self.perm_in] = torch.arange(num_edges, device=place.device)
         self.in_to_out = place[self.perm_out]
+        self.pairs = _Pairs.build(slot[self.perm_out], place, self.perm_out, self.num_nodes,
+                                  self.num_relations)
         self._set_weight(edge_weight if edge_weight is not None
                          else torch.ones(num_edges, device=edge_index.device))
 
@@ -143,14 +189,14 @@ class RelationalGraph:
         self.degree, self.has_relation = degree, has
 
     def edges(self, transpose: bool, per_relation: bool
-              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(rowptr, col, rel, weight, row) in CSR order by target (by source with
-        ``transpose``); ``per_relation``: each weight divided by its source's out-weight
-        under its relation."""
+              ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(rowptr, col, rel, weight) in CSR order by target (by source, and within a source
+        by relation, with ``transpose``); ``per_relation``: each weight divided by its
+        source's out-weight under its relation."""
         weight = self._weights[per_relation][1 if transpose else 0]
         if transpose:
-            return self.rowptr_out, self.col_out, self.rel_out, weight, self.row_out
-        return self.rowptr_in, self.col_in, self.rel_in, weight, self.row_in
+            return self.rowptr_out, self.col_out, self.rel_out, weight
+        return self.rowptr_in, self.col_in, self.rel_in, weight
 
     def masked(self, edge_ids: Optional[Tensor]) -> "RelationalGraph":
         """A copy whose edges ``edge_ids`` have weight 0 (the sorted structure is shared)."""
@@ -205,55 +251,70 @@ class _Transposed(torch.autograd.Function):
         return _transpose(grad)
 
 
-def _edge_chunks(num_edges: int, width: int) -> List[slice]:
-    """Slices of the edges whose ``[edges, width]`` products hold ``CHUNK_ELEMENTS`` or fewer
-    (the torch path's bound on memory: never a ``[E, B]`` tensor)."""
-    step = max(1, CHUNK_ELEMENTS // max(1, width))
-    return [slice(s, s + step) for s in range(0, num_edges, step)]
+def _column_chunks(num_pairs: int, x: Tensor) -> List[slice]:
+    """Slices of the queries (columns of ``x`` ``[N, B]``) whose ``[pairs, columns]``
+    temporaries hold at most ``PAIR_MEMORY`` times ``x``'s elements (or
+    :data:`CHUNK_ELEMENTS`, if more): the torch path's memory stays ``O(B N)``."""
+    limit = max(CHUNK_ELEMENTS, int(PAIR_MEMORY * x.numel()))
+    step = max(1, limit // max(1, num_pairs))
+    return [slice(s, s + step) for s in range(0, x.size(1), step)]
 
 
-def _product(graph: RelationalGraph, x: Tensor, a: Tensor, transpose: bool,
-             per_relation: bool) -> Tensor:
-    """``y[j, b] = sum_{e: i -> j} w_e a[r_e, b] x[i, b]`` (``transpose``: over the reversed
-    edges), for ``x`` ``[N, B]`` and ``a`` ``[R, B]``."""
-    _, col, rel, weight, row = graph.edges(transpose, per_relation)
-    out = torch.zeros_like(x)
-    weight = weight.to(x.dtype).unsqueeze(1)
-    for e in _edge_chunks(col.numel(), x.size(1)):
-        out.index_add_(0, row[e], weight[e] * a[rel[e]] * x[col[e]])
-    return out
-
-
-def _weight_grad(graph: RelationalGraph, x: Tensor, g: Tensor, per_relation: bool) -> Tensor:
-    """``grad[r, b] = sum_{e: i -> j, r_e = r} w_e x[i, b] g[j, b]`` ``[R, B]``."""
-    _, col, rel, weight, row = graph.edges(False, per_relation)
-    out = x.new_zeros(graph.num_relations, x.size(1))
-    weight = weight.to(x.dtype).unsqueeze(1)
-    for e in _edge_chunks(col.numel(), x.size(1)):
-        out.index_add_(0, rel[e], weight[e] * x[col[e]] * g[row[e]])
+def _into(out: Optional[Tensor], part: Tensor, cols: slice, whole: bool) -> Tensor:
+    """``part`` as the result (one chunk), or copied into its columns of ``out``."""
+    if whole:
+        return part
+    out[:, cols] = part
     return out
 
 
 class _TypedProduct(torch.autograd.Function):
-    """(The torch path.) ``_product`` with gradients w.r.t. ``x`` (the product over the
-    reversed edges) and ``a`` (:func:`_weight_grad`); once differentiable."""
+    """(The torch path.) ``y[j, b] = sum_{e: i -> j} w_e a[r_e, b] x[i, b]`` for ``x``
+    ``[N, B]`` and ``a`` ``[R, B]``: each (source, relation) pair's value
+    ``a[r, b] x[i, b]`` (two gathers over the pairs), then one sparse product over the edges
+    (torch's CSR product, cuSPARSE on GPUs). Backward: the pairs' gradients ``sum_{e in
+    pair} w_e g[j_e, b]`` (one product over the edges by source), summed per source (for
+    ``x``, weighed by ``a``) and per relation (for ``a``, weighed by ``x``) by two products
+    over the pairs. Queries go in column chunks (:func:`_column_chunks`); once
+    differentiable."""
 
     @staticmethod
     def forward(ctx, x, a, graph, per_relation):
         x, a = x.detach().contiguous(), a.detach().contiguous()
         ctx.save_for_backward(x, a)
         ctx.graph, ctx.per_relation = graph, per_relation
-        return _product(graph, x, a, False, per_relation)
+        pairs, weight = graph.pairs, graph.edges(False, per_relation)[3].to(x.dtype)
+        chunks = _column_chunks(pairs.node.numel(), x)
+        out = None if len(chunks) == 1 else torch.empty_like(x)
+        for cols in chunks:
+            value = x[:, cols].index_select(0, pairs.node)
+            value.mul_(a[:, cols].index_select(0, pairs.rel))
+            out = _into(out, csr_product(graph.rowptr_in, pairs.of_in_edge, weight, value),
+                        cols, len(chunks) == 1)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, a = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = _product(ctx.graph, grad, a, True, ctx.per_relation) \
-            if ctx.needs_input_grad[0] else None
-        grad_a = _weight_grad(ctx.graph, x, grad, ctx.per_relation) \
-            if ctx.needs_input_grad[1] else None
+        graph, grad = ctx.graph, grad.contiguous()
+        pairs = graph.pairs
+        _, col, _, weight = graph.edges(True, ctx.per_relation)
+        ones = pairs.ones.to(x.dtype)
+        chunks = _column_chunks(pairs.node.numel(), x)
+        whole = len(chunks) == 1
+        grad_x = None if whole or not ctx.needs_input_grad[0] else torch.empty_like(x)
+        grad_a = None if whole or not ctx.needs_input_grad[1] else torch.empty_like(a)
+        for cols in chunks:
+            moved = csr_product(pairs.edge_ptr, col, weight.to(x.dtype), grad[:, cols])
+            if ctx.needs_input_grad[0]:
+                part = moved * a[:, cols].index_select(0, pairs.rel)
+                grad_x = _into(grad_x, csr_product(pairs.node_ptr, pairs.index, ones, part),
+                               cols, whole)
+            if ctx.needs_input_grad[1]:  # summed per relation: pairs by relation as columns
+                part = moved.mul_(x[:, cols].index_select(0, pairs.node))
+                grad_a = _into(grad_a, csr_product(pairs.rel_ptr, pairs.by_rel, ones, part),
+                               cols, whole)
         return grad_x, grad_a, None, None
 
 
@@ -302,7 +363,7 @@ def shared_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str
     plus what stays (added in place). :func:`relational_flow` takes it where numba's fused
     step does not run: on the CPU that step, one pass per query, is faster forward and
     backward (``benchmarks/results/perf_flow.md``)."""
-    _, col, rel, weight, _ = graph.edges(False, normalization == "relation")
+    _, col, rel, weight = graph.edges(False, normalization == "relation")
     value = weight.to(a.dtype) * a[rel]
     stay = None
     if normalization == "node":  # D = C a: the edges' weights under a, summed at their sources
@@ -339,7 +400,7 @@ class _FusedStep(torch.autograd.Function):
         """The step into ``out`` (``[N, B]`` like ``x``, not ``x`` itself), no autograd;
         ``scratch``: a third such buffer for the node normaliser (default: the pool's)."""
         node = normalization == "node"
-        rowptr, col, rel, weight, _ = graph.edges(False, normalization == "relation")
+        rowptr, col, rel, weight = graph.edges(False, normalization == "relation")
         y = (scratch_buffers(x, 1)[0] if scratch is None else scratch) if node else x
         if x.numel():
             _numba.set_threads()
@@ -356,7 +417,7 @@ class _FusedStep(torch.autograd.Function):
         x, a = ctx.saved_tensors
         graph = ctx.graph
         grad = grad.contiguous()
-        rowptr, col, rel, weight, _ = graph.edges(True, ctx.normalization == "relation")
+        rowptr, col, rel, weight = graph.edges(True, ctx.normalization == "relation")
         chunks = max(1, min(torch.get_num_threads(), graph.num_nodes))
         grad_x = torch.empty_like(x)
         parts = x.new_empty(chunks, graph.num_relations, x.size(1))

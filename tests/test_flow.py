@@ -56,13 +56,15 @@ def _dense_flow(p0, ei, et, R, N, a, theta, weight=None, normalization="node",
     return torch.stack(rows)
 
 
-@pytest.fixture(params=["compiled", "torch"])
+@pytest.fixture(params=["compiled", "torch", "torch-chunks"])
 def backend(request, monkeypatch):
-    """The numba routines where installed, and the torch path (GPUs, no numba) with tiny
-    edge chunks so that chunking is exercised."""
-    if request.param == "torch":
+    """The numba routines where installed, and the torch path (GPUs, no numba): all queries
+    at once, and one query per chunk (so that the column chunks are exercised)."""
+    if request.param.startswith("torch"):
         monkeypatch.setattr(_numba, "usable", lambda *t: False)
+    if request.param == "torch-chunks":
         monkeypatch.setattr(flow_module, "CHUNK_ELEMENTS", 7)
+        monkeypatch.setattr(flow_module, "PAIR_MEMORY", 0.0)
     elif _numba.routines() is None:
         pytest.skip("numba is not installed")
     return request.param
