@@ -374,3 +374,32 @@ def test_weights_shared_by_all_queries_equal_the_dense_loop(backend, normalizati
                 _dense_flow(p0, ei, et, R, N, shared.expand(3, B, R), theta[:, :4],
                             graph.weight, normalization, dangling))
 
+
+
+def test_torch_path_bounds_its_pair_temporaries(monkeypatch):
+    """The torch path's per-query step never holds a [pairs, B] tensor past its bound: every
+    operand of its sparse products has at most max(CHUNK_ELEMENTS, PAIR_MEMORY * N * B)
+    elements (here 3 queries' worth of pairs), and the chunked flow equals the dense loop."""
+    monkeypatch.setattr(_numba, "usable", lambda *t: False)
+    ei, et, R, N = list(_graphs())[1]
+    graph = RelationalGraph(ei, et, R, N)
+    pairs = graph.pairs.node.numel()
+    assert pairs == torch.unique(ei[0] * R + et).numel()  # the (source, relation) pairs
+    monkeypatch.setattr(flow_module, "CHUNK_ELEMENTS", 3 * pairs)
+    monkeypatch.setattr(flow_module, "PAIR_MEMORY", 0.0)
+    seen = []
+    real = flow_module.csr_product
+
+    def recording(rowptr, col, value, x, out=None):
+        seen.append(tuple(x.shape))
+        return real(rowptr, col, value, x, out)
+    monkeypatch.setattr(flow_module, "csr_product", recording)
+    B, T = 8, 2
+    p0 = torch.softmax(torch.randn(B, N, dtype=torch.float64), 1).requires_grad_()
+    a = torch.rand(T, B, R, dtype=torch.float64, requires_grad=True)
+    theta = ppr_hop_weights(0.8, T).double()
+    out = relational_flow(p0, graph, a, alpha=0.8)
+    out.backward(torch.ones_like(out))
+    assert seen and max(rows * cols for rows, cols in seen) <= 3 * pairs
+    assert {cols for _, cols in seen} == {3, 2}  # 8 queries: chunks of 3, 3 and 2
+    torch.testing.assert_close(out, _dense_flow(p0, ei, et, R, N, a, theta))
