@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The performance tables on one GPU in one go, for a machine lent for a few minutes (torch with
 # CUDA, PyG, Triton; torch-sparse, torch-scatter and pyg-lib need not be there):
-#   1. the device-parametrised tests and the Triton kernel's tests on CUDA,
+#   1. the device-parametrised tests and the Triton kernels' tests on CUDA (kNN, flow),
 #   2. perf_attention.py on CUDA (bf16, causal, L = 1024 / 4096 / 16384, the issue's setting),
 #   3. perf_uncached.py part 1 on CUDA (the NeighborLoader part needs pyg-lib or torch-sparse),
 #   4. perf_graph.py on CUDA up to ogbn-products' size,
-#   5. perf_flow.py on CUDA (the query-conditioned flow step against torch's CSR product).
+#   5. perf_flow.py on CUDA (the query-conditioned flow step against torch's CSR product; the
+#      torch path and set_flow_backend("triton")'s kernels).
 # Each step writes its tables under $OUT/results/ as it goes; a step that fails or runs out of
 # time leaves the earlier ones intact (copy them to benchmarks/results/ afterwards). The
 # steps' time limits add up to 9.5 minutes, inside one 10-minute device command.
@@ -31,7 +32,7 @@ if [ -n "${SMOKE:-}" ]; then
 fi
 echo "== tests on $device" | tee "$out/tests.log"
 timeout 90 $py -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_attention.py \
-    tests/test_diffusion.py tests/test_knn_triton.py tests/test_structure.py \
+    tests/test_diffusion.py tests/test_knn_triton.py tests/test_structure.py tests/test_flow.py \
     -k "$device or triton" >>"$out/tests.log" 2>&1
 tail -3 "$out/tests.log"
 echo "== perf_attention"

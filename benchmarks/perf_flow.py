@@ -14,10 +14,13 @@ flow, count as they do in use) is timed against one
 relation weights; for the SpMM, w.r.t. the values),
 median of --repeats rounds (every call of a graph in turn, so that the machine's drift slows
 them alike), for the numba and the torch (pair gathers and CSR products: GPUs, no numba)
-paths of the flow and for numba's and torch's CSR products. Writes
+paths of the flow and for numba's and torch's CSR products; on CUDA with Triton also the
+``triton`` path (``set_flow_backend("triton")``, the per-query product in Triton kernels;
+the shared-weight steps and the SpMM as on the torch path). Writes
 benchmarks/results/perf_flow.{json,md}.
 """
 import argparse
+import importlib.util
 import json
 import os
 
@@ -25,9 +28,11 @@ import torch
 from qgfd_pyg.bench.measure import keep_freed_memory, timed_interleaved, write_results
 
 from qgfd_pyg import RelationalGraph, diffuse, graph_transition, relational_flow, \
-    set_spmm_backend
+    set_flow_backend, set_spmm_backend
 from qgfd_pyg import _numba
 from qgfd_pyg.spmm import spmm
+
+TRITON = importlib.util.find_spec("triton") is not None
 
 def flow_calls(graph, p0, a, normalization):
     """(forward, forward + backward) of a flow of ``len(a)`` steps."""
@@ -54,18 +59,21 @@ def spmm_calls(P, x):
 
 
 def on_path(path, fn):
-    """``fn`` run on one path: numba's routines, or the torch ops (numba switched off for the
-    flow, torch's CSR product for the SpMM)."""
+    """``fn`` run on one path: numba's routines, the torch ops (numba switched off for the
+    flow, torch's CSR product for the SpMM), or the Triton kernels for the flow's per-query
+    product (``set_flow_backend("triton")``; CUDA; the SpMM as on the torch path)."""
     def call():
         original = _numba.usable
-        if path == "torch":
+        if path != "numba":
             _numba.usable = lambda *t: False
-        set_spmm_backend(path)
+        set_spmm_backend("numba" if path == "numba" else "torch")
+        set_flow_backend("triton" if path == "triton" else "torch")
         try:
             fn()
         finally:
             _numba.usable = original
             set_spmm_backend("auto")
+            set_flow_backend("torch")
     return call
 
 
@@ -97,7 +105,8 @@ def main():
         x = torch.randn(n, args.batch, generator=g).to(device).requires_grad_()
         row = {"nodes": n, "edges": e, "relations": r, "batch": args.batch}
         paths = (["numba"] if _numba.routines() is not None and device.type == "cpu"
-                 else []) + ["torch"]
+                 else []) + ["torch"] + (["triton"] if device.type == "cuda" and TRITON
+                                         else [])
         calls = {}
         for path in paths:
             for norm in ("node", "relation"):
@@ -119,7 +128,7 @@ def main():
            "malloc": "glibc keeps freed memory" if kept else "the system's default",
            "batch": args.batch, "repeats": args.repeats, "steps": args.steps,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-    paths = [p for p in ("numba", "torch") if f"spmm_{p}" in rows[0]]
+    paths = [p for p in ("numba", "torch", "triton") if f"spmm_{p}" in rows[0]]
     where = env["device"] if device.type == "cuda" else f"CPU, {env['threads']} threads"
     lines = [f"# One query-conditioned flow step against one SpMM at the same nnz * B ({where}, "
              f"torch {env['torch']}, B = {args.batch})", "",

@@ -3,7 +3,7 @@ from .attention import QGFDAttention
 from .conv import QGFDConv
 from .models import QGFD
 from .diffusion import DiffusionInfo, diffuse, kernel_coefficients, ppr_hop_weights
-from .flow import RelationalGraph, relational_flow
+from .flow import RelationalGraph, relational_flow, set_flow_backend
 from .spmm import get_spmm_backend, set_spmm_backend
 from .transition import from_networkx, from_scipy, graph_transition, knn_transition
 
@@ -19,6 +19,7 @@ __all__ = [
     "ppr_hop_weights",
     "RelationalGraph",
     "relational_flow",
+    "set_flow_backend",
     "set_spmm_backend",
     "get_spmm_backend",
     "graph_transition",

@@ -45,6 +45,8 @@ relation) and numba's step does not run (GPUs), the step's transition is one mat
 entries are computed per edge, and the step is one torch CSR product, its backward the
 product by the transpose and a sampled product (SDDMM) for the entries' gradients.
 """
+import importlib.util
+import os
 import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -251,6 +253,32 @@ class _Transposed(torch.autograd.Function):
         return _transpose(grad)
 
 
+FLOW_BACKENDS = ("torch", "triton")
+_flow_backend = {"name": "torch"}
+
+
+def set_flow_backend(name: str) -> None:
+    """Chooses how :func:`relational_flow` runs a step with per-query relation weights where
+    numba's compiled step does not (GPUs, no numba).
+
+    Args:
+        name (str): ``"torch"`` (the starting choice: gathers over the (source, relation)
+            pairs and torch's CSR products) or ``"triton"`` (two Triton kernels,
+            :mod:`qgfd_pyg.flow_triton`, that read each source row once per edge; CUDA
+            tensors, or CPU tensors under Triton's interpreter; opt-in until timed on a GPU:
+            ``benchmarks/perf_flow.py --device cuda``).
+    """
+    name = check_choice("backend", name, FLOW_BACKENDS)
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        raise ValueError("backend 'triton' needs the triton package")
+    _flow_backend["name"] = name
+
+
+def _use_triton(x: Tensor) -> bool:
+    return _flow_backend["name"] == "triton" and (
+        x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
 def _column_chunks(num_pairs: int, x: Tensor) -> List[slice]:
     """Slices of the queries (columns of ``x`` ``[N, B]``) whose ``[pairs, columns]``
     temporaries hold at most ``PAIR_MEMORY`` times ``x``'s elements (or
@@ -276,13 +304,18 @@ class _TypedProduct(torch.autograd.Function):
     pair} w_e g[j_e, b]`` (one product over the edges by source), summed per source (for
     ``x``, weighed by ``a``) and per relation (for ``a``, weighed by ``x``) by two products
     over the pairs. Queries go in column chunks (:func:`_column_chunks`); once
-    differentiable."""
+    differentiable. With :func:`set_flow_backend` ``("triton")`` the product and the
+    gradients come from :mod:`qgfd_pyg.flow_triton`'s kernels instead (only the relation
+    weights' sums per relation stay a CSR product)."""
 
     @staticmethod
     def forward(ctx, x, a, graph, per_relation):
         x, a = x.detach().contiguous(), a.detach().contiguous()
         ctx.save_for_backward(x, a)
         ctx.graph, ctx.per_relation = graph, per_relation
+        if _use_triton(x):
+            from .flow_triton import typed_product
+            return typed_product(*graph.edges(False, per_relation), a, x)
         pairs, weight = graph.pairs, graph.edges(False, per_relation)[3].to(x.dtype)
         chunks = _column_chunks(pairs.node.numel(), x)
         out = None if len(chunks) == 1 else torch.empty_like(x)
@@ -305,6 +338,14 @@ class _TypedProduct(torch.autograd.Function):
         whole = len(chunks) == 1
         grad_x = None if whole or not ctx.needs_input_grad[0] else torch.empty_like(x)
         grad_a = None if whole or not ctx.needs_input_grad[1] else torch.empty_like(a)
+        if _use_triton(x):
+            from .flow_triton import typed_product_backward
+            grad_x, parts = typed_product_backward(pairs, col, weight, a, x, grad, chunks)
+            grad_a = None if whole else torch.empty_like(a)
+            for cols, part in zip(chunks, parts, strict=True):
+                grad_a = _into(grad_a, csr_product(pairs.rel_ptr, pairs.by_rel, ones, part),
+                               cols, whole)
+            return grad_x, grad_a, None, None
         for cols in chunks:
             moved = csr_product(pairs.edge_ptr, col, weight.to(x.dtype), grad[:, cols])
             if ctx.needs_input_grad[0]:

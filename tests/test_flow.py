@@ -403,3 +403,55 @@ def test_torch_path_bounds_its_pair_temporaries(monkeypatch):
     assert seen and max(rows * cols for rows, cols in seen) <= 3 * pairs
     assert {cols for _, cols in seen} == {3, 2}  # 8 queries: chunks of 3, 3 and 2
     torch.testing.assert_close(out, _dense_flow(p0, ei, et, R, N, a, theta))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("normalization", ["node", "relation"])
+def test_triton_backend_equals_dense_loop(monkeypatch, normalization, chunked):
+    """set_flow_backend("triton"): the per-query product and its gradients from the Triton
+    kernels (Triton's interpreter on the CPU), values and gradients against the dense loop;
+    chunked: one query per column chunk of the relation weights' pair buffer."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(_numba, "usable", lambda *t: False)
+    if chunked:
+        monkeypatch.setattr(flow_module, "CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(flow_module, "PAIR_MEMORY", 0.0)
+    from qgfd_pyg import flow_triton, set_flow_backend
+    calls = []
+    for name in ("typed_product", "typed_product_backward"):
+        real = getattr(flow_triton, name)
+        monkeypatch.setattr(flow_triton, name,
+                            lambda *args, real=real, name=name: calls.append(name) or real(*args))
+    set_flow_backend("triton")
+    try:
+        for ei, et, R, N in _graphs():
+            B, T = 3, 2
+            graph = RelationalGraph(ei.to(device), et.to(device), R, N)
+            p0 = torch.softmax(torch.randn(B, N, dtype=torch.float64), 1).requires_grad_()
+            a = torch.rand(T, B, R, dtype=torch.float64)
+            a[-1, 2, 0] = 0.0
+            if normalization == "relation":
+                a = a / a.sum(-1, keepdim=True)
+            a.requires_grad_()
+            theta = torch.randn(B, T + 1, dtype=torch.float64, requires_grad=True)
+            out = relational_flow(p0.to(device), graph, a.to(device), hop_weights=theta.to(device),
+                                  normalization=normalization).cpu()
+            ref = _dense_flow(p0, ei, et, R, N, a, theta, normalization=normalization)
+            torch.testing.assert_close(out, ref)
+            g = torch.randn_like(ref)
+            got = torch.autograd.grad((out * g).sum(), [p0, a, theta])
+            want = torch.autograd.grad((ref * g).sum(), [p0, a, theta])
+            for x, y in zip(got, want, strict=True):
+                torch.testing.assert_close(x, y)
+        assert set(calls) == {"typed_product", "typed_product_backward"}  # the kernels ran
+    finally:
+        set_flow_backend("torch")
+
+
+def test_set_flow_backend_checks_its_argument():
+    from qgfd_pyg import set_flow_backend
+    with pytest.raises(ValueError, match="backend"):
+        set_flow_backend("cuda")
