@@ -9,8 +9,9 @@
 #   SMOKE=1 DEVICE=cpu bash benchmarks/gpu_kg.sh      # the same commands on the --quick budget
 #
 # WN18RR and FB15k-237 train on random batches of any relations (the runner's default for them:
-# every query its own transitions, chunked edge gathers on a GPU); BATCHES=relation gives one
-# query relation per batch instead (each flow one sparse product per step).
+# every query its own transitions: on a GPU gathers over the (source, relation) pairs and CSR
+# products, or FLOW_BACKEND=triton for the Triton kernels); BATCHES=relation gives one query
+# relation per batch instead (each flow one sparse product per step).
 #
 # PY may name another interpreter command; wheels in .whl/ (e.g. ogb for a machine without
 # it) are installed first.
@@ -26,6 +27,7 @@ qa_seeds=${QA_SEEDS:-10}
 qa_kg=${QA_KG:-kinship}
 wn_seeds=${WN_SEEDS:-1}
 batches=${BATCHES:-mixed}
+flow_backend=${FLOW_BACKEND:-torch}
 export PYTHONUNBUFFERED=1 OUTDATED_IGNORE=1
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -34,7 +36,8 @@ fi
 quick=()
 [ -n "${SMOKE:-}" ] && quick=(--quick --epochs 2 --patience 1)
 # --resume: runs already in $OUT (an earlier call's seeds) are kept, only new seeds train
-common=(--device "$device" --threads 1 --no-progress --resume "${quick[@]}")
+common=(--device "$device" --threads 1 --no-progress --resume --flow-backend "$flow_backend"
+        "${quick[@]}")
 mkdir -p "$out"
 # the first load processes the raw files; the processes below then only read them
 $py -c "from qgfd_pyg.bench.tasks import load_task as t; t('wn18rr', 'datasets', None, {}); \

@@ -3,7 +3,7 @@ from .attention import QGFDAttention
 from .conv import QGFDConv
 from .models import QGFD
 from .diffusion import DiffusionInfo, diffuse, kernel_coefficients, ppr_hop_weights
-from .flow import RelationalGraph, relational_flow, set_flow_backend
+from .flow import RelationalGraph, get_flow_backend, relational_flow, set_flow_backend
 from .spmm import get_spmm_backend, set_spmm_backend
 from .transition import from_networkx, from_scipy, graph_transition, knn_transition
 
@@ -20,6 +20,7 @@ __all__ = [
     "RelationalGraph",
     "relational_flow",
     "set_flow_backend",
+    "get_flow_backend",
     "set_spmm_backend",
     "get_spmm_backend",
     "graph_transition",

@@ -268,10 +268,20 @@ def set_flow_backend(name: str) -> None:
             tensors, or CPU tensors under Triton's interpreter; opt-in until timed on a GPU:
             ``benchmarks/perf_flow.py --device cuda``).
     """
-    name = check_choice("backend", name, FLOW_BACKENDS)
+    _flow_backend["name"] = check_flow_backend(name)
+
+
+def check_flow_backend(name: str) -> str:
+    """``name`` if :func:`set_flow_backend` can take it, else a ValueError that says why."""
+    name = check_choice("flow backend", name, FLOW_BACKENDS)
     if name == "triton" and importlib.util.find_spec("triton") is None:
-        raise ValueError("backend 'triton' needs the triton package")
-    _flow_backend["name"] = name
+        raise ValueError("flow backend 'triton' needs the triton package")
+    return name
+
+
+def get_flow_backend() -> str:
+    """The backend :func:`set_flow_backend` chose (``"torch"`` until it is called)."""
+    return _flow_backend["name"]
 
 
 def _use_triton(x: Tensor) -> bool:

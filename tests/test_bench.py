@@ -521,3 +521,31 @@ def test_cli_keeps_freed_memory_unless_told_and_says_so(tmp_path):
     assert system["malloc"] == "the system's default" and "kept" not in system["memory_kind"]
     md = (tmp_path / "kept.md").read_text()
     assert "malloc: glibc keeps freed memory" in md and "kept for reuse" in md
+
+
+def test_flow_backend_option_holds_during_the_sweep_and_is_recorded(tmp_path, monkeypatch,
+                                                                     capsys):
+    """--flow-backend triton: the flows' backend during every run, the process's own after;
+    stored in the environment and named in the md; a bad name is one line and exit 2, before
+    any data is loaded."""
+    pytest.importorskip("triton")
+    from qgfd_pyg import flow
+    seen = []
+    real = runner.fit
+    monkeypatch.setattr(runner, "fit",
+                        lambda *a, **k: seen.append(flow.get_flow_backend()) or real(*a, **k))
+    argv = ["cora", "--out", str(tmp_path), "--models", "gcn", "--seeds", "2", "--epochs", "1",
+            "--no-progress"]
+    assert cli.main(argv + ["--flow-backend", "triton", "--name", "tri"]) == 0
+    assert seen == ["triton", "triton"] and flow.get_flow_backend() == "torch"
+    assert read(tmp_path, "tri")["environment"]["flow_backend"] == "triton"
+    assert "flow backend: triton" in (tmp_path / "tri.md").read_text()
+    capsys.readouterr()
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the data was loaded before the options were checked")
+    monkeypatch.setattr(runner, "load_task", no_load)
+    assert cli.main(argv + ["--flow-backend", "cuda", "--name", "bad"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flow backend" in err[0]
+    assert not (tmp_path / "bad.json").exists()

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the finished runs of an earlier, interrupted sweep")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they are drawn only on a terminal anyway)")
+    parser.add_argument("--flow-backend", default="torch",
+                        help="how the query-conditioned flows' per-query steps run where "
+                             "numba's step does not (GPUs): torch (default; pair gathers and "
+                             "CSR products) or triton (Triton kernels; opt-in)")
     parser.add_argument("--no-keep-freed-memory", action="store_true",
                         help="CPU: let glibc's malloc return freed tensors' memory to the "
                              "system at once (by default it keeps it for the next tensors: "
@@ -94,6 +98,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
         dataset=args.dataset, max_minutes=args.max_minutes, download=args.download,
         lr=args.lr, keep_freed_memory=not args.no_keep_freed_memory,
+        flow_backend=args.flow_backend,
         extra={o.dest: getattr(args, o.dest) for o in task_options()
                if getattr(args, o.dest) is not None and getattr(args, o.dest) is not False},
         qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)

@@ -250,5 +250,7 @@ def markdown(config: Dict[str, Any], environment: Dict[str, Any], rows, complete
             f"- environment: torch {environment.get('torch')}, torch_geometric "
             f"{environment.get('torch_geometric')}, device {environment.get('device')}, "
             f"{environment.get('threads')} threads, {environment.get('date')}"
+            + (f"; flow backend: {environment['flow_backend']}"
+               if environment.get("flow_backend", "torch") != "torch" else "")
             + (f"; malloc: {environment['malloc']}" if "malloc" in environment else "")
             + "\n")

@@ -9,12 +9,14 @@ import datetime
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from .. import flow
 from . import measure
 from .report import ResultStore, table, table_columns
 from .tasks import Task, load_task, task_entry
@@ -56,6 +58,9 @@ class RunConfig:
         keep_freed_memory: on the CPU, glibc's malloc keeps freed tensors' memory for reuse
             (:func:`~qgfd_pyg.bench.measure.keep_freed_memory`: large tensors otherwise cost
             fresh pages on every allocation); recorded in the results' environment.
+        flow_backend: how the query-conditioned flows' per-query steps run where numba's
+            step does not (:func:`qgfd_pyg.set_flow_backend`: ``"torch"`` or ``"triton"``)
+            during the sweep; recorded in the results' environment.
     """
     task: str
     models: Optional[Sequence[str]] = None
@@ -77,6 +82,7 @@ class RunConfig:
     download: bool = False
     lr: Optional[float] = None
     keep_freed_memory: bool = True
+    flow_backend: str = "torch"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -143,6 +149,7 @@ def _check(config: RunConfig) -> Tuple[List[str], int, int]:
         raise ValueError(f"lr must be a positive number (got {config.lr})")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be positive (got {config.threads})")
+    flow.check_flow_backend(config.flow_backend)
     return models, epochs, patience
 
 
@@ -195,6 +202,7 @@ def run_benchmark(config: RunConfig) -> Results:
                    "torch": torch.__version__, "torch_geometric": _pyg_version(),
                    "device": str(device), "threads": torch.get_num_threads(),
                    "date": datetime.date.today().isoformat(),
+                   "flow_backend": config.flow_backend,
                    "malloc": "glibc keeps freed memory for reuse (mallopt M_MMAP_MAX=0, "
                    "M_TRIM_THRESHOLD=INT_MAX)" if kept else "the system's default",
                    "memory_kind": "the CUDA allocator's peak" if device.type == "cuda"
@@ -208,10 +216,8 @@ def run_benchmark(config: RunConfig) -> Results:
         print(f"resuming: {skipped} finished runs kept from {store.json_path}", file=sys.stderr)
     bars = config.progress and sys.stderr.isatty()  # plain lines in logs and pipes
     try:
-        for model in models:
-            for seed in seeds:
-                if store.done(model, seed):
-                    continue
+        with _flow_backend(config.flow_backend):
+            for model, seed in [(m, s) for m in models for s in seeds if not store.done(m, s)]:
                 record = fit(task, model, seed, options[model], epochs, patience, device, bars,
                              max_seconds=None if config.max_minutes is None
                              else 60.0 * config.max_minutes)
@@ -223,6 +229,17 @@ def run_benchmark(config: RunConfig) -> Results:
     rows = store.save(environment, complete=True)
     return Results(rows, list(store.runs), task.name, task.metric, store.json_path,
                    store.md_path, table_columns(task), task.percent)
+
+
+@contextmanager
+def _flow_backend(name: str):
+    """The flows' backend ``name`` while the block runs, the process's earlier one after."""
+    before = flow.get_flow_backend()
+    flow.set_flow_backend(name)
+    try:
+        yield
+    finally:
+        flow.set_flow_backend(before)
 
 
 def summary_text(config: RunConfig, results: Results) -> str:
