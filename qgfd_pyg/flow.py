@@ -637,7 +637,10 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
 
     dtype = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
     theta = theta.to(dtype)
-    coefficient = (lambda k: theta[k]) if theta.dim() == 1 else (lambda k: theta[:, k])
+    # per-query weights as contiguous rows: a column of theta strides across memory, and
+    # broadcasting it over [N, B] (forward and backward) takes a slow, unvectorised loop
+    columns = theta if theta.dim() == 1 else theta.t().contiguous()
+    coefficient = lambda k: columns[k]  # noqa: E731
     # without autograd nothing keeps a walk once the next exists: the steps run in place in
     # kept buffers (fresh memory per step costs its page faults, about a product's time)
     reuse = not torch.is_grad_enabled() and not return_steps and _numba.usable(p0.detach())
