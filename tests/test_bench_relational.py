@@ -218,6 +218,12 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
                       "rotate": False, "attention": True}
     assert not any(spec.options.get("suppress_anchor") for spec in KG_MODELS.values())
     assert WN18RRTask.models["attention"].options["steps"] == 1
+    # WN18RR's flow models score from the flow alone (chosen on validation); FB15k-237's and
+    # Countries' keep the embedding term
+    for table, term in ((WN18RRTask.models, False), (FB15k237Task.models, True),
+                        (KG_MODELS, True)):
+        assert table["qgfd"].options["embedding_scores"] is term
+        assert table["attention"].options["embedding_scores"] is term
     # the learning rate chosen per data set (qgfd and its control), Countries' table untouched
     for table in (WN18RRTask.models, FB15k237Task.models):
         assert {name: spec.lr for name, spec in table.items()} == {
