@@ -155,7 +155,6 @@ class RelationalGraph:
         # by source, and within a source by relation: a (source, relation) pair's edges are
         # consecutive (the torch path's per-query product)
         slot = src * self.num_relations + self._rel
-        self.rowptr_out = _csr_order(src, self.num_nodes)[0]
         self.perm_out = torch.argsort(slot, stable=True)
         self.col_in, self.rel_in = src[self.perm_in], self._rel[self.perm_in]
         self.col_out, self.rel_out = dst[self.perm_out], self._rel[self.perm_out]
@@ -165,6 +164,7 @@ class RelationalGraph:
         self.in_to_out = place[self.perm_out]
         self.pairs = _Pairs.build(slot[self.perm_out], place, self.perm_out, self.num_nodes,
                                   self.num_relations)
+        self.rowptr_out = self.pairs.edge_ptr[self.pairs.node_ptr]  # a node's first pair's edge
         self._set_weight(edge_weight if edge_weight is not None
                          else torch.ones(num_edges, device=edge_index.device))
 
@@ -639,8 +639,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     theta = theta.to(dtype)
     # per-query weights as contiguous rows: a column of theta strides across memory, and
     # broadcasting it over [N, B] (forward and backward) takes a slow, unvectorised loop
-    columns = theta if theta.dim() == 1 else theta.t().contiguous()
-    coefficient = lambda k: columns[k]  # noqa: E731
+    coefficient = theta if theta.dim() == 1 else theta.t().contiguous()  # [T + 1(, B)]
     # without autograd nothing keeps a walk once the next exists: the steps run in place in
     # kept buffers (fresh memory per step costs its page faults, about a product's time)
     reuse = not torch.is_grad_enabled() and not return_steps and _numba.usable(p0.detach())
@@ -648,10 +647,10 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         y, walk, other, total = scratch_buffers(
             torch.empty(graph.num_nodes, B, dtype=dtype, device="meta"), 4)
         x = _transpose(p0.to(dtype), out=walk)  # [N, B]: a column per query, a row per node
-        out = torch.mul(x, coefficient(0), out=total)
+        out = torch.mul(x, coefficient[0], out=total)
     else:
         x = _Transposed.apply(p0.to(dtype))
-        out = coefficient(0) * x
+        out = coefficient[0] * x
     walks = [x]
     for t, a in enumerate(relation_weights):
         if a.size(0) == 1 and not _numba.usable(x.detach()):
@@ -664,7 +663,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
                 x = _FusedStep.run(x, a, graph, normalization, dangling == "keep", walk, y)
             else:
                 x = relational_step(graph, x, a, normalization, dangling)
-        out = out.addcmul_(coefficient(t + 1), x)  # in place: the sum's backward keeps no out
+        out = out.addcmul_(coefficient[t + 1], x)  # in place: the sum's backward keeps no out
         if return_steps:
             walks.append(x)
     out = _Transposed.apply(out).to(p0.dtype)
