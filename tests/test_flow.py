@@ -105,11 +105,22 @@ def test_flow_equals_dense_loop_values_and_gradients(backend, hops, steps):
             torch.testing.assert_close(x, y)
 
 
+@pytest.mark.parametrize("shape", [(13, 5), (5, 13), (8, 8), (1, 17), (17, 1), (16, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transpose_matches_torch(shape, dtype):
+    """The flow's layout change (numba's tiles of 8 along the long side where installed:
+    partial last tiles, either side the longer) against torch's own transpose."""
+    x = torch.randn(*shape, dtype=dtype)
+    out = flow_module._transpose(x)
+    assert out.is_contiguous() and torch.equal(out, x.t())
+    into = torch.full((shape[1], shape[0]), float("nan"), dtype=dtype)
+    assert flow_module._transpose(x, out=into) is into and torch.equal(into, x.t())
+
+
 @pytest.mark.parametrize("queries", [5, 20])  # [B, N] wide, and taller than wide
-def test_blocked_transposes_keep_values_and_gradients(backend, monkeypatch, queries):
-    """The seeds, the result and their gradients change layout in blocks of the long side on
-    the CPU (a few bytes per block here, so that blocks and a partial last one occur)."""
-    monkeypatch.setattr(flow_module, "TRANSPOSE_BYTES", 100)
+def test_transposes_keep_values_and_gradients(backend, queries):
+    """The seeds, the result and their gradients change layout (in tiles of 8 along the long
+    side with numba: partial tiles here)."""
     for ei, et, R, N in _graphs():
         graph = RelationalGraph(ei, et, R, N)
         p0 = torch.rand(queries, N, dtype=torch.float64, requires_grad=True)
@@ -140,6 +151,63 @@ def test_inference_results_survive_later_calls(backend):
     for out, copy, ref in results:
         torch.testing.assert_close(out, copy, rtol=0, atol=0)
         torch.testing.assert_close(out, ref)
+
+
+def _path_graph():
+    """A path 0 -> 1 -> ... -> 8 of mixed relations with a branch 2 -> 9 -> 10, a repeated
+    edge, edges into 10 from 0-5 (reached from some active rows, not others), node 11
+    isolated: mass from a one-hot seed reaches a few rows per step."""
+    ei = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 2, 9, 3, 3, 1, 0, 1, 2, 3, 4, 5],
+                       [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 4, 2, 0, 10, 10, 10, 10, 10, 10]])
+    et = torch.tensor([0, 1, 0, 2, 1, 0, 2, 1, 2, 0, 1, 2, 1, 0, 1, 2, 0, 1, 2])
+    return ei, et, 3, 12
+
+
+@pytest.mark.parametrize("normalization", ["node", "relation", "none"])
+@pytest.mark.parametrize("dangling", ["keep", "drop"])
+@pytest.mark.parametrize("seed_grad", [False, True])
+def test_sparse_seeds_values_and_gradients(backend, monkeypatch, normalization, dangling,
+                                           seed_grad):
+    """Seeds on a few nodes (the compiled flow then reads and writes only the rows that can
+    hold mass at each step; every row where the seeds need a gradient), with and without
+    autograd: values and the gradients of the relation weights, the hop weights and the
+    seeds equal the dense loop's. Memory the flow allocates or keeps between calls starts
+    as NaN, so that a read of a row it skipped shows."""
+    real = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda x, *args, **kwargs: (
+        lambda out: out.fill_(float("nan")) if out.is_floating_point() else out)(
+        real(x, *args, **kwargs)))
+    for ei, et, R, N in (_path_graph(), next(_graphs())):
+        graph = RelationalGraph(ei, et, R, N)
+        B, T = 5, 3
+        p0 = torch.zeros(B, N, dtype=torch.float64)
+        p0[0, 0] = 1.0
+        p0[1, 2] = 1.0
+        p0[2, 0], p0[2, 4] = 0.3, 0.7  # two seeds
+        p0[4, N - 1] = 1.0  # an isolated node (the small graph's 6: dangling)
+        p0.requires_grad_(seed_grad)  # row 3: no mass at all
+        raw = torch.rand(T, B, R, dtype=torch.float64) + 0.1
+        raw[0, 0, 0] = 0.0  # a relation switched off: its edges carry nothing
+        raw[1, 1] = 0.0  # a query that stands still (or drops all) for a step
+        if normalization == "relation":
+            raw[1, 1, 1] = 1.0  # rows must be distributions
+        raw.requires_grad_()
+        a = raw / raw.sum(-1, keepdim=True) if normalization == "relation" else raw
+        theta = torch.randn(B, T + 1, dtype=torch.float64, requires_grad=True)
+        options = dict(normalization=normalization, dangling=dangling)
+        out = relational_flow(p0, graph, a, hop_weights=theta, **options)
+        ref = _dense_flow(p0, ei, et, R, N, a, theta, **options)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(ref)
+        inputs = [raw, theta] + ([p0] if seed_grad else [])
+        for x, y in zip(torch.autograd.grad((out * g).sum(), inputs, retain_graph=True),
+                        torch.autograd.grad((ref * g).sum(), inputs), strict=True):
+            torch.testing.assert_close(x, y)
+        with torch.no_grad():
+            for buffer in flow_module.scratch_buffers(torch.empty(N, B, dtype=torch.float64), 5):
+                buffer.fill_(float("nan"))
+            torch.testing.assert_close(
+                relational_flow(p0, graph, a, hop_weights=theta, **options), ref.detach())
 
 
 def test_flow_float32_and_return_steps(backend):
