@@ -218,6 +218,10 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
                       "rotate": False, "attention": True}
     assert not any(spec.options.get("suppress_anchor") for spec in KG_MODELS.values())
     assert WN18RRTask.models["attention"].options["steps"] == 1
+    # WN18RR's qgfd model takes 5 steps (chosen on validation), the others keep 3
+    assert WN18RRTask.models["qgfd"].options["steps"] == 5
+    assert "5-step" in WN18RRTask.models["qgfd"].source
+    assert FB15k237Task.models["qgfd"].options["steps"] == KG_MODELS["qgfd"].options["steps"] == 3
     # WN18RR's flow models score from the flow alone (chosen on validation); FB15k-237's and
     # Countries' keep the embedding term
     for table, term in ((WN18RRTask.models, False), (FB15k237Task.models, True),

@@ -107,9 +107,11 @@ def test_flow_equals_dense_loop_values_and_gradients(backend, hops, steps):
 
 @pytest.mark.parametrize("shape", [(13, 5), (5, 13), (8, 8), (1, 17), (17, 1), (16, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_transpose_matches_torch(shape, dtype):
-    """The flow's layout change (numba's tiles of 8 along the long side where installed:
-    partial last tiles, either side the longer) against torch's own transpose."""
+def test_transpose_matches_torch(monkeypatch, shape, dtype):
+    """The flow's layout change (numba's tiles of 8 along the long side where installed,
+    here at any size: partial last tiles, either side the longer) against torch's own
+    transpose."""
+    monkeypatch.setattr(flow_module, "TILED_TRANSPOSE_MIN", 1)
     x = torch.randn(*shape, dtype=dtype)
     out = flow_module._transpose(x)
     assert out.is_contiguous() and torch.equal(out, x.t())
@@ -118,9 +120,10 @@ def test_transpose_matches_torch(shape, dtype):
 
 
 @pytest.mark.parametrize("queries", [5, 20])  # [B, N] wide, and taller than wide
-def test_transposes_keep_values_and_gradients(backend, queries):
+def test_transposes_keep_values_and_gradients(backend, monkeypatch, queries):
     """The seeds, the result and their gradients change layout (in tiles of 8 along the long
-    side with numba: partial tiles here)."""
+    side with numba, here at any size: partial tiles)."""
+    monkeypatch.setattr(flow_module, "TILED_TRANSPOSE_MIN", 1)
     for ei, et, R, N in _graphs():
         graph = RelationalGraph(ei, et, R, N)
         p0 = torch.rand(queries, N, dtype=torch.float64, requires_grad=True)
