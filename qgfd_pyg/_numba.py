@@ -427,7 +427,7 @@ def _compile() -> Optional[SimpleNamespace]:
                 out[b] += w * g[c, b]
             k += 1
 
-    @numba.njit(nogil=True, fastmath=True, cache=True, inline="always")
+    @numba.njit(nogil=True, fastmath=True, cache=True)
     def _active_row_product(rowptr, col, rel, weight, a, y, active, out, j):
         """:func:`_typed_row_product` over the edges into ``j`` from active sources only,
         four at a time (the sources gathered as they are found)."""
@@ -464,15 +464,47 @@ def _compile() -> Optional[SimpleNamespace]:
                 out[j, b] += w2 * a[r2, b] * y[c2, b]
 
     @jit
+    def nonzero_rows(x, flags):
+        """``flags[i]``: whether row ``i`` of ``x`` has a non-zero entry (the scan of a row
+        stops at its first)."""
+        n, width = x.shape
+        for i in numba.prange(n):
+            found = False
+            for b in range(width):
+                if x[i, b] != 0:
+                    found = True
+                    break
+            flags[i] = found
+
+    @jit
+    def flow_start(x, theta, active, acc):
+        """The flow's first walk: ``active[i]`` whether row ``i`` of ``x`` has a non-zero
+        entry, and ``acc[i] = theta x[i]`` (zeros on the other rows), one pass."""
+        n, width = x.shape
+        for i in numba.prange(n):
+            found = False
+            for b in range(width):
+                if x[i, b] != 0:
+                    found = True
+                    break
+            active[i] = found
+            if found:
+                for b in range(width):
+                    acc[i, b] = theta[b] * x[i, b]
+            else:
+                for b in range(width):
+                    acc[i, b] = 0
+
+    @jit
     def typed_flow_step(rowptr, col, rel, weight, a, x, src_active, rel_ptr, rel_ids,
                         rel_degree, asum, node_mode, keep, min_mass, theta, y, out, acc,
-                        dst_active):
+                        dst_active, dense):
         """:func:`typed_step` on the rows that can hold mass: ``x`` is read at its active
         rows (``src_active``) only; a row ``j`` of ``out`` is active (``dst_active[j]``) and
         written when an edge leads to it from an active row (whatever its weight) or, with
         ``keep``, when it was active itself; each written row also adds ``theta[b] out[j,
         b]`` into ``acc`` (the hop-weighted sum of the walks). Rows left inactive are not
-        written."""
+        written. ``dense``: every row is active (no checks)."""
         n, width = x.shape
         if node_mode:  # y = x / D on the active rows
             for i in numba.prange(n):
@@ -489,13 +521,15 @@ def _compile() -> Optional[SimpleNamespace]:
                     y[i, b] = x[i, b] / mass if mass > min_mass else 0.0
         for j in numba.prange(n):
             start, end = rowptr[j], rowptr[j + 1]
-            reached = False
-            for k in range(start, end):
-                if src_active[col[k]]:
-                    reached = True
-                    break
+            reached = 0
+            if dense:
+                reached = end - start
+            else:
+                for k in range(start, end):
+                    if src_active[col[k]]:
+                        reached += 1
             stays = keep and src_active[j]
-            dst_active[j] = stays or reached
+            dst_active[j] = stays or reached > 0
             if not dst_active[j]:
                 continue
             if stays:
@@ -520,7 +554,10 @@ def _compile() -> Optional[SimpleNamespace]:
             else:
                 for b in range(width):
                     out[j, b] = 0
-            _active_row_product(rowptr, col, rel, weight, a, y, src_active, out, j)
+            if reached == end - start:  # every source active: no checks
+                _typed_row_product(rowptr, col, rel, weight, a, y, out, j)
+            else:
+                _active_row_product(rowptr, col, rel, weight, a, y, src_active, out, j)
             for b in range(width):
                 acc[j, b] += theta[b] * out[j, b]
 
@@ -577,7 +614,14 @@ def _compile() -> Optional[SimpleNamespace]:
                 for b in range(width):
                     total[b] = 0
                 for p in range(pair_ptr[i], pair_ptr[i + 1]):  # (i, r): its edges' sum first
-                    r = pair_rel[p]
+                    r, first = pair_rel[p], edge_ptr[p]
+                    if edge_ptr[p + 1] - first == 1:  # one edge: no sum to share
+                        j, w = col[first], weight[first]
+                        for b in range(width):
+                            gj = g_next[j, b] if has_g else theta_next[b] * grad[j, b]
+                            total[b] += w * a[r, b] * gj
+                            parts[c, r, b] += w * x[i, b] * scale[b] * gj
+                        continue
                     for b in range(width):
                         pair[b] = 0
                     if has_g:
@@ -652,7 +696,8 @@ def _compile() -> Optional[SimpleNamespace]:
                            typed_step_backward=typed_step_backward, csr_diffuse=csr_diffuse,
                            typed_flow_step=typed_flow_step,
                            typed_flow_step_backward=typed_flow_step_backward,
-                           rows_dot=rows_dot, transpose=transpose,
+                           rows_dot=rows_dot, transpose=transpose, flow_start=flow_start,
+                           nonzero_rows=nonzero_rows,
                            unique_pairs=unique_pairs,
                            edge_dot=edge_dot,
                            segment_aggregate=segment_aggregate, group_by=group_by,

@@ -490,38 +490,34 @@ class _FusedStep(torch.autograd.Function):
 
 
 def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "RelationalGraph",
-                  normalization: str, keep: bool, all_rows: bool,
+                  normalization: str, keep: bool,
                   buffers: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None
                   ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The hop-weighted sum of the walks ``sum_k theta[k] x_k`` (``x0`` ``[N, B]``, ``theta``
     ``[T + 1, B]``, ``a``: ``T`` tensors ``[R, B]``) in numba's compiled steps, each over the
     rows that can hold mass: a row is active at step ``t + 1`` when an edge leads to it from
     a row active at ``t`` (whatever its relation's weight), or, with ``keep``, when it was
-    active at ``t``; the rows of ``x0`` with a non-zero entry start (``all_rows``: every
-    row). Only the active rows of a walk are written and read: a batch of one-hot anchors
-    on a sparse graph skips most of the work of its first steps (WN18RR: 1%, 19%, 51% of the
-    rows active at steps 0-2 for 1,024 queries). Returns the sum ``[N, B]``, the walks and
-    each walk's active rows (flags ``[N]``); with ``buffers`` (two walks', the normaliser's
-    and the sum's, each like ``x0``) the walks are written in turn into the first two and
-    only the last is returned."""
+    active at ``t``; the rows of ``x0`` with a non-zero entry start. Only the active rows of
+    a walk are written and read: a batch of one-hot anchors on a sparse graph skips most of
+    the work of its first steps (WN18RR: 1%, 19%, 51% of the rows active at steps 0-2 for
+    1,024 queries). Returns the sum ``[N, B]``, the walks and each walk's active rows (flags
+    ``[N]``); with ``buffers`` (two walks', the normaliser's and the sum's, each like
+    ``x0``) the walks are written in turn into the first two and only the last is
+    returned."""
     N = x0.size(0)
     node = normalization == "node"
     rowptr, col, rel, weight = graph.edges(False, normalization == "relation")
     weight = weight.to(x0.dtype)
-    active = torch.ones(N, dtype=torch.bool) if all_rows else (x0 != 0).any(1)
     if buffers is None:
         y = torch.empty_like(x0) if node else x0
         acc = torch.empty_like(x0)
     else:
         y, acc = buffers[2], buffers[3]
-    if all_rows:
-        torch.mul(x0, theta[0], out=acc)
-    else:
-        rows = active.nonzero().view(-1)
-        acc.zero_().index_copy_(0, rows, x0[rows] * theta[0])
-    walks, flags = [x0], [active]
     _numba.set_threads()
     k = _numba.routines()
+    active = torch.empty(N, dtype=torch.bool)
+    k.flow_start(x0.numpy(), theta[0].numpy(), active.numpy(), acc.numpy())
+    walks, flags = [x0], [active]
     for t, a_t in enumerate(a):
         x = walks[-1]
         out = torch.empty_like(x0) if buffers is None else buffers[t % 2]
@@ -530,7 +526,8 @@ def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "Relati
                           x.numpy(), active.numpy(), graph.rel_ptr.numpy(),
                           graph.rel_ids.numpy(), graph.rel_degree.to(x0.dtype).numpy(),
                           a_t.sum(0).numpy(), node, keep, MIN_MASS, theta[t + 1].numpy(),
-                          (y if node else x).numpy(), out.numpy(), acc.numpy(), nxt.numpy())
+                          (y if node else x).numpy(), out.numpy(), acc.numpy(), nxt.numpy(),
+                          bool(active.all()))
         walks.append(out)
         flags.append(nxt)
         active = nxt
@@ -539,17 +536,30 @@ def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "Relati
     return acc, walks, flags
 
 
+SPARSE_ROWS = 0.5  # seeds on at most this share of the rows take the active-row flow
+SPARSE_MIN_QUERIES = 256  # and batches of at least this many queries (below, its per-edge
+# checks cost more than they save: FB15k-237, 5 queries, 9-10 ms a flow against 6.5)
+
+
+def _sparse_rows(x: Tensor) -> bool:
+    """Whether at most :data:`SPARSE_ROWS` of ``x``'s rows hold a non-zero entry (a row's
+    scan stops at its first: a dense ``x`` costs one read per row)."""
+    flags = torch.empty(x.size(0), dtype=torch.bool)
+    _numba.set_threads()
+    _numba.routines().nonzero_rows(x.detach().numpy(), flags.numpy())
+    return int(flags.sum()) <= SPARSE_ROWS * x.size(0)
+
+
 class _FusedFlow(torch.autograd.Function):
     """:func:`relational_flow`'s whole flow in numba's compiled steps (:func:`_flow_forward`)
     and its gradients in one compiled pass per step over the active rows' out-edges, which
-    also adds the hop weights' gradients (CPU tensors)."""
+    also adds the hop weights' gradients (CPU tensors; seeds that take no gradient)."""
 
     @staticmethod
     def forward(ctx, x0, theta, graph, normalization, keep, *a):
         x0, theta = x0.detach().contiguous(), theta.detach().contiguous()
         a = [w.detach().contiguous() for w in a]
-        acc, walks, flags = _flow_forward(x0, theta, a, graph, normalization, keep,
-                                          ctx.needs_input_grad[0])
+        acc, walks, flags = _flow_forward(x0, theta, a, graph, normalization, keep)
         ctx.save_for_backward(theta, *walks, *flags, *a)
         ctx.graph, ctx.normalization, ctx.keep, ctx.steps = graph, normalization, keep, len(a)
         return acc
@@ -575,7 +585,7 @@ class _FusedFlow(torch.autograd.Function):
         grad_a: List[Optional[Tensor]] = [None] * T
         g_next, spare = x0.new_empty(0, B), None
         for t in range(T - 1, -1, -1):
-            write_g = t > 0 or ctx.needs_input_grad[0]
+            write_g = t > 0  # the seeds take no gradient
             g_out = (spare if spare is not None else torch.empty_like(x0)) if write_g \
                 else x0.new_empty(0, B)
             k.typed_flow_step_backward(
@@ -589,8 +599,7 @@ class _FusedFlow(torch.autograd.Function):
             grad_a[t] = parts.sum(0) + totals.sum(0, keepdim=True)
             spare = g_next if g_next.numel() else None
             g_next = g_out
-        grad_x0 = g_next if ctx.needs_input_grad[0] else None
-        return (grad_x0, dots.sum(1), None, None, None, *grad_a)
+        return (None, dots.sum(1), None, None, None, *grad_a)
 
 
 def _times(C: Tensor, a: Tensor) -> Tensor:
@@ -745,33 +754,31 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     # per-query weights as contiguous rows: a column of theta strides across memory, and
     # broadcasting it over [N, B] (forward and backward) takes a slow, unvectorised loop
     coefficient = theta if theta.dim() == 1 else theta.t().contiguous()  # [T + 1(, B)]
-    if steps and not return_steps and p0.numel() and _numba.usable(
-            p0.detach().to(dtype), coefficient.detach(),
-            *[a.detach().to(dtype) for a in relation_weights]):
-        # numba: the whole flow in compiled steps over the rows that can hold mass
-        a_list = [a.to(dtype).expand(B, -1).t().contiguous() for a in relation_weights]
-        theta_rows = coefficient.view(steps + 1, -1).expand(steps + 1, B)
-        keep = dangling == "keep"
-        if torch.is_grad_enabled():
-            out = _FusedFlow.apply(_Transposed.apply(p0.to(dtype)), theta_rows, graph,
-                                   normalization, keep, *a_list)
-        else:  # in buffers kept between calls (fresh memory costs its page faults)
-            first, *buffers = scratch_buffers(
-                torch.empty(graph.num_nodes, B, dtype=dtype, device="meta"), 5)
-            out = _flow_forward(_transpose(p0.to(dtype), out=first), theta_rows.contiguous(),
-                                a_list, graph, normalization, keep, False, tuple(buffers))[0]
-        return _Transposed.apply(out).to(p0.dtype)
     # without autograd nothing keeps a walk once the next exists: the steps run in place in
     # kept buffers (fresh memory per step costs its page faults, about a product's time)
     reuse = not torch.is_grad_enabled() and not return_steps and _numba.usable(p0.detach())
     if reuse:
-        y, walk, other, total = scratch_buffers(
-            torch.empty(graph.num_nodes, B, dtype=dtype, device="meta"), 4)
+        y, walk, other, total, spare = scratch_buffers(
+            torch.empty(graph.num_nodes, B, dtype=dtype, device="meta"), 5)
         x = _transpose(p0.to(dtype), out=walk)  # [N, B]: a column per query, a row per node
-        out = torch.mul(x, coefficient[0], out=total)
     else:
         x = _Transposed.apply(p0.to(dtype))
-        out = coefficient[0] * x
+    if steps and not return_steps and not x.requires_grad and B >= SPARSE_MIN_QUERIES \
+            and x.numel() and _numba.usable(
+            x, coefficient.detach(), *[a.detach().to(dtype) for a in relation_weights]) \
+            and _sparse_rows(x):
+        # a large batch of seeds on few nodes that need no gradient: the whole flow in
+        # compiled steps over the rows that can hold mass
+        a_list = [a.to(dtype).expand(B, -1).t().contiguous() for a in relation_weights]
+        theta_rows = coefficient.view(steps + 1, -1).expand(steps + 1, B)
+        keep = dangling == "keep"
+        if reuse:
+            out = _flow_forward(x, theta_rows.contiguous(), a_list, graph, normalization, keep,
+                                (other, spare, y, total))[0]
+        else:
+            out = _FusedFlow.apply(x, theta_rows, graph, normalization, keep, *a_list)
+        return _Transposed.apply(out).to(p0.dtype)
+    out = torch.mul(x, coefficient[0], out=total) if reuse else coefficient[0] * x
     walks = [x]
     for t, a in enumerate(relation_weights):
         if a.size(0) == 1 and not _numba.usable(x.detach()):

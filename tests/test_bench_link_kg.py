@@ -155,7 +155,7 @@ def test_kg_default_budget_and_options(tmp_path, capsys):
     assert cli.main(argv) == 0
     config = read(out, "wn18rr")["config"]
     assert (config["epochs"], config["patience"]) == (2, 1)  # the --quick budget
-    assert config["qgfd"]["alpha"] == 0.3 and config["qgfd"]["steps"] == 3
+    assert config["qgfd"]["alpha"] == 0.3 and config["qgfd"]["steps"] == 5  # WN18RR's choice
     capsys.readouterr()
     assert cli.main(argv + ["--transition", "knn"]) == 2  # a node-task option
     assert "do not apply" in capsys.readouterr().err

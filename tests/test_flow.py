@@ -176,10 +176,15 @@ def test_sparse_seeds_values_and_gradients(backend, monkeypatch, normalization, 
     autograd: values and the gradients of the relation weights, the hop weights and the
     seeds equal the dense loop's. Memory the flow allocates or keeps between calls starts
     as NaN, so that a read of a row it skipped shows."""
-    real = torch.empty_like
+    real, runs = torch.empty_like, []
     monkeypatch.setattr(torch, "empty_like", lambda x, *args, **kwargs: (
         lambda out: out.fill_(float("nan")) if out.is_floating_point() else out)(
         real(x, *args, **kwargs)))
+    monkeypatch.setattr(flow_module, "SPARSE_MIN_QUERIES", 1)  # the active-row flow here
+    monkeypatch.setattr(flow_module, "SPARSE_ROWS", 1.0)
+    forward = flow_module._flow_forward
+    monkeypatch.setattr(flow_module, "_flow_forward",
+                        lambda *args, **kwargs: runs.append(1) or forward(*args, **kwargs))
     for ei, et, R, N in (_path_graph(), next(_graphs())):
         graph = RelationalGraph(ei, et, R, N)
         B, T = 5, 3
@@ -211,6 +216,36 @@ def test_sparse_seeds_values_and_gradients(backend, monkeypatch, normalization, 
                 buffer.fill_(float("nan"))
             torch.testing.assert_close(
                 relational_flow(p0, graph, a, hop_weights=theta, **options), ref.detach())
+    # the compiled path took the seeds through the active-row flow without autograd, and
+    # with it where they need no gradient (the torch paths never)
+    assert len(runs) == (0 if backend != "compiled" else 2 if seed_grad else 4)
+
+
+def test_active_row_flow_takes_large_batches_of_sparse_seeds(monkeypatch):
+    """The active-row flow runs for batches of at least SPARSE_MIN_QUERIES seeds on at most
+    half of the rows that need no gradient; dense seeds, small batches and seeds that need a
+    gradient take the per-step path (its checks cost more than they save there)."""
+    if _numba.routines() is None:
+        pytest.skip("numba is not installed")
+    runs = []
+    forward = flow_module._flow_forward
+    monkeypatch.setattr(flow_module, "_flow_forward",
+                        lambda *args, **kwargs: runs.append(1) or forward(*args, **kwargs))
+    ei, et, R, N = _path_graph()
+    graph = RelationalGraph(ei, et, R, N)
+    B = flow_module.SPARSE_MIN_QUERIES
+    one_hot = torch.zeros(B, N)
+    one_hot[torch.arange(B), torch.arange(B) % (N // 2)] = 1.0  # half of the rows
+    a = torch.rand(2, B, R)
+    for p0, grad, expected in ((one_hot, False, 1), (one_hot[:B - 1], False, 0),
+                               (torch.softmax(torch.randn(B, N), 1), False, 0),
+                               (one_hot, True, 0)):
+        runs.clear()
+        p0 = p0.clone().requires_grad_(grad)
+        out = relational_flow(p0, graph, a[:, :p0.size(0)], alpha=0.8)
+        torch.testing.assert_close(out.double(), _dense_flow(
+            p0.detach(), ei, et, R, N, a[:, :p0.size(0)], ppr_hop_weights(0.8, 2).double()))
+        assert len(runs) == expected
 
 
 def test_flow_float32_and_return_steps(backend):
