@@ -38,9 +38,11 @@ also adds the step's hop-weighted share to the sum; its backward one pass per st
 edges out of each node, by (source, relation) pair, recomputing the normaliser, for the
 gradients of the walk, the relation weights and the hop weights together. A step reads and
 writes only the rows that can hold mass (those an edge reaches from the previous step's, or
-that keep their own): seeds on a few nodes, such as a batch of one-hot anchors, skip most of
-the first steps' work (a knowledge-graph batch on WN18RR trains 2x faster), and every row
-counts when the seeds themselves need a gradient. Otherwise (GPUs, no numba) torch ops:
+that keep their own) when a batch of at least 256 seeds that need no gradient sits on at
+most half of the rows, such as a knowledge-graph batch's one-hot anchors: its first steps
+skip most of their work (a WN18RR training batch 2x faster); dense seeds, small batches and
+seeds that need a gradient take the same compiled steps one at a time, without the checks
+(cheaper there). Otherwise (GPUs, no numba) torch ops:
 each (source, relation) pair's value weighed by the query's weight of the relation (gathers
 over the ``P <= E`` pairs), then one torch CSR product over the edges; its backward one
 product over the edges by source and two over the pairs (queries in column chunks whose
