@@ -309,6 +309,31 @@ def _compile() -> Optional[SimpleNamespace]:
                 out[j, b] += w * a[r, b] * y[c, b]
             k += 1
 
+    @numba.njit(nogil=True, fastmath=True, cache=True, inline="always")
+    def _node_mass(i, a, rel_ptr, rel_ids, rel_degree, out):
+        """out[i, b] = D[i, b] = sum_r C[i, r] a[r, b] over the node's relations."""
+        width = out.shape[1]
+        for b in range(width):
+            out[i, b] = 0
+        for m in range(rel_ptr[i], rel_ptr[i + 1]):
+            r, d = rel_ids[m], rel_degree[m]
+            for b in range(width):
+                out[i, b] += d * a[r, b]
+
+    @numba.njit(nogil=True, fastmath=True, cache=True, inline="always")
+    def _relation_stay(j, a, rel_ptr, rel_ids, asum, x, out):
+        """out[j, b] = x[j, b] (asum[b] - sum of a[r, b] over the relations j has): the share
+        of the relations j lacks stays (relation mode with ``keep``)."""
+        width = out.shape[1]
+        for b in range(width):
+            out[j, b] = asum[b]
+        for m in range(rel_ptr[j], rel_ptr[j + 1]):
+            r = rel_ids[m]
+            for b in range(width):
+                out[j, b] -= a[r, b]
+        for b in range(width):
+            out[j, b] *= x[j, b]
+
     @jit
     def typed_step(rowptr, col, rel, weight, a, x, rel_ptr, rel_ids, rel_degree, asum,
                    node_mode, keep, min_mass, y, out):
@@ -323,12 +348,7 @@ def _compile() -> Optional[SimpleNamespace]:
         n, width = x.shape
         if node_mode:
             for i in numba.prange(n):
-                for b in range(width):
-                    out[i, b] = 0
-                for m in range(rel_ptr[i], rel_ptr[i + 1]):
-                    r, d = rel_ids[m], rel_degree[m]
-                    for b in range(width):
-                        out[i, b] += d * a[r, b]
+                _node_mass(i, a, rel_ptr, rel_ids, rel_degree, out)
                 for b in range(width):
                     mass = out[i, b]
                     moves = mass > min_mass
@@ -337,18 +357,37 @@ def _compile() -> Optional[SimpleNamespace]:
         for j in numba.prange(n):
             if not node_mode:
                 if keep:
-                    for b in range(width):
-                        out[j, b] = asum[b]
-                    for m in range(rel_ptr[j], rel_ptr[j + 1]):
-                        r = rel_ids[m]
-                        for b in range(width):
-                            out[j, b] -= a[r, b]
-                    for b in range(width):
-                        out[j, b] *= x[j, b]
+                    _relation_stay(j, a, rel_ptr, rel_ids, asum, x, out)
                 else:
                     for b in range(width):
                         out[j, b] = 0
             _typed_row_product(rowptr, col, rel, weight, a, y, out, j)
+
+    @numba.njit(nogil=True, fastmath=True, cache=True, inline="always")
+    def _source_scale(i, a, rel_ptr, rel_ids, rel_degree, asum, node_mode, keep, min_mass,
+                      scale, stay):
+        """Source ``i``'s ``1 / D`` per query into ``scale`` (node mode; 0 without out-mass)
+        and the share that stays on it into ``stay`` (node mode with ``keep``: 1 without
+        out-mass; relation mode: the weight of the relations it lacks), for the backwards."""
+        width = scale.shape[0]
+        if node_mode:
+            for b in range(width):
+                scale[b] = 0
+            for m in range(rel_ptr[i], rel_ptr[i + 1]):
+                r, d = rel_ids[m], rel_degree[m]
+                for b in range(width):
+                    scale[b] += d * a[r, b]
+            for b in range(width):
+                mass = scale[b]
+                scale[b] = 1.0 / mass if mass > min_mass else 0.0
+                stay[b] = 1.0 if keep and scale[b] == 0 else 0.0
+        elif keep:
+            for b in range(width):
+                stay[b] = asum[b]
+            for m in range(rel_ptr[i], rel_ptr[i + 1]):
+                r = rel_ids[m]
+                for b in range(width):
+                    stay[b] -= a[r, b]
 
     @jit
     def typed_step_backward(rowptr, col, rel, weight, a, x, g, rel_ptr, rel_ids, rel_degree,
@@ -369,24 +408,8 @@ def _compile() -> Optional[SimpleNamespace]:
                 for r in range(parts.shape[1]):
                     parts[c, r, b] = 0
             for i in range(c * size, min(n, (c + 1) * size)):
-                if node_mode:
-                    for b in range(width):
-                        scale[b] = 0
-                    for m in range(rel_ptr[i], rel_ptr[i + 1]):
-                        r, d = rel_ids[m], rel_degree[m]
-                        for b in range(width):
-                            scale[b] += d * a[r, b]
-                    for b in range(width):
-                        mass = scale[b]
-                        scale[b] = 1.0 / mass if mass > min_mass else 0.0
-                        stay[b] = 1.0 if keep and scale[b] == 0 else 0.0
-                elif keep:
-                    for b in range(width):
-                        stay[b] = asum[b]
-                    for m in range(rel_ptr[i], rel_ptr[i + 1]):
-                        r = rel_ids[m]
-                        for b in range(width):
-                            stay[b] -= a[r, b]
+                _source_scale(i, a, rel_ptr, rel_ids, rel_degree, asum, node_mode, keep, min_mass,
+                              scale, stay)
                 for b in range(width):
                     grad_x[i, b] = 0
                 for k in range(rowptr[i], rowptr[i + 1]):
@@ -478,17 +501,11 @@ def _compile() -> Optional[SimpleNamespace]:
 
     @jit
     def flow_start(x, theta, active, acc):
-        """The flow's first walk: ``active[i]`` whether row ``i`` of ``x`` has a non-zero
-        entry, and ``acc[i] = theta x[i]`` (zeros on the other rows), one pass."""
+        """The hop-weighted sum's first term: ``acc[i] = theta x[i]`` on the active rows,
+        zeros on the others."""
         n, width = x.shape
         for i in numba.prange(n):
-            found = False
-            for b in range(width):
-                if x[i, b] != 0:
-                    found = True
-                    break
-            active[i] = found
-            if found:
+            if active[i]:
                 for b in range(width):
                     acc[i, b] = theta[b] * x[i, b]
             else:
@@ -510,12 +527,7 @@ def _compile() -> Optional[SimpleNamespace]:
             for i in numba.prange(n):
                 if not src_active[i]:
                     continue
-                for b in range(width):
-                    y[i, b] = 0
-                for k in range(rel_ptr[i], rel_ptr[i + 1]):
-                    r, d = rel_ids[k], rel_degree[k]
-                    for b in range(width):
-                        y[i, b] += d * a[r, b]
+                _node_mass(i, a, rel_ptr, rel_ids, rel_degree, y)
                 for b in range(width):
                     mass = y[i, b]
                     y[i, b] = x[i, b] / mass if mass > min_mass else 0.0
@@ -534,23 +546,11 @@ def _compile() -> Optional[SimpleNamespace]:
                 continue
             if stays:
                 if node_mode:  # all of x stays where the node has no out-mass
-                    for b in range(width):
-                        out[j, b] = 0
-                    for k in range(rel_ptr[j], rel_ptr[j + 1]):
-                        r, d = rel_ids[k], rel_degree[k]
-                        for b in range(width):
-                            out[j, b] += d * a[r, b]
+                    _node_mass(j, a, rel_ptr, rel_ids, rel_degree, out)
                     for b in range(width):
                         out[j, b] = x[j, b] if out[j, b] <= min_mass else 0.0
                 else:  # the weight of the relations j lacks stays
-                    for b in range(width):
-                        out[j, b] = asum[b]
-                    for k in range(rel_ptr[j], rel_ptr[j + 1]):
-                        r = rel_ids[k]
-                        for b in range(width):
-                            out[j, b] -= a[r, b]
-                    for b in range(width):
-                        out[j, b] *= x[j, b]
+                    _relation_stay(j, a, rel_ptr, rel_ids, asum, x, out)
             else:
                 for b in range(width):
                     out[j, b] = 0
@@ -593,34 +593,24 @@ def _compile() -> Optional[SimpleNamespace]:
             for i in range(c * size, min(count, (c + 1) * size)):
                 if not active[i]:
                     continue
-                if node_mode:
-                    for b in range(width):
-                        scale[b] = 0
-                    for k in range(rel_ptr[i], rel_ptr[i + 1]):
-                        r, d = rel_ids[k], rel_degree[k]
-                        for b in range(width):
-                            scale[b] += d * a[r, b]
-                    for b in range(width):
-                        mass = scale[b]
-                        scale[b] = 1.0 / mass if mass > min_mass else 0.0
-                        stay[b] = 1.0 if keep and scale[b] == 0 else 0.0
-                elif keep:
-                    for b in range(width):
-                        stay[b] = asum[b]
-                    for k in range(rel_ptr[i], rel_ptr[i + 1]):
-                        r = rel_ids[k]
-                        for b in range(width):
-                            stay[b] -= a[r, b]
+                _source_scale(i, a, rel_ptr, rel_ids, rel_degree, asum, node_mode, keep, min_mass,
+                              scale, stay)
                 for b in range(width):
                     total[b] = 0
                 for p in range(pair_ptr[i], pair_ptr[i + 1]):  # (i, r): its edges' sum first
                     r, first = pair_rel[p], edge_ptr[p]
                     if edge_ptr[p + 1] - first == 1:  # one edge: no sum to share
                         j, w = col[first], weight[first]
-                        for b in range(width):
-                            gj = g_next[j, b] if has_g else theta_next[b] * grad[j, b]
-                            total[b] += w * a[r, b] * gj
-                            parts[c, r, b] += w * x[i, b] * scale[b] * gj
+                        if has_g:
+                            for b in range(width):
+                                gj = g_next[j, b]
+                                total[b] += w * a[r, b] * gj
+                                parts[c, r, b] += w * x[i, b] * scale[b] * gj
+                        else:
+                            for b in range(width):
+                                gj = theta_next[b] * grad[j, b]
+                                total[b] += w * a[r, b] * gj
+                                parts[c, r, b] += w * x[i, b] * scale[b] * gj
                         continue
                     for b in range(width):
                         pair[b] = 0

@@ -492,14 +492,15 @@ class _FusedStep(torch.autograd.Function):
 
 
 def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "RelationalGraph",
-                  normalization: str, keep: bool,
+                  normalization: str, keep: bool, active: Tensor,
                   buffers: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None
                   ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The hop-weighted sum of the walks ``sum_k theta[k] x_k`` (``x0`` ``[N, B]``, ``theta``
     ``[T + 1, B]``, ``a``: ``T`` tensors ``[R, B]``) in numba's compiled steps, each over the
     rows that can hold mass: a row is active at step ``t + 1`` when an edge leads to it from
     a row active at ``t`` (whatever its relation's weight), or, with ``keep``, when it was
-    active at ``t``; the rows of ``x0`` with a non-zero entry start. Only the active rows of
+    active at ``t``; the rows of ``x0`` flagged ``active`` (those with a non-zero entry)
+    start. Only the active rows of
     a walk are written and read: a batch of one-hot anchors on a sparse graph skips most of
     the work of its first steps (WN18RR: 1%, 19%, 51% of the rows active at steps 0-2 for
     1,024 queries). Returns the sum ``[N, B]``, the walks and each walk's active rows (flags
@@ -517,7 +518,6 @@ def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "Relati
         y, acc = buffers[2], buffers[3]
     _numba.set_threads()
     k = _numba.routines()
-    active = torch.empty(N, dtype=torch.bool)
     k.flow_start(x0.numpy(), theta[0].numpy(), active.numpy(), acc.numpy())
     walks, flags = [x0], [active]
     for t, a_t in enumerate(a):
@@ -543,13 +543,14 @@ SPARSE_MIN_QUERIES = 256  # and batches of at least this many queries (below, it
 # checks cost more than they save: FB15k-237, 5 queries, 9-10 ms a flow against 6.5)
 
 
-def _sparse_rows(x: Tensor) -> bool:
-    """Whether at most :data:`SPARSE_ROWS` of ``x``'s rows hold a non-zero entry (a row's
-    scan stops at its first: a dense ``x`` costs one read per row)."""
+def _sparse_rows(x: Tensor) -> Optional[Tensor]:
+    """The flags of ``x``'s rows that hold a non-zero entry if they are at most
+    :data:`SPARSE_ROWS` of them, else ``None`` (a row's scan stops at its first: a dense
+    ``x`` costs one read per row)."""
     flags = torch.empty(x.size(0), dtype=torch.bool)
     _numba.set_threads()
     _numba.routines().nonzero_rows(x.detach().numpy(), flags.numpy())
-    return int(flags.sum()) <= SPARSE_ROWS * x.size(0)
+    return flags if int(flags.sum()) <= SPARSE_ROWS * x.size(0) else None
 
 
 class _FusedFlow(torch.autograd.Function):
@@ -558,10 +559,10 @@ class _FusedFlow(torch.autograd.Function):
     also adds the hop weights' gradients (CPU tensors; seeds that take no gradient)."""
 
     @staticmethod
-    def forward(ctx, x0, theta, graph, normalization, keep, *a):
+    def forward(ctx, x0, theta, graph, normalization, keep, active, *a):
         x0, theta = x0.detach().contiguous(), theta.detach().contiguous()
         a = [w.detach().contiguous() for w in a]
-        acc, walks, flags = _flow_forward(x0, theta, a, graph, normalization, keep)
+        acc, walks, flags = _flow_forward(x0, theta, a, graph, normalization, keep, active)
         ctx.save_for_backward(theta, *walks, *flags, *a)
         ctx.graph, ctx.normalization, ctx.keep, ctx.steps = graph, normalization, keep, len(a)
         return acc
@@ -601,7 +602,7 @@ class _FusedFlow(torch.autograd.Function):
             grad_a[t] = parts.sum(0) + totals.sum(0, keepdim=True)
             spare = g_next if g_next.numel() else None
             g_next = g_out
-        return (None, dots.sum(1), None, None, None, *grad_a)
+        return (None, dots.sum(1), None, None, None, None, *grad_a)
 
 
 def _times(C: Tensor, a: Tensor) -> Tensor:
@@ -768,7 +769,7 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     if steps and not return_steps and not x.requires_grad and B >= SPARSE_MIN_QUERIES \
             and x.numel() and _numba.usable(
             x, coefficient.detach(), *[a.detach().to(dtype) for a in relation_weights]) \
-            and _sparse_rows(x):
+            and (active := _sparse_rows(x)) is not None:
         # a large batch of seeds on few nodes that need no gradient: the whole flow in
         # compiled steps over the rows that can hold mass
         a_list = [a.to(dtype).expand(B, -1).t().contiguous() for a in relation_weights]
@@ -776,9 +777,9 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         keep = dangling == "keep"
         if reuse:
             out = _flow_forward(x, theta_rows.contiguous(), a_list, graph, normalization, keep,
-                                (other, spare, y, total))[0]
+                                active, (other, spare, y, total))[0]
         else:
-            out = _FusedFlow.apply(x, theta_rows, graph, normalization, keep, *a_list)
+            out = _FusedFlow.apply(x, theta_rows, graph, normalization, keep, active, *a_list)
         return _Transposed.apply(out).to(p0.dtype)
     out = torch.mul(x, coefficient[0], out=total) if reuse else coefficient[0] * x
     walks = [x]
