@@ -500,17 +500,16 @@ def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "Relati
     rows that can hold mass: a row is active at step ``t + 1`` when an edge leads to it from
     a row active at ``t`` (whatever its relation's weight), or, with ``keep``, when it was
     active at ``t``; the rows of ``x0`` flagged ``active`` (those with a non-zero entry)
-    start. Only the active rows of
-    a walk are written and read: a batch of one-hot anchors on a sparse graph skips most of
-    the work of its first steps (WN18RR: 1%, 19%, 51% of the rows active at steps 0-2 for
-    1,024 queries). Returns the sum ``[N, B]``, the walks and each walk's active rows (flags
-    ``[N]``); with ``buffers`` (two walks', the normaliser's and the sum's, each like
-    ``x0``) the walks are written in turn into the first two and only the last is
-    returned."""
+    start. Only the active rows of a walk are written and read: a batch of one-hot anchors on
+    a sparse graph skips most of the work of its first steps (WN18RR: 1%, 19%, 51% of the
+    rows active at steps 0-2 for 1,024 queries). Returns the sum ``[N, B]``, the walks and
+    each walk's active rows (flags ``[N]``); with ``buffers`` (two walks', the normaliser's
+    and the sum's, each like ``x0``) the walks are written in turn into the first two and
+    only the last is returned."""
     N = x0.size(0)
     node = normalization == "node"
     rowptr, col, rel, weight = graph.edges(False, normalization == "relation")
-    weight = weight.to(x0.dtype)
+    weight, degree = weight.to(x0.dtype), graph.rel_degree.to(x0.dtype)
     if buffers is None:
         y = torch.empty_like(x0) if node else x0
         acc = torch.empty_like(x0)
@@ -526,10 +525,9 @@ def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "Relati
         nxt = torch.empty(N, dtype=torch.bool)
         k.typed_flow_step(rowptr.numpy(), col.numpy(), rel.numpy(), weight.numpy(), a_t.numpy(),
                           x.numpy(), active.numpy(), graph.rel_ptr.numpy(),
-                          graph.rel_ids.numpy(), graph.rel_degree.to(x0.dtype).numpy(),
-                          a_t.sum(0).numpy(), node, keep, MIN_MASS, theta[t + 1].numpy(),
-                          (y if node else x).numpy(), out.numpy(), acc.numpy(), nxt.numpy(),
-                          bool(active.all()))
+                          graph.rel_ids.numpy(), degree.numpy(), a_t.sum(0).numpy(), node,
+                          keep, MIN_MASS, theta[t + 1].numpy(), (y if node else x).numpy(),
+                          out.numpy(), acc.numpy(), nxt.numpy(), bool(active.all()))
         walks.append(out)
         flags.append(nxt)
         active = nxt
@@ -577,6 +575,7 @@ class _FusedFlow(torch.autograd.Function):
         grad = grad.contiguous()
         _, col, _, weight = graph.edges(True, ctx.normalization == "relation")
         weight, pairs = weight.to(grad.dtype), graph.pairs
+        degree = graph.rel_degree.to(grad.dtype)
         x0 = walks[0]
         chunks = max(1, min(torch.get_num_threads(), graph.num_nodes))
         B = x0.size(1)
@@ -596,7 +595,7 @@ class _FusedFlow(torch.autograd.Function):
                 pairs.edge_ptr.numpy(), col.numpy(), weight.numpy(), a[t].numpy(),
                 walks[t].numpy(), grad.numpy(), theta[t + 1].numpy(), g_next.numpy(),
                 t < T - 1, graph.rel_ptr.numpy(), graph.rel_ids.numpy(),
-                graph.rel_degree.to(x0.dtype).numpy(), a[t].sum(0).numpy(),
+                degree.numpy(), a[t].sum(0).numpy(),
                 ctx.normalization == "node", ctx.keep, MIN_MASS, theta[t].numpy(), write_g,
                 g_out.numpy(), parts.numpy(), totals.numpy(), dots[t].numpy())
             grad_a[t] = parts.sum(0) + totals.sum(0, keepdim=True)
@@ -761,8 +760,8 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
     # kept buffers (fresh memory per step costs its page faults, about a product's time)
     reuse = not torch.is_grad_enabled() and not return_steps and _numba.usable(p0.detach())
     if reuse:
-        y, walk, other, total, spare = scratch_buffers(
-            torch.empty(graph.num_nodes, B, dtype=dtype, device="meta"), 5)
+        y, walk, other, total = scratch_buffers(
+            torch.empty(graph.num_nodes, B, dtype=dtype, device="meta"), 4)
         x = _transpose(p0.to(dtype), out=walk)  # [N, B]: a column per query, a row per node
     else:
         x = _Transposed.apply(p0.to(dtype))
@@ -775,7 +774,8 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         a_list = [a.to(dtype).expand(B, -1).t().contiguous() for a in relation_weights]
         theta_rows = coefficient.view(steps + 1, -1).expand(steps + 1, B)
         keep = dangling == "keep"
-        if reuse:
+        if reuse:  # a fifth kept buffer: the walks alternate between two, apart from x
+            spare = scratch_buffers(walk, 5)[4]
             out = _flow_forward(x, theta_rows.contiguous(), a_list, graph, normalization, keep,
                                 active, (other, spare, y, total))[0]
         else:
