@@ -82,6 +82,7 @@ def test_path_qa_end_to_end_and_bad_input(tmp_path, capsys):
     for run in result["runs"]:
         assert 0.0 <= run["test"] <= 1.0
         assert all(f"mrr_{k}hop" in run for k in (1, 2, 3))
+        assert (run["epochs"] == 1) == (run["model"] == "rule")  # the rule learns nothing
     before = open(os.path.join(out, "path-qa-nations.json")).read()
     capsys.readouterr()
     assert cli.main(["path-qa", "--kg", "nope", "--root", DATA, "--out", out] + SHORT) == 2

@@ -215,7 +215,7 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
     chosen = {name: spec.options.get("suppress_anchor", False)
               for name, spec in WN18RRTask.models.items()}
     assert chosen == {"qgfd": True, "gat": False, "appnp": False, "distmult": False,
-                      "rotate": False, "attention": True}
+                      "rotate": False, "attention": True, "rule": False}
     assert not any(spec.options.get("suppress_anchor") for spec in KG_MODELS.values())
     assert WN18RRTask.models["attention"].options["steps"] == 1
     # WN18RR's qgfd model takes 5 steps (chosen on validation), the others keep 3
@@ -232,7 +232,7 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
     for table in (WN18RRTask.models, FB15k237Task.models):
         assert {name: spec.lr for name, spec in table.items()} == {
             "qgfd": 0.03, "gat": 0.005, "appnp": 0.005, "distmult": 0.005, "rotate": 0.005,
-            "attention": 0.03}
+            "attention": 0.03, "rule": 0.0}
     assert KG_MODELS["qgfd"].lr == KG_MODELS["attention"].lr == 0.01
     assert not any(spec.options.get("suppress_anchor") for spec in FB15k237Task.models.values())
     assert CountriesTask.models is KG_MODELS

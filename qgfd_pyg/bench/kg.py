@@ -14,6 +14,8 @@ entity. Models:
   embeddings through the encoder over the training graph, then the DistMult scorer and loss.
 - ``distmult``, ``rotate``: PyG's :mod:`torch_geometric.nn.kge` models with their own loss
   (margin / negative sampling), ranked by their own scores.
+- ``rule`` (:class:`~qgfd_pyg.bench.rules.MinedRules`): the reference, nothing learnt: path
+  rules mined from the training graph, their confidences counted on it (one epoch).
 
 Protocol, the same for every model: random batches of queries (WN18RR, FB15k-237; with
 ``--batches relation``, and on Countries, batches of queries of one relation); the edges of a
@@ -41,6 +43,7 @@ from .models import ModelSpec, one_hop_control
 from .._checks import check_choice
 from .relational import (KGGraph, RelationalQGFD, Triples, appnp_scorer, gat_scorer,
                          index_triples, queries, read_triples)
+from .rules import MinedRules
 from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
 from .train import make_optimizer
 
@@ -168,6 +171,11 @@ KG_MODELS: Dict[str, ModelSpec] = {
 }
 KG_MODELS["attention"] = one_hop_control(
     KG_MODELS["qgfd"], "the qgfd model with one step: the one-hop control; " + _SAME, steps=1)
+KG_MODELS["rule"] = ModelSpec(
+    MinedRules, 0.0, 0.0, dict(max_length=3, aggregation="noisy-or"),
+    "reference, not learnt: path rules of up to 3 relations mined from the training graph, "
+    "their confidences counted on it, a candidate scored by the noisy-or of the rules that "
+    "reach it")
 
 
 class KGTask(Task):
@@ -278,7 +286,9 @@ class KGExperiment(MiniBatchExperiment):
         self.task, self.device, self.name = task, device, model
         spec = task.models[model]
         self.model = spec.build(task.num_entities, task.num_relations, **options).to(device)
-        self.optimizer = make_optimizer(self.model, spec)
+        trained = any(True for _ in self.model.parameters())
+        self.optimizer = make_optimizer(self.model, spec) if trained else None  # rule: none
+        self.trains = trained
         r = task.num_relations
         self.train = queries(task.triples.train, r).to(device)
         self.train_ids = torch.arange(task.triples.train.size(0)).repeat(2).to(device)
@@ -301,7 +311,7 @@ class KGExperiment(MiniBatchExperiment):
         return out[:self.task.train_batches] if self.task.train_batches else out
 
     def train_batches(self) -> List[Tensor]:
-        return self.batches()
+        return self.batches() if self.optimizer is not None else []
 
     def batch_loss(self, idx: Tensor) -> Tensor:
         e, q, a = self.train[idx].unbind(1)

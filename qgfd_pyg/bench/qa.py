@@ -248,6 +248,7 @@ class PathQAExperiment(MiniBatchExperiment):
                                 **options).to(device)
         trained = any(True for _ in self.model.parameters())
         self.optimizer = make_optimizer(self.model, spec) if trained else None
+        self.trains = trained
         self.graph = KGGraph.from_triples(task.graph_triples.to(device), task.num_relations)
         self.splits = task.split(seed)
 

@@ -32,6 +32,7 @@ class Experiment(ABC):
     """
     model: Module
     progress: bool = False
+    trains: bool = True  # False: nothing to learn (a rule), the fit loop stops after one epoch
 
     @abstractmethod
     def train_epoch(self) -> float:

@@ -67,7 +67,8 @@ def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_e
     best validation metric (ties broken by the lower validation loss); the test metrics are
     computed once, with that epoch's parameters restored. With ``max_seconds``, training
     also stops after the first epoch that ends past that much wall-clock time (training and
-    validation, counted from the start of the first epoch).
+    validation, counted from the start of the first epoch). A model with nothing to learn
+    (the experiment's ``trains`` is false: a rule) takes one epoch.
     """
     seed_everything(seed)
     experiment = task.setup(model_name, seed, options, device)
@@ -109,8 +110,8 @@ def fit(task: "Task", model_name: str, seed: int, options: Dict[str, Any], max_e
         if bar is not None:
             bar.update(1)
             bar.set_postfix(val=f"{best['val']:.3f}", refresh=False)
-        if waited >= patience or (max_seconds is not None
-                                  and time.perf_counter() - started >= max_seconds):
+        if waited >= patience or not experiment.trains or (
+                max_seconds is not None and time.perf_counter() - started >= max_seconds):
             break
     if bar is not None:
         bar.close()
