@@ -58,7 +58,7 @@ for model in qgfd rotate distmult attention rule; do
         >"$out/fb15k-237-$model.log" 2>&1 &
     pids+=($!)
 done
-for model in qgfd attention gat appnp; do
+for model in qgfd attention gat appnp rule; do
     $py -m qgfd_pyg.bench path-qa --kg "$qa_kg" --models "$model" --seeds "$qa_seeds" \
         --max-minutes "$qa" --out "$out/path-qa-$qa_kg-$model" "${common[@]}" \
         >"$out/path-qa-$qa_kg-$model.log" 2>&1 &
