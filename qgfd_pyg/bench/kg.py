@@ -286,9 +286,7 @@ class KGExperiment(MiniBatchExperiment):
         self.task, self.device, self.name = task, device, model
         spec = task.models[model]
         self.model = spec.build(task.num_entities, task.num_relations, **options).to(device)
-        trained = any(True for _ in self.model.parameters())
-        self.optimizer = make_optimizer(self.model, spec) if trained else None  # rule: none
-        self.trains = trained
+        self.optimizer = make_optimizer(self.model, spec)  # None for the rule
         r = task.num_relations
         self.train = queries(task.triples.train, r).to(device)
         self.train_ids = torch.arange(task.triples.train.size(0)).repeat(2).to(device)
@@ -311,7 +309,7 @@ class KGExperiment(MiniBatchExperiment):
         return out[:self.task.train_batches] if self.task.train_batches else out
 
     def train_batches(self) -> List[Tensor]:
-        return self.batches() if self.optimizer is not None else []
+        return self.batches()
 
     def batch_loss(self, idx: Tensor) -> Tensor:
         e, q, a = self.train[idx].unbind(1)

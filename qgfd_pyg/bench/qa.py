@@ -246,9 +246,7 @@ class PathQAExperiment(MiniBatchExperiment):
             options = {"controller": task.controller, **options}
         self.model = spec.build(task.num_entities, task.num_relations, vocab=task.vocab,
                                 **options).to(device)
-        trained = any(True for _ in self.model.parameters())
-        self.optimizer = make_optimizer(self.model, spec) if trained else None
-        self.trains = trained
+        self.optimizer = make_optimizer(self.model, spec)  # None for the rule
         self.graph = KGGraph.from_triples(task.graph_triples.to(device), task.num_relations)
         self.splits = task.split(seed)
 
@@ -259,8 +257,6 @@ class PathQAExperiment(MiniBatchExperiment):
         return batches[:4] if self.task.quick and shuffle else batches
 
     def train_batches(self) -> List[Tensor]:
-        if self.optimizer is None:  # the rule: nothing to learn
-            return []
         return self._batches(self.splits["train"], shuffle=True)
 
     def scores(self, questions: Questions, idx: Tensor) -> Tensor:

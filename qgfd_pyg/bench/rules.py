@@ -15,7 +15,7 @@ It is the knowledge-graph tables' simplest strong reference: exact rule followin
 confidences counted, not learnt, against which the learnt flows (which weigh relations per
 step by gradient descent) can be read.
 """
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -46,8 +46,9 @@ class MinedRules(Module):
             subset of a node with more; hubs would make a 3-relation search quadratic).
             (default: ``20``)
         rules (int): most confident rules kept per query relation. (default: ``100``)
-        min_support (int): pairs a rule must predict correctly among its sampled sources.
-            (default: ``2``)
+        min_support (int): sampled training pairs of the query relation a rule must be
+            found on (by a simple path), and pairs it must predict correctly among its
+            sampled sources. (default: ``2``)
         pseudo_count (float): :math:`k` in the confidence. (default: ``5.0``)
         aggregation (str): ``"max"`` or ``"noisy-or"``. (default: ``"noisy-or"``)
         seed (int, optional): the sampling's seed (default: ``None``, drawn from torch's
@@ -87,10 +88,12 @@ class MinedRules(Module):
         N, Q = self.num_entities, 2 * self.num_relations
         src, dst, rel = (t.cpu().numpy() for t in (graph.src, graph.dst, graph.rel))
         rng = np.random.default_rng(self.seed)
+        by_rel = np.argsort(rel, kind="stable")  # each relation's edges, in one sort
+        rel_ptr = np.concatenate([[0], np.cumsum(np.bincount(rel, minlength=Q))])
         adjacency = []
         for r in range(Q):
-            at = rel == r
-            a = sp.csr_matrix((np.ones(int(at.sum()), dtype=np.float32), (src[at], dst[at])),
+            at = by_rel[rel_ptr[r]:rel_ptr[r + 1]]
+            a = sp.csr_matrix((np.ones(at.size, dtype=np.float32), (src[at], dst[at])),
                               shape=(N, N))
             a.sum_duplicates()
             a.data[:] = 1.0
@@ -198,13 +201,12 @@ class MinedRules(Module):
                 f"max_length={self.max_length}, aggregation={self.aggregation!r})")
 
 
-class Mined:
+class Mined(NamedTuple):
     """What :meth:`MinedRules.prepare` gives: per relation (inverses included) the 0/1
     adjacency ``[N, N]`` (scipy CSR), and per query relation its rules (body, confidence),
     most confident first."""
-
-    def __init__(self, adjacency: list, rules: List[List[Tuple[Body, float]]]):
-        self.adjacency, self.rules = adjacency, rules
+    adjacency: list
+    rules: List[List[Tuple[Body, float]]]
 
 
 __all__ = ["MinedRules", "Mined", "AGGREGATIONS"]

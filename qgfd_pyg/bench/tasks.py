@@ -65,7 +65,11 @@ class FullBatchExperiment(Experiment):
 class MiniBatchExperiment(Experiment):
     """Several optimiser steps per epoch, one per batch of training items (KG queries,
     questions); a batch bar is drawn when ``progress`` is set."""
-    optimizer: torch.optim.Optimizer
+    optimizer: Optional[torch.optim.Optimizer]  # None: nothing to learn (a rule reference)
+
+    @property
+    def trains(self) -> bool:  # type: ignore[override]
+        return self.optimizer is not None
 
     @abstractmethod
     def train_batches(self) -> List[Tensor]:
@@ -76,6 +80,8 @@ class MiniBatchExperiment(Experiment):
         """The mean loss of one batch, with the model in training mode."""
 
     def train_epoch(self) -> float:
+        if not self.trains:
+            return 0.0
         self.model.train()
         batches = self.train_batches()
         if self.progress:

@@ -37,9 +37,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: Module, spec: ModelSpec) -> torch.optim.Optimizer:
+def make_optimizer(model: Module, spec: ModelSpec) -> Optional[torch.optim.Optimizer]:
     """Adam with the model's learning rate and weight decay (every kind, every model; a
-    model with ``parameter_groups(weight_decay)`` sets its groups' own)."""
+    model with ``parameter_groups(weight_decay)`` sets its groups' own); ``None`` for a
+    model with nothing to learn (a rule reference)."""
+    if not any(True for _ in model.parameters()):
+        return None
     groups = getattr(model, "parameter_groups", None)  # a model's own weight-decay groups
     params = groups(spec.weight_decay) if groups is not None else model.parameters()
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
