@@ -26,7 +26,7 @@ import json
 import os
 
 from qgfd_pyg.bench.models import MODELS
-from qgfd_pyg.bench.report import atomic_write
+from qgfd_pyg.bench.io import atomic_write
 from qgfd_pyg.bench.runner import RunConfig, run_benchmark
 
 # The search space: the predict-diffuse-attend shape (layers=1) around APPNP's settings, with

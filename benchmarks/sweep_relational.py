@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from qgfd_pyg.bench.report import atomic_write
+from qgfd_pyg.bench.io import atomic_write
 from qgfd_pyg.bench.tasks import load_task
 from qgfd_pyg.bench.train import fit
 

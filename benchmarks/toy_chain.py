@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from qgfd_pyg.bench.report import atomic_write
+from qgfd_pyg.bench.io import atomic_write
 from qgfd_pyg.bench.runner import RunConfig, default_dir, run_benchmark
 
 MODELS = ("qgfd", "attention", "gat", "appnp", "gcn")

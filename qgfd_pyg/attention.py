@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, Module, MultiheadAttention
 
-from ._checks import (check_alpha, check_choice, check_positive_float, check_positive_int,
+from .checks import (check_alpha, check_choice, check_positive_float, check_positive_int,
                       check_steps)
 from .diffusion import diffuse
 from .sequence import qgfd_attention

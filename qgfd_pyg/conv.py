@@ -12,7 +12,7 @@ from torch_geometric.typing import Adj, OptTensor, PairTensor, Size
 from torch_geometric.utils import is_torch_sparse_tensor, scatter, softmax, to_dense_batch
 from torch_geometric.typing import SparseTensor
 
-from ._checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
+from .checks import (check_alpha, check_choice, check_edge_index, check_edge_weight,
                       check_values,
                       check_positive_float, check_positive_int, check_steps)
 from .diffusion import diffuse, ppr_hop_weights

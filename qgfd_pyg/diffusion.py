@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as recompute
 from torch_geometric.typing import SparseTensor
 
-from ._checks import check_alpha, check_choice, check_positive_float, check_steps
+from .checks import check_alpha, check_choice, check_positive_float, check_steps
 from .spmm import Transition, fused_diffusion, needs_value_grad, spmm
 KERNELS = ("ppr", "heat")
 

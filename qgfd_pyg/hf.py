@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ._checks import (check_alpha, check_choice, check_positive_float, check_positive_int,
+from .checks import (check_alpha, check_choice, check_positive_float, check_positive_int,
                       check_steps)
 from .sequence import allowed_keys, qgfd_attention
 

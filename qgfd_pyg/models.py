@@ -8,7 +8,7 @@ from torch.nn import LayerNorm, Linear, Module, ModuleList
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.typing import Adj, OptTensor
 
-from ._checks import check_positive_int
+from .checks import check_positive_int
 from .conv import QGFDConv
 
 NORMS = ("layer_norm", "batch_norm", None)

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
 from . import _numba
-from ._checks import check_choice
+from .checks import check_choice
 
 if WITH_TORCH_SPARSE:  # a SparseTensor transition exists only where torch-sparse does
     from torch_sparse import SparseStorage

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch_geometric.typing import OptTensor
 
 from . import _numba
-from ._checks import check_choice
+from .checks import check_choice
 from .edge_ops import EdgeLayout
 from .spmm import Transition, sparse_matrix
 

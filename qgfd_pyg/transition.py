@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch_geometric.typing import SparseTensor
 
-from ._checks import (check_choice, check_edge_index, check_edge_weight, check_positive_float,
+from .checks import (check_choice, check_edge_index, check_edge_weight, check_positive_float,
                       check_positive_int)
 from .spmm import Transition, sparse_matrix
 from .structure import transition_entries, unique_entries

@@ -533,7 +533,7 @@ def test_flow_backend_option_holds_during_the_sweep_and_is_recorded(tmp_path, mo
     stored in the environment and named in the md; a bad name is one line and exit 2, before
     any data is loaded."""
     pytest.importorskip("triton")
-    from qgfd_pyg import flow
+    import qgfd_pyg as flow
     seen = []
     real = runner.fit
     monkeypatch.setattr(runner, "fit",

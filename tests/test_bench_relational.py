@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from qgfd_pyg.bench.relational import EncoderScorer, KGGraph, RelationalQGFD, encoder_scorer
+from qgfd_pyg.bench.relational import EncoderScorer, KGGraph, encoder_scorer
+from qgfd_pyg.bench.relational import KGQGFD as RelationalQGFD
 
 TRAIN = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 0], [1, 0, 3],
                       [1, 0, 3]])  # a repeated triple; entity 5 is isolated

@@ -624,7 +624,7 @@ def test_value_checks_run_on_cpu_in_eager_mode_and_elsewhere_on_request(monkeypa
     tensors in eager mode, or under torch_geometric.debug(); shapes and dtypes always."""
     import torch_geometric
 
-    from qgfd_pyg._checks import check_edge_index, check_edge_weight, check_values
+    from qgfd_pyg.checks import check_edge_index, check_edge_weight, check_values
 
     outside = torch.tensor([[0, 5], [1, 2]])
     with pytest.raises(ValueError, match="outside"):

@@ -4,7 +4,9 @@ import torch
 
 from qgfd_pyg import (QGFDConv, RelationalGraph, diffuse, ppr_hop_weights, relational_flow)
 from qgfd_pyg import _numba
-from qgfd_pyg import flow as flow_module
+from qgfd_pyg.relational import active as active_module
+from qgfd_pyg.relational import graph as graph_module
+from qgfd_pyg.relational import steps as steps_module
 from qgfd_pyg.reference import dense_transition
 
 
@@ -63,8 +65,8 @@ def backend(request, monkeypatch):
     if request.param.startswith("torch"):
         monkeypatch.setattr(_numba, "usable", lambda *t: False)
     if request.param == "torch-chunks":
-        monkeypatch.setattr(flow_module, "CHUNK_ELEMENTS", 7)
-        monkeypatch.setattr(flow_module, "PAIR_MEMORY", 0.0)
+        monkeypatch.setattr(steps_module, "CHUNK_ELEMENTS", 7)
+        monkeypatch.setattr(steps_module, "PAIR_MEMORY", 0.0)
     elif _numba.routines() is None:
         pytest.skip("numba is not installed")
     return request.param
@@ -111,19 +113,19 @@ def test_transpose_matches_torch(monkeypatch, shape, dtype):
     """The flow's layout change (numba's tiles of 8 along the long side where installed,
     here at any size: partial last tiles, either side the longer) against torch's own
     transpose."""
-    monkeypatch.setattr(flow_module, "TILED_TRANSPOSE_MIN", 1)
+    monkeypatch.setattr(steps_module, "TILED_TRANSPOSE_MIN", 1)
     x = torch.randn(*shape, dtype=dtype)
-    out = flow_module._transpose(x)
+    out = steps_module._transpose(x)
     assert out.is_contiguous() and torch.equal(out, x.t())
     into = torch.full((shape[1], shape[0]), float("nan"), dtype=dtype)
-    assert flow_module._transpose(x, out=into) is into and torch.equal(into, x.t())
+    assert steps_module._transpose(x, out=into) is into and torch.equal(into, x.t())
 
 
 @pytest.mark.parametrize("queries", [5, 20])  # [B, N] wide, and taller than wide
 def test_transposes_keep_values_and_gradients(backend, monkeypatch, queries):
     """The seeds, the result and their gradients change layout (in tiles of 8 along the long
     side with numba, here at any size: partial tiles)."""
-    monkeypatch.setattr(flow_module, "TILED_TRANSPOSE_MIN", 1)
+    monkeypatch.setattr(steps_module, "TILED_TRANSPOSE_MIN", 1)
     for ei, et, R, N in _graphs():
         graph = RelationalGraph(ei, et, R, N)
         p0 = torch.rand(queries, N, dtype=torch.float64, requires_grad=True)
@@ -180,10 +182,10 @@ def test_sparse_seeds_values_and_gradients(backend, monkeypatch, normalization, 
     monkeypatch.setattr(torch, "empty_like", lambda x, *args, **kwargs: (
         lambda out: out.fill_(float("nan")) if out.is_floating_point() else out)(
         real(x, *args, **kwargs)))
-    monkeypatch.setattr(flow_module, "SPARSE_MIN_QUERIES", 1)  # the active-row flow here
-    monkeypatch.setattr(flow_module, "SPARSE_ROWS", 1.0)
-    forward = flow_module._flow_forward
-    monkeypatch.setattr(flow_module, "_flow_forward",
+    monkeypatch.setattr(active_module, "SPARSE_MIN_QUERIES", 1)  # the active-row flow here
+    monkeypatch.setattr(active_module, "SPARSE_ROWS", 1.0)
+    forward = active_module._flow_forward
+    monkeypatch.setattr(active_module, "_flow_forward",
                         lambda *args, **kwargs: runs.append(1) or forward(*args, **kwargs))
     for ei, et, R, N in (_path_graph(), next(_graphs())):
         graph = RelationalGraph(ei, et, R, N)
@@ -212,7 +214,7 @@ def test_sparse_seeds_values_and_gradients(backend, monkeypatch, normalization, 
                         torch.autograd.grad((ref * g).sum(), inputs), strict=True):
             torch.testing.assert_close(x, y)
         with torch.no_grad():
-            for buffer in flow_module.scratch_buffers(torch.empty(N, B, dtype=torch.float64), 5):
+            for buffer in steps_module.scratch_buffers(torch.empty(N, B, dtype=torch.float64), 5):
                 buffer.fill_(float("nan"))
             torch.testing.assert_close(
                 relational_flow(p0, graph, a, hop_weights=theta, **options), ref.detach())
@@ -228,12 +230,12 @@ def test_active_row_flow_takes_large_batches_of_sparse_seeds(monkeypatch):
     if _numba.routines() is None:
         pytest.skip("numba is not installed")
     runs = []
-    forward = flow_module._flow_forward
-    monkeypatch.setattr(flow_module, "_flow_forward",
+    forward = active_module._flow_forward
+    monkeypatch.setattr(active_module, "_flow_forward",
                         lambda *args, **kwargs: runs.append(1) or forward(*args, **kwargs))
     ei, et, R, N = _path_graph()
     graph = RelationalGraph(ei, et, R, N)
-    B = flow_module.SPARSE_MIN_QUERIES
+    B = active_module.SPARSE_MIN_QUERIES
     one_hot = torch.zeros(B, N)
     one_hot[torch.arange(B), torch.arange(B) % (N // 2)] = 1.0  # half of the rows
     a = torch.rand(2, B, R)
@@ -400,7 +402,7 @@ def test_conv_learnt_hop_weights(transition):
 
 @pytest.mark.parametrize("rows", [3, 1])  # per query, and shared by every query
 def test_many_relations_use_sparse_degrees(monkeypatch, rows):
-    monkeypatch.setattr(flow_module, "DENSE_DEGREE_RELATIONS", 2)
+    monkeypatch.setattr(graph_module, "DENSE_DEGREE_RELATIONS", 2)
     for ei, et, R, N in _graphs():
         graph = RelationalGraph(ei, et, R, N)
         assert graph.degree.is_sparse
@@ -491,15 +493,15 @@ def test_torch_path_bounds_its_pair_temporaries(monkeypatch):
     graph = RelationalGraph(ei, et, R, N)
     pairs = graph.pairs.node.numel()
     assert pairs == torch.unique(ei[0] * R + et).numel()  # the (source, relation) pairs
-    monkeypatch.setattr(flow_module, "CHUNK_ELEMENTS", 3 * pairs)
-    monkeypatch.setattr(flow_module, "PAIR_MEMORY", 0.0)
+    monkeypatch.setattr(steps_module, "CHUNK_ELEMENTS", 3 * pairs)
+    monkeypatch.setattr(steps_module, "PAIR_MEMORY", 0.0)
     seen = []
-    real = flow_module.csr_product
+    real = steps_module.csr_product
 
     def recording(rowptr, col, value, x, out=None):
         seen.append(tuple(x.shape))
         return real(rowptr, col, value, x, out)
-    monkeypatch.setattr(flow_module, "csr_product", recording)
+    monkeypatch.setattr(steps_module, "csr_product", recording)
     B, T = 8, 2
     p0 = torch.softmax(torch.randn(B, N, dtype=torch.float64), 1).requires_grad_()
     a = torch.rand(T, B, R, dtype=torch.float64, requires_grad=True)
@@ -523,9 +525,10 @@ def test_triton_backend_equals_dense_loop(monkeypatch, normalization, chunked):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     monkeypatch.setattr(_numba, "usable", lambda *t: False)
     if chunked:
-        monkeypatch.setattr(flow_module, "CHUNK_ELEMENTS", 1)
-        monkeypatch.setattr(flow_module, "PAIR_MEMORY", 0.0)
-    from qgfd_pyg import flow_triton, set_flow_backend
+        monkeypatch.setattr(steps_module, "CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(steps_module, "PAIR_MEMORY", 0.0)
+    from qgfd_pyg import set_flow_backend
+    from qgfd_pyg.relational import triton_kernels as flow_triton
     calls = []
     for name in ("typed_product", "typed_product_backward"):
         real = getattr(flow_triton, name)

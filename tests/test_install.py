@@ -106,7 +106,8 @@ def test_wheel_and_sdist_hold_the_package_and_its_metadata(built):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    for module in ("__init__", "conv", "models", "flow", "transition", "bench/cli"):
+    for module in ("__init__", "conv", "models", "relational/flow", "relational/model",
+                   "_numba/typed_flow", "transition", "bench/cli"):
         assert f"qgfd_pyg/{module}.py" in names, module
     assert not any(n.startswith(("tests/", "datasets/", "benchmarks/")) for n in names)
     requires = [line.split(": ", 1)[1] for line in meta.splitlines()

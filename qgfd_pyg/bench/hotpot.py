@@ -24,8 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ..diffusion import diffuse
-from ..transition import graph_transition
+from .. import diffuse, graph_transition
 from .data import fetch_file, missing_data
 from .models import ModelSpec, one_hop_control
 from .tasks import QUICK, Experiment, Task, register
@@ -221,7 +220,7 @@ class HotpotTask(Task):
               device: torch.device) -> "HotpotExperiment":
         return HotpotExperiment(self, seed, options)
 
-    def protocol(self, config: Dict[str, Any]) -> str:
+    def protocol(self, config: Dict[str, Any], rule: str) -> str:
         return (f"no training: hyper-parameters chosen by Recall@2 (then EM) on "
                 f"{self.val_questions} random validation questions per seed, test on the other "
                 f"{len(self.questions) - self.val_questions}; grids: alpha {_GRID['alpha']}, "

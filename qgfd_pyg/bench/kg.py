@@ -5,7 +5,7 @@ Every triple gives two queries, ``(h, r)`` with answer ``t`` and ``(t, r^{-1})``
 ``h`` (relation ``r + R``), so all models answer one kind of query ``(e, q)`` with a score per
 entity. Models:
 
-- ``qgfd`` (:class:`~qgfd_pyg.bench.relational.RelationalQGFD`, ``controller="relation"``):
+- ``qgfd`` (:class:`~qgfd_pyg.bench.relational.KGQGFD`, ``controller="relation"``):
   mass flows from the query entity over the training graph, at every step over a mixture of
   relations that a learnt table gives the query relation (a ``T``-step rule per relation),
   summed with learnt hop weights; scores :math:`\log(p_T + \epsilon)` plus a DistMult term
@@ -40,8 +40,8 @@ from torch.nn import Module
 from .data import download_allowed, open_dataset
 from .metrics import ranking
 from .models import ModelSpec, one_hop_control
-from .._checks import check_choice
-from .relational import (KGGraph, RelationalQGFD, Triples, appnp_scorer, gat_scorer,
+from ..checks import check_choice
+from .relational import (KGGraph, KGQGFD, Triples, appnp_scorer, gat_scorer,
                          index_triples, queries, read_triples)
 from .rules import MinedRules
 from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
@@ -155,7 +155,7 @@ _SAME = "128 dimensions, batches of 512 queries"
 _FLOW = dict(hidden=128, steps=3, alpha=0.9, heads=2, controller="relation", dropout=0.2,
              normalization="relation", dangling="drop", embedding_scores=True)
 KG_MODELS: Dict[str, ModelSpec] = {
-    "qgfd": ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
+    "qgfd": ModelSpec(KGQGFD, 0.01, 0.0, _FLOW,
                       "query-conditioned flow (a 3-step relation rule per query relation, 2 "
                       "heads, learnt hop weights) + DistMult term; " + _SAME),
     "gat": ModelSpec(gat_scorer, 0.005, 0.0,

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .report import atomic_write
+from .io import atomic_write
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters (glibc's malloc.h)

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.nn import Linear, Module
 from torch_geometric.nn import APPNP, GATConv, GCNConv
 
-from ..models import QGFD, InputDropout
+from .. import QGFD, InputDropout
 
 
 class GCN(Module):

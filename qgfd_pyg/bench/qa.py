@@ -10,7 +10,7 @@ MRR (of the best-ranked answer), overall and per hop count.
 
 The anchor is never an answer: every model's score for it is set below all others.
 
-Models (one budget): ``qgfd`` (:class:`~qgfd_pyg.bench.relational.RelationalQGFD`): mass
+Models (one budget): ``qgfd`` (:class:`~qgfd_pyg.bench.relational.KGQGFD`): mass
 flows from the anchor, at step ``t`` over the relations that the path's ``t``-th relation
 picks through a learnt table (MetaQA: a GRU over the question's tokens), summed with learnt
 hop weights, plus a DistMult-style embedding term; ``attention``: the same with one step (the
@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from .models import ModelSpec, one_hop_control
-from .relational import (KGGraph, RelationalQGFD, appnp_scorer, gat_scorer, index_triples,
+from .relational import (KGGraph, KGQGFD, appnp_scorer, gat_scorer, index_triples,
                          log_uniform_target, read_triples)
 from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
 from .train import make_optimizer
@@ -146,7 +146,7 @@ _SAME = "64 dimensions, batches of 128 questions"
 # benchmarks/sweep_relational.py (benchmarks/results/relational_search.md)
 _FLOW = dict(hidden=64, steps=3, alpha=0.9, heads=1, dropout=0.1, normalization="none",
              dangling="drop", embedding_scores=False)
-_QGFD = ModelSpec(RelationalQGFD, 0.01, 0.0, _FLOW,
+_QGFD = ModelSpec(KGQGFD, 0.01, 0.0, _FLOW,
                   "query-conditioned flow: step t weighs the relations by the path's t-th "
                   "relation (or the question's tokens), learnt hop weights, walk counts "
                   "(settings: relational_search.md); " + _SAME)
@@ -181,7 +181,7 @@ class PathQATask(Task):
                TaskOption("--metaqa", "path-qa: a folder with MetaQA's kb.txt and "
                           "{1,2,3}-hop/vanilla/qa_{train,dev,test}.txt", str))
     vocab: Optional[int] = None  # token vocabulary of text questions (MetaQA)
-    controller = "path"  # how RelationalQGFD reads a question
+    controller = "path"  # how KGQGFD reads a question
 
     def __init__(self, name: str, graph_triples: Tensor, questions: Questions,
                  num_entities: int, num_relations: int, quick: bool = False,
@@ -242,7 +242,7 @@ class PathQAExperiment(MiniBatchExperiment):
                  device: torch.device):
         self.task, self.device, self.name = task, device, model
         spec = task.models[model]
-        if spec.build is RelationalQGFD:  # its controller reads paths or question tokens
+        if spec.build is KGQGFD:  # its controller reads paths or question tokens
             options = {"controller": task.controller, **options}
         self.model = spec.build(task.num_entities, task.num_relations, vocab=task.vocab,
                                 **options).to(device)

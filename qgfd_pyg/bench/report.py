@@ -3,32 +3,16 @@ import json
 import math
 import os
 import statistics
-import tempfile
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+from .io import atomic_write
+from .train import stopping_rule
 
 if TYPE_CHECKING:
     from .tasks import Task
 
 # Options that may differ when a sweep is resumed: adding seeds or models extends it.
 EXTENDABLE = ("seeds", "seed_list", "models")
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Writes through a temporary file and a rename, so a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # QGFD options added after results were committed, with the value every earlier run had
@@ -98,7 +82,9 @@ class ResultStore:
                    "summary": rows, "runs": self.runs}
         atomic_write(self.json_path, json.dumps(payload, indent=1) + "\n")
         self.saved = len(self.runs)
-        protocol = self.task.protocol(self.config) if self.task is not None else ""
+        protocol = self.task.protocol(self.config, stopping_rule(
+            self.config["epochs"], self.config["patience"], self.task.selection(),
+            self.task.val_loss)) if self.task is not None else ""
         percent = self.task.percent if self.task is not None else True
         atomic_write(self.md_path, markdown(self.config, environment, rows, complete,
                                             self.columns, percent, protocol))

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from .._checks import check_choice, check_positive_int
+from ..checks import check_choice, check_positive_int
 from .relational import KGGraph
 
 Body = Tuple[int, ...]

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .. import flow
+from .. import check_flow_backend, get_flow_backend, set_flow_backend
 from . import measure
 from .report import ResultStore, table, table_columns
 from .tasks import Task, load_task, task_entry
@@ -149,7 +149,7 @@ def _check(config: RunConfig) -> Tuple[List[str], int, int]:
         raise ValueError(f"lr must be a positive number (got {config.lr})")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be positive (got {config.threads})")
-    flow.check_flow_backend(config.flow_backend)
+    check_flow_backend(config.flow_backend)
     return models, epochs, patience
 
 
@@ -234,12 +234,12 @@ def run_benchmark(config: RunConfig) -> Results:
 @contextmanager
 def _flow_backend(name: str):
     """The flows' backend ``name`` while the block runs, the process's earlier one after."""
-    before = flow.get_flow_backend()
-    flow.set_flow_backend(name)
+    before = get_flow_backend()
+    set_flow_backend(name)
     try:
         yield
     finally:
-        flow.set_flow_backend(before)
+        set_flow_backend(before)
 
 
 def summary_text(config: RunConfig, results: Results) -> str:

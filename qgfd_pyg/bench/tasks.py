@@ -178,13 +178,10 @@ class Task(ABC):
         """What, beyond the shared options, a resumed sweep must share with the stored one."""
         return {}
 
-    def protocol(self, config: Dict[str, Any]) -> str:
+    def protocol(self, config: Dict[str, Any], rule: str) -> str:
         """One Markdown line on the training protocol (for the result file): how the kind
-        trains (:meth:`training`), the fit loop's stopping rule, and the kind's notes."""
-        from .train import stopping_rule
-
-        rule = stopping_rule(config["epochs"], config["patience"], self.selection(),
-                             self.val_loss)
+        trains (:meth:`training`), the fit loop's stopping ``rule`` (in words, as the runner
+        gives it), and the kind's notes."""
         notes = self.protocol_notes(config)
         return f"{self.training(config)}, {rule}" + (f"; {notes}" if notes else "")
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._checks import check_positive_int
+from ..checks import check_positive_int
 from .metrics import accuracy
 from .models import MODELS, ModelSpec, QGFDNet, QGFDOptions, one_hop_control
 from .node import NodeTask
@@ -94,10 +94,10 @@ class ChainTask(NodeTask):
     def stored_config(self) -> Dict[str, Any]:
         return {"hops": self.hops, "chains": self.chains}
 
-    def protocol(self, config: Dict[str, Any]) -> str:
+    def protocol(self, config: Dict[str, Any], rule: str) -> str:
         return (f"{self.chains} paths of {self.hops} hops, the label on the far end, anchors "
                 f"split 50/25/25 (fixed); every model without dropout and weight decay (the "
-                f"features carry no noise); " + super().protocol(config))
+                f"features carry no noise); " + super().protocol(config, rule))
 
 
 @register("chain", ChainTask, "toy: paths whose anchor's label sits on the node --hops H away "

@@ -9,7 +9,7 @@ pair's gradient :math:`s_{p b} = \sum_{e \in p} w_e\, g_{j_e b}`, summed into
 :math:`\partial x_{i b} = \sum_p a_{r_p b}\, s_{p b}` and stored as
 :math:`s_{p b}\, x_{i b}`, which a CSR product sums per relation into :math:`\partial a`
 (queries in column chunks, so that this buffer keeps the torch path's bound). Imported
-lazily (Triton is optional) when :func:`qgfd_pyg.flow.set_flow_backend` asks for
+lazily (Triton is optional) when :func:`qgfd_pyg.set_flow_backend` asks for
 ``"triton"``; CUDA tensors, or CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``,
 how the tests run it).
 """
@@ -76,7 +76,7 @@ def typed_product_backward(pairs, col: Tensor, weight: Tensor, a: Tensor, x: Ten
     """The gradient w.r.t. ``x`` ``[N, B]`` and, per column chunk, the pairs' parts
     ``[P, columns]`` whose sums per relation give the gradient w.r.t. ``a``; ``col`` and
     ``weight`` are the edges' targets and weights in the by-source order (a pair's edges
-    consecutive), ``pairs`` the graph's :class:`~qgfd_pyg.flow._Pairs`."""
+    consecutive), ``pairs`` the graph's :class:`~qgfd_pyg.relational.graph._Pairs`."""
     grad_x = torch.empty_like(x)
     parts = []
     for cols in chunks:

@@ -1,4 +1,5 @@
-"""Input validation shared by every public entry point.
+"""Input validation shared by every public entry point, and offered to code built on the
+package (the benchmark runner, your own layers) so that it raises the same errors.
 
 Each check raises a :class:`ValueError` naming the argument and what is wrong with it, so that
 bad input never fails deep inside torch or turns silently into NaN.
@@ -91,3 +92,7 @@ def check_edge_weight(edge_weight: Optional[Tensor], num_edges: int) -> None:
         if bool((edge_weight < 0).any()):
             raise ValueError("edge_weight contains negative values; transition weights "
                              "must be >= 0")
+
+
+__all__ = ["check_alpha", "check_steps", "check_positive_int", "check_positive_float",
+           "check_choice", "check_values", "check_edge_index", "check_edge_weight"]
