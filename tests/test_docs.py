@@ -20,6 +20,7 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         api = f.read()
     for name in ("qgfd_pyg.QGFDConv", "qgfd_pyg.QGFD", "qgfd_pyg.QGFDAttention",
                  "qgfd_pyg.diffuse", "qgfd_pyg.relational_flow", "qgfd_pyg.from_networkx",
+                 "qgfd_pyg.RelationalQGFD", "qgfd_pyg.RelationalGraph.with_inverses",
                  "qgfd_pyg.hf.patch_model"):
         assert f'id="{name}"' in api, name
     text = re.sub(r"<[^>]+>", "", api)

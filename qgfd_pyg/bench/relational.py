@@ -5,13 +5,10 @@ A query is an anchor entity and words (``[B, L]`` ids, ``-1`` padded): the query
 (KG completion and Countries, ``L = 1``), a relation path (``path-qa``), or the tokens of a
 question (MetaQA). Every model scores every entity for a query.
 
-:class:`RelationalQGFD` answers by flowing mass from the anchor over the training graph with
-the package's :func:`qgfd_pyg.relational_flow`: at step ``t`` the query weighs the relations
-(inverse relations and a self loop included) with :math:`a_t(q) = \mathrm{softmax}(\cdot)`
-from a small controller, and its learnt hop weights :math:`\theta(q)` sum the walks,
-:math:`p_T = \sum_k \theta_k(q)\, p_0 P_0(q) \cdots P_{k-1}(q)`. Scores are
-:math:`\log(p_T + \epsilon)`, plus (``embedding_scores``) a DistMult-style term
-:math:`(e_a \odot w_q) \cdot e_v` that ranks what the flow does not reach.
+:class:`KGQGFD` is the package's :class:`qgfd_pyg.RelationalQGFD` (a query-conditioned flow
+from the anchor over the training graph) on the runner's :class:`KGGraph`: its flow graph is
+built once per graph (a batch's copy without its own triples shares the sort), and it has the
+kg kind's evaluation interface (``prepare`` / ``score``).
 """
 import os
 from functools import partial
@@ -158,9 +155,11 @@ class KGQGFD(RelationalQGFD):
     per_relation = False
 
     def prepare(self, graph: KGGraph, relation: int = 0) -> RelationalGraph:
+        """The flow graph of ``graph`` (built once per graph)."""
         return graph.relational(self.num_entities, self.num_relations)
 
     def score(self, entity: Tensor, relation: Tensor, flow_graph: RelationalGraph) -> Tensor:
+        """Scores ``[B, N]`` over a graph from :meth:`prepare`."""
         return super().forward(entity, relation, flow_graph)
 
     def flow(self, anchor: Tensor, words: Tensor, graph: "KGGraph | RelationalGraph",
@@ -170,6 +169,8 @@ class KGQGFD(RelationalQGFD):
         return super().flow(anchor, words, graph, controls)
 
     def forward(self, anchor: Tensor, words: Tensor, graph: KGGraph) -> Tensor:
+        """Scores ``[B, N]`` of every entity for queries (``anchor`` ``[B]``, ``words``
+        ``[B, L]``) over the runner's ``graph``."""
         return self.score(anchor, words, self.prepare(graph))
 
 
@@ -198,13 +199,9 @@ class EncoderScorer(Module):
         words = relation.view(-1, 1) if relation.dim() == 1 else relation
         return (z[entity] * compose(self.word, words)) @ z.t()
 
-    def flow(self, anchor: Tensor, words: Tensor, graph: "KGGraph | RelationalGraph",
-             controls: Optional[Controls] = None) -> Tensor:
-        if isinstance(graph, KGGraph):
-            graph = self.prepare(graph)
-        return super().flow(anchor, words, graph, controls)
-
     def forward(self, anchor: Tensor, words: Tensor, graph: KGGraph) -> Tensor:
+        """Scores ``[B, N]`` of every entity for queries (``anchor`` ``[B]``, ``words``
+        ``[B, L]``) over the runner's ``graph``."""
         return self.score(anchor, words, self.prepare(graph))
 
 
