@@ -212,6 +212,21 @@ class _FixedTransitionDiffusion(torch.autograd.Function):
         return (grad_x,) + (None,) * 8
 
 
+def _transition_size(transition, steps: int) -> Tuple[int, int]:
+    """(nodes, steps) of :func:`diffuse`'s ``transition``: one matrix (``steps`` as given) or
+    a list of per-step ``[N, N]`` matrices of one size (as many steps as matrices)."""
+    if not isinstance(transition, (list, tuple)):
+        return _num_nodes(transition), steps
+    if not transition:
+        raise ValueError("transition is an empty list; give one transition per step")
+    sizes = {_num_nodes(P) for P in transition}
+    if len(sizes) > 1:
+        raise ValueError(f"the per-step transitions differ in size ({sorted(sizes)})")
+    if any(isinstance(P, Tensor) and P.dim() == 3 for P in transition):
+        raise ValueError("a list of per-step transitions takes [N, N] transitions only")
+    return sizes.pop(), len(transition)
+
+
 @torch.compiler.disable  # numba / torch_sparse kernels: torch.compile breaks the graph here
 def diffuse(values: Tensor, transition: Union[Transition, Sequence[Transition]],
             alpha: float = 0.85, steps: int = 6, tol: Optional[float] = None,
@@ -271,18 +286,7 @@ def diffuse(values: Tensor, transition: Union[Transition, Sequence[Transition]],
     if not isinstance(values, Tensor) or values.dim() < 1:
         raise ValueError("values must be a tensor with the nodes along its first dimension")
     per_step = isinstance(transition, (list, tuple))
-    if per_step:
-        if not transition:
-            raise ValueError("transition is an empty list; give one transition per step")
-        steps = len(transition)
-        sizes = {_num_nodes(P) for P in transition}
-        if len(sizes) > 1:
-            raise ValueError(f"the per-step transitions differ in size ({sorted(sizes)})")
-        if any(isinstance(P, Tensor) and P.dim() == 3 for P in transition):
-            raise ValueError("a list of per-step transitions takes [N, N] transitions only")
-        n = sizes.pop()
-    else:
-        n = _num_nodes(transition)
+    n, steps = _transition_size(transition, steps)
     if hop_weights is not None:
         hop_weights = _check_hop_weights(hop_weights, steps)
     if (per_step or hop_weights is not None) and tol is not None:

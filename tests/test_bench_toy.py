@@ -67,7 +67,8 @@ def test_every_toy_model_trains_without_dropout_or_weight_decay(model):
     net = spec.build(5, 4, **spec.options).train()
     torch.testing.assert_close(net(task.data.x, task.data.edge_index),
                                net(task.data.x, task.data.edge_index))
-    assert "without dropout and weight decay" in task.protocol({"epochs": 5, "patience": 2}, "a stopping rule")
+    assert "without dropout and weight decay" in task.protocol({"epochs": 5, "patience": 2},
+                                                               "a stopping rule")
 
 
 @pytest.mark.slow

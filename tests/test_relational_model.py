@@ -191,3 +191,15 @@ def test_usage_example_runs_in_a_fresh_process():
     assert float(found["trained"]) > float(found["untrained"]) + 0.1, done.stdout
     assert re.search(r"step 0: \S", done.stdout), done.stdout
     assert not math.isnan(float(found["trained"]))
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    finder = doctest.DocTestFinder(recurse=False)
+    tests = finder.find(RelationalQGFD, "RelationalQGFD", globs={})
+    assert tests and tests[0].examples
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

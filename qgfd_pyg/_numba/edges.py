@@ -20,6 +20,7 @@ def edge_dot(dst, src, a, b, out):
                 s += a[i, h, c] * b[j, h, c]
             out[e, h] = s
 
+
 @parallel
 def segment_aggregate(ptr, perm, other, w, z, out):
     """out[i, h] = sum_p w[perm[p], h] z[other[p], h] over p in ptr[i]:ptr[i + 1] (the
@@ -36,6 +37,7 @@ def segment_aggregate(ptr, perm, other, w, z, out):
                 we = w[e, h]
                 for c in range(C):
                     out[i, h, c] += we * z[j, h, c]
+
 
 @parallel
 def segment_softmax(ptr, score, out):
@@ -58,6 +60,7 @@ def segment_softmax(ptr, score, out):
             inv = 1 / (total + 1e-16)
             for p in range(a, b):
                 out[p, h] *= inv
+
 
 @parallel
 def segment_softmax_backward(ptr, prob, grad, out):

@@ -26,6 +26,7 @@ def _row_product(rowptr, col, value, x, out, i):
             out[i, j] += w * x[c, j]
         k += 1
 
+
 @parallel
 def csr_spmm(rowptr, col, value, x, out):
     """out[i] = sum_k value[k] x[col[k]] over row i's entries."""
@@ -35,6 +36,7 @@ def csr_spmm(rowptr, col, value, x, out):
         for j in range(out.shape[1]):
             out[i, j] = 0
         _row_product(rowptr, col, value, x, out, i)
+
 
 @parallel
 def csr_diffuse(rowptr, col, value, x0, theta, last, steps, a, b, acc):
@@ -55,6 +57,7 @@ def csr_diffuse(rowptr, col, value, x0, theta, last, steps, a, b, acc):
     for i in numba.prange(x0.shape[0]):
         for j in range(d):
             acc[i, j] += last * src[i, j]
+
 
 @parallel
 def transpose(x, out):

@@ -39,6 +39,7 @@ def transition_values(rowptr, col, weight, given, add_self_loops, sym, value, ke
             else:
                 value[p] /= out_weight[i]
 
+
 @serial
 def group_by(index, other, n):
     """Counting sort of the positions of index by their value: (ptr, perm, others) with
@@ -59,6 +60,7 @@ def group_by(index, other, n):
         fill[index[e]] += 1
     return ptr, perm, others
 
+
 @serial
 def _sort_segment(key, perm, start, stop):
     """Sorts key[start:stop] and moves perm[start:stop] along (insertion sort for short
@@ -77,6 +79,7 @@ def _sort_segment(key, perm, start, stop):
             b -= 1
         key[b + 1] = k
         perm[b + 1] = p
+
 
 @parallel
 def unique_pairs(row, col, weight, n, loops):

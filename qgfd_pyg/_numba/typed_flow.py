@@ -35,6 +35,7 @@ def _typed_row_product(rowptr, col, rel, weight, a, y, out, j):
             out[j, b] += w * a[r, b] * y[c, b]
         k += 1
 
+
 @inline
 def _node_mass(i, a, rel_ptr, rel_ids, rel_degree, out):
     """out[i, b] = D[i, b] = sum_r C[i, r] a[r, b] over the node's relations."""
@@ -45,6 +46,7 @@ def _node_mass(i, a, rel_ptr, rel_ids, rel_degree, out):
         r, d = rel_ids[m], rel_degree[m]
         for b in range(width):
             out[i, b] += d * a[r, b]
+
 
 @inline
 def _relation_stay(j, a, rel_ptr, rel_ids, asum, x, out):
@@ -59,6 +61,7 @@ def _relation_stay(j, a, rel_ptr, rel_ids, asum, x, out):
             out[j, b] -= a[r, b]
     for b in range(width):
         out[j, b] *= x[j, b]
+
 
 @parallel
 def typed_step(edges, degrees, mode, a, asum, x, y, out):
@@ -91,6 +94,7 @@ def typed_step(edges, degrees, mode, a, asum, x, y, out):
                     out[j, b] = 0
         _typed_row_product(rowptr, col, rel, weight, a, y, out, j)
 
+
 @inline
 def _source_scale(i, a, rel_ptr, rel_ids, rel_degree, asum, node_mode, keep, min_mass,
                   scale, stay):
@@ -116,6 +120,7 @@ def _source_scale(i, a, rel_ptr, rel_ids, rel_degree, asum, node_mode, keep, min
             r = rel_ids[m]
             for b in range(width):
                 stay[b] -= a[r, b]
+
 
 @parallel
 def typed_step_backward(edges, degrees, mode, a, asum, x, g, grad_x, parts, totals):
@@ -163,6 +168,7 @@ def typed_step_backward(edges, degrees, mode, a, asum, x, g, grad_x, parts, tota
                     for b in range(width):
                         parts[c, r, b] -= g[i, b] * x[i, b]
 
+
 @inline
 def _gather_sum(start, end, col, weight, g, out):
     """out[b] += sum_k weight[k] g[col[k], b] over the edges start..end, four at a time."""
@@ -179,6 +185,7 @@ def _gather_sum(start, end, col, weight, g, out):
         for b in range(width):
             out[b] += w * g[c, b]
         k += 1
+
 
 @helper
 def _active_row_product(rowptr, col, rel, weight, a, y, active, out, j):
@@ -216,6 +223,7 @@ def _active_row_product(rowptr, col, rel, weight, a, y, active, out, j):
         for b in range(width):
             out[j, b] += w2 * a[r2, b] * y[c2, b]
 
+
 @parallel
 def nonzero_rows(x, flags):
     """``flags[i]``: whether row ``i`` of ``x`` has a non-zero entry (the scan of a row
@@ -229,6 +237,7 @@ def nonzero_rows(x, flags):
                 break
         flags[i] = found
 
+
 @parallel
 def flow_start(x, theta, active, acc):
     """The hop-weighted sum's first term: ``acc[i] = theta x[i]`` on the active rows,
@@ -241,6 +250,7 @@ def flow_start(x, theta, active, acc):
         else:
             for b in range(width):
                 acc[i, b] = 0
+
 
 @parallel
 def typed_flow_step(edges, degrees, mode, a, asum, x, src_active, dense, theta, y, out, acc,
@@ -292,6 +302,7 @@ def typed_flow_step(edges, degrees, mode, a, asum, x, src_active, dense, theta, 
             _active_row_product(rowptr, col, rel, weight, a, y, src_active, out, j)
         for b in range(width):
             acc[j, b] += theta[b] * out[j, b]
+
 
 @parallel
 def typed_flow_step_backward(pairs, degrees, mode, a, asum, x, active, grad, theta,
@@ -379,6 +390,7 @@ def typed_flow_step_backward(pairs, degrees, mode, a, asum, x, active, grad, the
             if write_g:
                 for b in range(width):
                     g_out[i, b] = theta[b] * grad[i, b] + total[b]
+
 
 @parallel
 def rows_dot(active, grad, x, dots):

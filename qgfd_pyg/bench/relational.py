@@ -15,7 +15,6 @@ from functools import partial
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, Module
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor

@@ -10,6 +10,7 @@ from .. import _numba
 from .graph import RelationalGraph
 from .steps import kernel_graph, kernel_mode
 
+
 def _flow_forward(x0: Tensor, theta: Tensor, a: Sequence[Tensor], graph: "RelationalGraph",
                   normalization: str, keep: bool, active: Tensor,
                   buffers: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None

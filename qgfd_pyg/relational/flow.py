@@ -66,6 +66,7 @@ from .active import _FusedFlow, _sparse_rows
 from .graph import RelationalGraph
 from .steps import NORMALIZATIONS, _FusedStep, _Transposed, _transpose, relational_step, shared_step
 
+
 def _check_weights(name: str, value: Tensor, validate: bool) -> None:
     if validate and value.numel():
         if not bool(torch.isfinite(value).all()):
@@ -222,8 +223,8 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         keep = dangling == "keep"
         if reuse:  # a fifth kept buffer: the walks alternate between two, apart from x
             spare = scratch_buffers(walk, 5)[4]
-            out = active._flow_forward(x, theta_rows.contiguous(), a_list, graph, normalization, keep,
-                                rows, (other, spare, y, total))[0]
+            out = active._flow_forward(x, theta_rows.contiguous(), a_list, graph, normalization,
+                                       keep, rows, (other, spare, y, total))[0]
         else:
             out = _FusedFlow.apply(x, theta_rows, graph, normalization, keep, rows, *a_list)
         return _Transposed.apply(out).to(p0.dtype)

@@ -188,7 +188,8 @@ class RelationalGraph:
         if edge_ids is None or edge_ids.numel() == 0:
             return self
         if self.facts is not None:
-            if check_values(edge_ids) and int(edge_ids.min()) < 0 or int(edge_ids.max()) >= self.facts:
+            if check_values(edge_ids) and (int(edge_ids.min()) < 0
+                                           or int(edge_ids.max()) >= self.facts):
                 raise ValueError(f"edge_ids must be ids of the graph's {self.facts} facts")
             edge_ids = torch.cat([edge_ids, edge_ids + self.facts])
         out = object.__new__(RelationalGraph)

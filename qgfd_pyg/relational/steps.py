@@ -91,7 +91,7 @@ class _TypedProduct(torch.autograd.Function):
     ``x``, weighed by ``a``) and per relation (for ``a``, weighed by ``x``) by two products
     over the pairs. Queries go in column chunks (:func:`_column_chunks`); once
     differentiable. With :func:`set_flow_backend` ``("triton")`` the product and the
-    gradients come from :mod:`qgfd_pyg.flow_triton`'s kernels instead (only the relation
+    gradients come from :mod:`qgfd_pyg.relational.triton_kernels`'s kernels instead (only the relation
     weights' sums per relation stay a CSR product)."""
 
     @staticmethod
