@@ -182,6 +182,7 @@ class PathQATask(Task):
                           "{1,2,3}-hop/vanilla/qa_{train,dev,test}.txt", str))
     vocab: Optional[int] = None  # token vocabulary of text questions (MetaQA)
     controller = "path"  # how KGQGFD reads a question
+    anchor_answers = False  # whether a question's anchor may be its answer (else ranked last)
 
     def __init__(self, name: str, graph_triples: Tensor, questions: Questions,
                  num_entities: int, num_relations: int, quick: bool = False,
@@ -260,9 +261,12 @@ class PathQAExperiment(MiniBatchExperiment):
         return self._batches(self.splits["train"], shuffle=True)
 
     def scores(self, questions: Questions, idx: Tensor) -> Tensor:
-        """Scores ``[B, N]``; the anchor, never an answer, is ranked last for every model."""
+        """Scores ``[B, N]``; where the anchor is never an answer (the task's
+        ``anchor_answers``), it is ranked last for every model."""
         anchor = questions.anchor[idx].to(self.device)
         out = self.model(anchor, questions.path[idx].to(self.device), self.graph)
+        if self.task.anchor_answers:
+            return out
         rows = torch.arange(anchor.numel(), device=self.device)
         return out.index_put((rows, anchor), out.new_tensor(-1e9))
 

@@ -12,14 +12,15 @@ kg kind's evaluation interface (``prepare`` / ``score``).
 """
 import os
 from functools import partial
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Embedding, Module
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
-from ..relational import Controls, RelationalGraph, RelationalQGFD, compose
+from ..checks import check_alpha, check_steps
+from ..relational import Controls, RelationalGraph, RelationalQGFD, compose, relational_flow
 from .data import missing_data
 from .models import GAT, APPNPNet
 
@@ -173,6 +174,50 @@ class KGQGFD(RelationalQGFD):
         return self.score(anchor, words, self.prepare(graph))
 
 
+class PersonalizedPageRank(Module):
+    r"""Reference row, nothing learnt: every entity scored by its PageRank personalised on the
+    query's anchor over the training graph (every edge alike, both ways; no self loops),
+    :math:`\sum_k (1 - \alpha) \alpha^k\, \mathbf{1}_a P^k` for ``steps`` steps (the rest of
+    the mass on the last), by :func:`~qgfd_pyg.relational_flow` with one weight for every
+    relation. The query's relation or words are not read."""
+
+    per_relation = False
+
+    def __init__(self, num_entities: int, num_relations: int, alpha: float = 0.85,
+                 steps: int = 10, **_: Any):
+        super().__init__()
+        self.num_entities, self.num_relations = num_entities, num_relations
+        self.alpha, self.steps = check_alpha(alpha), check_steps(steps)
+
+    def prepare(self, graph: KGGraph, relation: int = 0) -> RelationalGraph:
+        return graph.relational(self.num_entities, self.num_relations)
+
+    def score(self, entity: Tensor, relation: Tensor, flow_graph: RelationalGraph) -> Tensor:
+        p0 = torch.zeros(entity.numel(), self.num_entities, device=entity.device)
+        p0[torch.arange(entity.numel(), device=entity.device), entity] = 1.0
+        weights = torch.ones(self.steps, 1, 2 * self.num_relations + 1, device=entity.device)
+        weights[:, :, -1] = 0.0  # the self loops: not an edge of the graph
+        return relational_flow(p0, flow_graph, weights, alpha=self.alpha)
+
+    def forward(self, anchor: Tensor, words: Tensor, graph: KGGraph) -> Tensor:
+        return self.score(anchor, words, self.prepare(graph))
+
+
+def untrained(build: Callable[..., Module]) -> Callable[..., Module]:
+    """A reference row's builder: the model ``build`` makes, with its parameters turned into
+    buffers, so that nothing trains it (the fit loop runs one epoch for a model without
+    parameters) and the table shows what it scores at its initialisation."""
+    def make(*args: Any, **kwargs: Any) -> Module:
+        model = build(*args, **kwargs)
+        for module in model.modules():
+            for name, parameter in list(module._parameters.items()):
+                if parameter is not None:
+                    del module._parameters[name]
+                    module.register_buffer(name, parameter.detach().requires_grad_(False))
+        return model
+    return make
+
+
 class EncoderScorer(Module):
     """Learnt entity embeddings through a graph encoder, then the DistMult-style scorer
     :math:`(z_a \\odot w_q) \\cdot z_v` (``w_q``: the composed query words)."""
@@ -231,4 +276,5 @@ def log_uniform_target(scores: Tensor, target: Tensor) -> Tensor:
 
 
 __all__ = ["Triples", "queries", "KGGraph", "read_triples", "index_triples", "KGQGFD",
-           "EncoderScorer", "encoder_scorer", "log_uniform_target"]
+           "PersonalizedPageRank", "untrained", "EncoderScorer", "encoder_scorer",
+           "log_uniform_target"]

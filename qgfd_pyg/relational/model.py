@@ -166,7 +166,10 @@ class RelationalQGFD(Module):
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.entity.weight)
-        torch.nn.init.normal_(self.word.weight, 1.0, 0.1)  # near-identity compositions
+        if self.controller == "text":  # the GRU's tokens: distinct words, an unsaturated GRU
+            torch.nn.init.normal_(self.word.weight, 0.0, 1.0)
+        else:  # near-identity compositions (the embedding term multiplies the words)
+            torch.nn.init.normal_(self.word.weight, 1.0, 0.1)
         start = ppr_hop_weights(self.alpha, self.steps).clamp_min(1e-6).log()
         anchor = math.log(self.eps) if self.suppress_anchor else 0.0
         if self.controller == "text":

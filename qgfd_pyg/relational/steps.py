@@ -91,8 +91,8 @@ class _TypedProduct(torch.autograd.Function):
     ``x``, weighed by ``a``) and per relation (for ``a``, weighed by ``x``) by two products
     over the pairs. Queries go in column chunks (:func:`_column_chunks`); once
     differentiable. With :func:`set_flow_backend` ``("triton")`` the product and the
-    gradients come from :mod:`qgfd_pyg.relational.triton_kernels`'s kernels instead (only the relation
-    weights' sums per relation stay a CSR product)."""
+    gradients come from :mod:`qgfd_pyg.relational.triton_kernels`'s kernels instead (only
+    the relation weights' sums per relation stay a CSR product)."""
 
     @staticmethod
     def forward(ctx, x, a, graph, per_relation):
