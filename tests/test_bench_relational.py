@@ -44,7 +44,10 @@ def _dense_walks(graph, normalization="node", dangling="keep"):
 
 def _expected(model, graph, anchor, words, rows_per_step, key):
     """The model's scores by hand: its tables read at the rows the controller should use."""
-    E, W = model.entity.weight.detach(), model.word.weight.detach()
+    W = model.word.weight.detach()
+    # no entity table without the embedding term (nothing tied to an entity)
+    assert (model.entity is None) == (not model.embedding_scores)
+    E = model.entity.weight.detach() if model.embedding_scores else None
     step = _dense_walks(graph, model.normalization, model.dangling)
     out = []
     for b in range(anchor.numel()):
@@ -67,7 +70,7 @@ def _expected(model, graph, anchor, words, rows_per_step, key):
                 x = step(x, a)
                 acc = acc + theta[t + 1] * x
             p = p + mix[h] * acc
-        vector = torch.ones(E.size(1), dtype=torch.float64)
+        vector = torch.ones(W.size(1), dtype=torch.float64)
         for w in words[b].tolist():
             if w >= 0:
                 vector = vector * W[w]
@@ -216,7 +219,8 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
     chosen = {name: spec.options.get("suppress_anchor", False)
               for name, spec in WN18RRTask.models.items()}
     assert chosen == {"qgfd": True, "gat": False, "appnp": False, "distmult": False,
-                      "rotate": False, "attention": True, "rule": False}
+                      "rotate": False, "attention": True, "rule": False, "ppr": False,
+                      "nbfnet": False}
     assert not any(spec.options.get("suppress_anchor") for spec in KG_MODELS.values())
     assert WN18RRTask.models["attention"].options["steps"] == 1
     # WN18RR's qgfd model takes 5 steps (chosen on validation), the others keep 3
@@ -233,7 +237,7 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
     for table in (WN18RRTask.models, FB15k237Task.models):
         assert {name: spec.lr for name, spec in table.items()} == {
             "qgfd": 0.03, "gat": 0.005, "appnp": 0.005, "distmult": 0.005, "rotate": 0.005,
-            "attention": 0.03, "rule": 0.0}
+            "attention": 0.03, "rule": 0.0, "ppr": 0.0, "nbfnet": 0.005}
     assert KG_MODELS["qgfd"].lr == KG_MODELS["attention"].lr == 0.01
     assert not any(spec.options.get("suppress_anchor") for spec in FB15k237Task.models.values())
     assert CountriesTask.models is KG_MODELS

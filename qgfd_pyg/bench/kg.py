@@ -41,8 +41,9 @@ from .data import download_allowed, open_dataset
 from .metrics import ranking
 from .models import ModelSpec, one_hop_control
 from ..checks import check_choice
-from .relational import (KGGraph, KGQGFD, Triples, appnp_scorer, gat_scorer,
-                         index_triples, queries, read_triples)
+from .nbfnet import nbfnet_spec
+from .relational import (KGGraph, KGQGFD, PersonalizedPageRank, Triples, appnp_scorer,
+                         gat_scorer, index_triples, queries, read_triples)
 from .rules import MinedRules
 from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
 from .train import make_optimizer
@@ -176,6 +177,14 @@ KG_MODELS["rule"] = ModelSpec(
     "reference, not learnt: path rules of up to 3 relations mined from the training graph, "
     "their confidences counted on it, a candidate scored by the noisy-or of the rules that "
     "reach it")
+KG_MODELS["ppr"] = ModelSpec(
+    PersonalizedPageRank, 0.0, 0.0, dict(alpha=0.85, steps=10),
+    "reference, not learnt: PageRank personalised on the query's entity over the graph (restart "
+    "0.15, 10 steps), relations ignored")
+KG_MODELS["nbfnet"] = nbfnet_spec(
+    True, 0.5, "query-dependent relations, temperature 0.5, batches of 512 queries (its "
+    "transductive runs use 64 dimensions and batches of 64 on GPUs); opt-in: on these graphs "
+    "it needs a GPU", default=False)
 
 
 class KGTask(Task):
@@ -241,6 +250,16 @@ class KGTask(Task):
               device: torch.device) -> "KGExperiment":
         return KGExperiment(self, model, seed, options, device)
 
+    def eval_graph(self, split: str) -> Optional[Tensor]:
+        """The triples of the graph ``split``'s queries are asked over (``None``: the
+        training graph)."""
+        return None
+
+    def negatives(self) -> Optional[Tensor]:
+        """``[N]`` bool: the entities a training query may be given as a sampled negative
+        (``None``: every entity)."""
+        return None
+
     def eval_queries(self, split: str) -> Tensor:
         """``[n, 3]`` (entity, query relation, answer) of ``split``: both directions of every
         triple, the fixed subset of :attr:`val_queries` / :attr:`test_queries` if set."""
@@ -291,6 +310,15 @@ class KGExperiment(MiniBatchExperiment):
         self.train = queries(task.triples.train, r).to(device)
         self.train_ids = torch.arange(task.triples.train.size(0)).repeat(2).to(device)
         self.graph = KGGraph.from_triples(task.triples.train.to(device), r)
+        self.eval_graphs = {split: self.graph if task.eval_graph(split) is None else
+                            KGGraph.from_triples(task.eval_graph(split).to(device), r)
+                            for split in ("val", "test")}
+        # models with their own sampled negatives (NBFNet): never a training answer of the
+        # query, never an entity the task keeps out (the other graph of an inductive split)
+        self.train_answers = Filter(Triples(task.triples.train, task.triples.train[:0],
+                                            task.triples.train[:0]), task.num_entities, r)
+        keep = task.negatives()
+        self.not_negative = None if keep is None else ~keep.to(device)
         self.eval_queries = {split: task.eval_queries(split).to(device)
                              for split in ("val", "test")}
 
@@ -319,12 +347,19 @@ class KGExperiment(MiniBatchExperiment):
             head, tail = torch.where(inverse, a, e), torch.where(inverse, e, a)
             return self.model.kge.loss(head, q % r, tail)
         graph = self.graph.without(self.train_ids[idx])
-        return F.cross_entropy(self.model(e, q, graph), a)
+        scores = self.model(e, q, graph)
+        own_loss = getattr(self.model, "loss", None)
+        if own_loss is None:
+            return F.cross_entropy(scores, a)
+        exclude = self.train_answers.mask(e, q, self.task.num_entities)
+        if self.not_negative is not None:
+            exclude = exclude | self.not_negative.view(1, -1)
+        return own_loss(scores, a, exclude)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:
         self.model.eval()
-        items = self.eval_queries[split]
+        items, graph = self.eval_queries[split], self.eval_graphs[split]
         parts = []
         # one relation per batch (the QGFD transition is per query relation)
         order = torch.argsort(items[:, 1], stable=True)
@@ -334,7 +369,7 @@ class KGExperiment(MiniBatchExperiment):
             if chunk.numel() == 0:
                 continue
             if state is None or self.model.per_relation:  # encode the graph once per state
-                state = self.model.prepare(self.graph, int(chunk[0, 1]))
+                state = self.model.prepare(graph, int(chunk[0, 1]))
             for batch in chunk.split(self.task.batch_size):
                 e, q, a = batch.unbind(1)
                 parts.append(self.task.batch_metrics(e, q, a, self.model.score(e, q, state)))

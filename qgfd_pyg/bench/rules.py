@@ -75,19 +75,26 @@ class MinedRules(Module):
         self.aggregation = check_choice("aggregation", aggregation, AGGREGATIONS)
         self.seed = int(torch.randint(2 ** 31, ()) if seed is None else seed)
         self._mined: Dict[int, "Mined"] = {}
+        self._rules: Optional[List[List[Tuple[Body, float]]]] = None
 
     def prepare(self, graph: KGGraph, relation: int = 0) -> "Mined":
+        """The rules with ``graph``'s adjacency: the rules are mined on the first graph
+        prepared (the runner's first evaluation is on the training graph) and kept; a later
+        graph (an inductive split's test graph) gets its own adjacency and the same rules."""
         key = id(graph)
-        if key not in self._mined:  # one graph at a time: the runner's training graph
-            self._mined = {key: self._mine(graph)}
+        if key not in self._mined:  # one graph at a time
+            adjacency = self._adjacency(graph)
+            if self._rules is None:
+                self._rules = self._mine(graph, adjacency)
+            self._mined = {key: Mined(adjacency, self._rules)}
         return self._mined[key]
 
-    def _mine(self, graph: KGGraph) -> "Mined":
+    def _adjacency(self, graph: KGGraph) -> list:
+        """Per relation (inverses included) the 0/1 adjacency ``[N, N]`` of ``graph``."""
         import scipy.sparse as sp
 
         N, Q = self.num_entities, 2 * self.num_relations
         src, dst, rel = (t.cpu().numpy() for t in (graph.src, graph.dst, graph.rel))
-        rng = np.random.default_rng(self.seed)
         by_rel = np.argsort(rel, kind="stable")  # each relation's edges, in one sort
         rel_ptr = np.concatenate([[0], np.cumsum(np.bincount(rel, minlength=Q))])
         adjacency = []
@@ -98,6 +105,12 @@ class MinedRules(Module):
             a.sum_duplicates()
             a.data[:] = 1.0
             adjacency.append(a)
+        return adjacency
+
+    def _mine(self, graph: KGGraph, adjacency: list) -> List[List[Tuple[Body, float]]]:
+        N, Q = self.num_entities, 2 * self.num_relations
+        src, dst, rel = (t.cpu().numpy() for t in (graph.src, graph.dst, graph.rel))
+        rng = np.random.default_rng(self.seed)
         order = np.lexsort((dst, src))  # out-edges of each node: (relation, target)
         out_rel, out_dst = rel[order], dst[order]
         out_ptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=N))])
@@ -166,8 +179,7 @@ class MinedRules(Module):
                 support = walk.multiply(adjacency[q][sources]).nnz
                 if support >= self.min_support:
                     scored[q].append((body, support / (walk.nnz + self.pseudo_count)))
-        rules = [sorted(found, key=lambda item: -item[1])[:self.rules] for found in scored]
-        return Mined(adjacency, rules)
+        return [sorted(found, key=lambda item: -item[1])[:self.rules] for found in scored]
 
     def score(self, entity: Tensor, relation: Tensor, state: "Mined") -> Tensor:
         """Scores ``[B, N]`` of every entity for the queries ``(entity, relation)``."""

@@ -89,7 +89,9 @@ class RelationalQGFD(Module):
             (default: ``"relation"``)
         vocab (int, optional): words of a text or path query (default: ``2R``, the relations).
         max_words (int): longest path (``"path"``). (default: ``3``)
-        embedding_scores (bool): add the embedding term. (default: ``True``)
+        embedding_scores (bool): add the embedding term; without it the model has no
+            parameter per entity and scores a graph of new entities (inductive KG
+            completion) as it scores the training graph. (default: ``True``)
         dropout (float): dropout on the query vector of the embedding term. (default: ``0.0``)
         eps (float): :math:`\epsilon` in :math:`\log(p_T + \epsilon)`. (default: ``1e-6``)
         normalization (str): ``"node"``, ``"relation"`` or ``"none"``, see
@@ -141,7 +143,9 @@ class RelationalQGFD(Module):
         self.suppress_anchor = bool(suppress_anchor)
         flow_relations = 2 * num_relations + 1
         H, T = self.heads, self.steps
-        self.entity = Embedding(num_entities, hidden)
+        # an entity table only for the embedding term: without it nothing is tied to an
+        # entity, and the model applies to a graph of entities it never saw
+        self.entity = Embedding(num_entities, hidden) if embedding_scores else None
         self.word = Embedding(self.vocab, hidden)
         if controller == "text":
             self.encoder = GRU(hidden, hidden, batch_first=True)
@@ -165,7 +169,8 @@ class RelationalQGFD(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.entity.weight)
+        if self.entity is not None:
+            torch.nn.init.xavier_uniform_(self.entity.weight)
         if self.controller == "text":  # the GRU's tokens: distinct words, an unsaturated GRU
             torch.nn.init.normal_(self.word.weight, 0.0, 1.0)
         else:  # near-identity compositions (the embedding term multiplies the words)
@@ -264,7 +269,7 @@ class RelationalQGFD(Module):
         :func:`~qgfd_pyg.relational_flow` for every query and head)."""
         B, N, H = anchor.numel(), self.num_entities, self.heads
         a, theta, mix = (controls or self.controls(words))[:3]
-        p0 = torch.zeros(B * H, N, device=anchor.device, dtype=self.entity.weight.dtype)
+        p0 = torch.zeros(B * H, N, device=anchor.device, dtype=self.word.weight.dtype)
         p0[torch.arange(B * H, device=anchor.device), anchor.repeat_interleave(H)] = 1.0
         p = relational_flow(p0, graph, a, hop_weights=theta, normalization=self.normalization,
                             dangling=self.dangling, validate=False).view(B, H, N)
