@@ -20,7 +20,7 @@ from qgfd_pyg.bench.rules import MinedRules
 # one of them named like a training entity (a different entity: ids must differ)
 TRAIN = [("a", "p", "b"), ("b", "p", "c"), ("a", "g", "c"), ("c", "p", "d"), ("b", "g", "d"),
          ("d", "p", "e"), ("c", "g", "e"), ("e", "s", "f")]
-VALID = [("d", "g", "f")]
+VALID = [("c", "g", "f")]
 TEST_GRAPH = [("u", "p", "v"), ("v", "p", "w"), ("w", "p", "a"), ("u", "g", "w"),
               ("a", "s", "z")]
 TEST = [("v", "g", "a")]
@@ -56,7 +56,7 @@ def test_the_two_graphs_get_disjoint_ids_and_the_relations_are_shared(tmp_path):
 @pytest.mark.parametrize("files,message", [
     (dict(test=[("v", "q", "a")]), "relation 'q' is not in the training graph"),
     (dict(test=[("v", "g", "zz")]), "entity 'zz' is not in its graph"),
-    (dict(valid=[("d", "g", "u")]), "entity 'u' is not in its graph"),
+    (dict(valid=[("c", "g", "u")]), "entity 'u' is not in its graph"),
     (dict(train=TRAIN + [("a", "b")]), "expected 3 tab-separated fields")])
 def test_bad_files_are_value_errors_that_say_where(tmp_path, files, message):
     root = str(tmp_path)
@@ -98,8 +98,9 @@ def test_ranking_is_against_the_query_graph_filtered_by_its_own_facts(tmp_path):
     # validation queries: ranked against the training entities, the test graph ignored
     scores = torch.zeros(1, N)
     scores[0, n1:] = 99.0
-    scores[0, 5] = 1.0  # f: the answer of (d, g, ?)
-    _, metrics = task.batch_metrics(torch.tensor([3]), torch.tensor([0]), torch.tensor([5]),
+    scores[0, 5] = 1.0  # f: the answer of (c, g, ?); e, its training answer, filtered
+    scores[0, 4] = 2.0
+    _, metrics = task.batch_metrics(torch.tensor([2]), torch.tensor([0]), torch.tensor([5]),
                                     scores)
     assert metrics["mrr"] == 1.0
 
@@ -277,3 +278,22 @@ def test_inductive_task_end_to_end(tmp_path):
     assert runs["qgfd"]["params"] < 5000  # nothing per entity
     with open(os.path.join(out, "ind-fb237-v1.md")) as f:
         assert "Hits@10 (50 neg.)" in f.read()
+
+
+def test_nbfnet_negatives_are_training_entities_that_do_not_answer(tmp_path):
+    task = load_inductive(_write(str(tmp_path)), "fb237", 1)
+    experiment = task.setup("nbfnet", 0, task.models["nbfnet"].options, torch.device("cpu"))
+    seen = []
+    loss = experiment.model.loss
+    experiment.model.loss = lambda s, a, exclude: seen.append(exclude) or loss(s, a, exclude)
+    # training triples 0 (a p b), 1 (b p c) and 6 (c g e), tail queries
+    experiment.batch_loss(torch.tensor([0, 1, 6]))
+    exclude = seen[0]
+    n1 = task.num_train_entities
+    assert bool(exclude[:, n1:].all())  # the test graph's entities: never a negative
+    a, b, c = 0, 1, 2
+    assert bool(exclude[0, b]) and not bool(exclude[0, c]) and not bool(exclude[0, a])
+    assert bool(exclude[1, c]) and not bool(exclude[1, b])
+    # the validation fact (c, g, f) is held out: f stays a negative of (c, g)
+    e, f = 4, 5
+    assert bool(exclude[2, e]) and not bool(exclude[2, f])

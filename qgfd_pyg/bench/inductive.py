@@ -16,8 +16,9 @@ uniformly, with replacement, from the query's filtered candidates, in closed for
 
 Models: ``qgfd`` and its one-step control (the flow alone: no entity embedding term, so
 nothing learnt is tied to an entity), ``nbfnet`` (:class:`~qgfd_pyg.bench.nbfnet.NBFNet`),
-and the references ``ppr`` (PageRank personalised on the anchor, over the query's graph) and
-``rule`` (path rules mined on the training graph, applied to the test graph).
+and the references ``ppr`` (PageRank personalised on the anchor, over the query's graph),
+``rule`` (path rules mined on the training graph, applied to the test graph) and
+``untrained`` (the qgfd model at its initialisation).
 """
 import math
 import os
@@ -28,11 +29,11 @@ import torch
 from torch import Tensor
 
 from .data import missing_data
-from .kg import KG_MODELS, Filter, KGTask, filtered_ranking
+from .kg import KG_MODELS, Filter, KGTask, filtered_ranking, untrained_row
 from .models import ModelSpec
 from .nbfnet import NBFNET_MODELS, nbfnet_spec
 from .relational import PersonalizedPageRank, Triples
-from .tasks import QUICK, register
+from .tasks import register
 
 SPLITS = {"fb237": "fb237", "wn18rr": "WN18RR", "nell": "nell"}
 VERSIONS = (1, 2, 3, 4)
@@ -70,6 +71,7 @@ INDUCTIVE_MODELS: Dict[str, ModelSpec] = {
     "rule": replace(KG_MODELS["rule"], source=KG_MODELS["rule"].source.replace(
         "training graph,", "training graph and applied to the test graph,")),
 }
+INDUCTIVE_MODELS["untrained"] = untrained_row(INDUCTIVE_MODELS["qgfd"])
 
 
 class InductiveKGTask(KGTask):
@@ -85,18 +87,20 @@ class InductiveKGTask(KGTask):
             below it, every id of ``test_graph`` and ``triples.test`` at or above it.
         num_entities, num_relations: ``N1 + N2`` and the relations (without inverses).
         quick: a short budget for tests and smoke runs.
+        epoch_batches: an epoch is this many random batches (default: all queries).
     """
     models = INDUCTIVE_MODELS
     columns = (("hits@1", "Hits@1"), ("hits@10", "Hits@10"),
                ("hits@10_50", "Hits@10 (50 neg.)"))
     budget = (20, 5)
-    options = (QUICK,)
+    options = KGTask.options[:2]  # --quick, --epoch-batches
 
     def __init__(self, name: str, triples: Triples, test_graph: Tensor,
                  num_train_entities: int, num_entities: int, num_relations: int,
-                 quick: bool = False):
+                 quick: bool = False, epoch_batches: Optional[int] = None):
         super().__init__(name, triples, num_entities, num_relations, quick=quick,
-                         batch_size=64, val_queries=0, batches="mixed")
+                         batch_size=64, val_queries=0, epoch_batches=epoch_batches,
+                         batches="mixed")
         self.test_graph, self.num_train_entities = test_graph, num_train_entities
         for part, ids, train_side in (("training graph", triples.train, True),
                                       ("validation", triples.valid, True),
@@ -174,8 +178,8 @@ def read_split(folder: str, files: Tuple[str, ...]) -> List[List[Tuple[str, str,
     return out
 
 
-def load_inductive(root: str, split: str, version: int, quick: bool = False
-                   ) -> InductiveKGTask:
+def load_inductive(root: str, split: str, version: int, quick: bool = False,
+                   epoch_batches: Optional[int] = None) -> InductiveKGTask:
     """GraIL's ``split`` (``fb237``, ``wn18rr``, ``nell``) version ``version`` from
     ``root/inductive-kg``: the four files the protocol reads."""
     base = os.path.join(root, "inductive-kg", f"{SPLITS[split]}_v{version}")
@@ -217,7 +221,8 @@ def load_inductive(root: str, split: str, version: int, quick: bool = False
     offset = torch.tensor([n1, 0, n1])
     kind = InductiveWNTask if split == "wn18rr" else InductiveKGTask
     return kind(f"ind-{split}-v{version}", Triples(train_t, valid_t, test_t + offset),
-                           graph_t + offset, n1, n1 + len(ids[1]), len(relations), quick=quick)
+                           graph_t + offset, n1, n1 + len(ids[1]), len(relations), quick=quick,
+                epoch_batches=epoch_batches)
 
 
 def _register(split: str, version: int) -> None:
@@ -228,7 +233,8 @@ def _register(split: str, version: int) -> None:
               f"a graph of new entities; filtered MRR, Hits@1/10 and Hits@10 against 50 "
               f"negatives; ships in datasets/inductive-kg")
     def load(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> InductiveKGTask:
-        return load_inductive(root, split, version, quick=bool(extra.get("quick")))
+        return load_inductive(root, split, version, quick=bool(extra.get("quick")),
+                              epoch_batches=extra.get("epoch_batches"))
 
 
 for _split in SPLITS:

@@ -43,7 +43,7 @@ from .models import ModelSpec, one_hop_control
 from ..checks import check_choice
 from .nbfnet import nbfnet_spec
 from .relational import (KGGraph, KGQGFD, PersonalizedPageRank, Triples, appnp_scorer,
-                         gat_scorer, index_triples, queries, read_triples)
+                         gat_scorer, index_triples, queries, read_triples, untrained)
 from .rules import MinedRules
 from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
 from .train import make_optimizer
@@ -453,10 +453,19 @@ def fb15k_237(root: str, dataset: Optional[str], extra: Dict[str, Any]) -> KGTas
 REGIONS = ("africa", "americas", "asia", "europe", "oceania")
 
 
+def untrained_row(qgfd: ModelSpec) -> ModelSpec:
+    """The reference row ``untrained``: the ``qgfd`` model at its initialisation (the seed's
+    draw), scored without a training step: what the flow's structure gives before learning."""
+    return ModelSpec(untrained(qgfd.build), 0.0, 0.0, dict(qgfd.options),
+                     "reference: the qgfd model at its initialisation, nothing trained")
+
+
 class CountriesTask(KGTask):
     """Countries S1-S3 (Bouchard et al. 2015): ``locatedin(country, ?)`` for the held-out
     countries, ranked over the five regions; AUC-PR over all (country, region) pairs, as NTP,
-    NeuralLP, MINERVA and CTP report it. Training as for the other knowledge graphs."""
+    NeuralLP, MINERVA and CTP report it. Training as for the other knowledge graphs; the
+    ``untrained`` row is the qgfd model at its initialisation."""
+    models = {**KG_MODELS, "untrained": untrained_row(KG_MODELS["qgfd"])}
     metric = "AUC-PR"
     columns = ()
     percent = True
