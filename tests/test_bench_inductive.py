@@ -154,10 +154,11 @@ def test_training_hides_each_batch_s_edges_and_the_test_runs_on_the_test_graph(t
     experiment.model.prepare = record
     experiment.evaluate("val")
     experiment.evaluate("test")
-    train_edges = {(s, d) for s, d in zip(seen[0].src.tolist(), seen[0].dst.tolist())}
-    test_edges = {(s, d) for s, d in zip(seen[1].src.tolist(), seen[1].dst.tolist())}
+    train_edges = {(s, d) for s, d in zip(seen[0].src.tolist(), seen[0].dst.tolist(), strict=True)}
+    test_edges = {(s, d) for s, d in zip(seen[1].src.tolist(), seen[1].dst.tolist(), strict=True)}
     h, _, t = task.test_graph.unbind(1)
-    assert test_edges == set(zip(h.tolist(), t.tolist())) | set(zip(t.tolist(), h.tolist()))
+    assert test_edges == set(zip(h.tolist(), t.tolist(), strict=True)) | set(
+        zip(t.tolist(), h.tolist(), strict=True))
     assert all(max(e) < task.num_train_entities for e in train_edges)
     # a training batch: its own triples hidden from the graph the model sees
     experiment = task.setup("qgfd", 0, task.models["qgfd"].options, torch.device("cpu"))
@@ -167,7 +168,7 @@ def test_training_hides_each_batch_s_edges_and_the_test_runs_on_the_test_graph(t
     batch = torch.tensor([0, 2])  # queries of training triples 0 and 2, tail direction
     experiment.batch_loss(batch)
     graph = calls[0][2]
-    edges = set(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist()))
+    edges = set(zip(graph.src.tolist(), graph.dst.tolist(), graph.rel.tolist(), strict=True))
     for h, r, t in task.triples.train[[0, 2]].tolist():
         assert (h, t, r) not in edges and (t, h, r + task.num_relations) not in edges
     assert len(edges) == 2 * (task.triples.train.size(0) - 2)
@@ -211,7 +212,8 @@ def _nbfnet_by_loops(model, graph, entity, relation, num_nodes):
                 w = layer.relation.weight.double()
             new = torch.zeros_like(x)
             for v in range(num_nodes):
-                msgs = [x[u] * w[r] for u, t, r in zip(src, dst, rel) if t == v] + [boundary[v]]
+                msgs = [x[u] * w[r] for u, t, r in zip(src, dst, rel, strict=True)
+                        if t == v] + [boundary[v]]
                 m = torch.stack(msgs)
                 mean, sq = m.mean(0), (m * m).mean(0)
                 std = (sq - mean * mean).clamp_min(layer.eps).sqrt()

@@ -24,7 +24,7 @@ Entities that no edge touches and that are not the query's anchor all get the sa
 representation; the model computes the layers on the touched nodes plus one such node and
 gives its score to the rest (the same numbers, less work on graphs with many isolated ids).
 """
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
