@@ -11,13 +11,10 @@ import time
 
 import torch
 
-from qgfd_pyg.bench.io import atomic_write
-from qgfd_pyg.bench.runner import default_dir
-from qgfd_pyg.bench.tasks import load_task
-from qgfd_pyg.bench.train import seed_everything
-
 
 def measure(task, model: str, batches: int, queries: int) -> tuple:
+    from qgfd_pyg.bench.train import seed_everything
+
     seed_everything(0)
     experiment = task.setup(model, 0, task.models[model].options, torch.device("cpu"))
     order = experiment.batches()
@@ -44,15 +41,23 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=5, help="timed training batches")
     parser.add_argument("--queries", type=int, default=256, help="timed test queries")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=default_dir("benchmarks/results"))
+    parser.add_argument("--out", default=None, help="default: benchmarks/results")
     args = parser.parse_args()
+    # numba's thread count is per thread; a process whose first numba call comes from another
+    # thread can run its kernels on every core, oversubscribed beside other processes (seen:
+    # 0.8 s against 0.04 s per qgfd batch): fix it before numba loads
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
+    from qgfd_pyg.bench.io import atomic_write
+    from qgfd_pyg.bench.runner import default_dir
+    from qgfd_pyg.bench.tasks import load_task
     lines = ["# Inductive models: cost per epoch and per test query", "",
              f"`./run python benchmarks/inductive_cost.py --tasks {args.tasks} --models "
              f"{args.models} --threads {args.threads}`: {args.batches} training batches of 64 "
              f"queries timed after a first one and scaled to a full pass over the training "
              f"queries; {args.queries} test queries ranked (both directions); one process, "
-             f"{args.threads} thread(s), CPU, {time.strftime('%Y-%m-%d')}.", "",
+             f"{args.threads} thread(s) for torch and numba, CPU, "
+             f"{time.strftime('%Y-%m-%d')}; another benchmark ran on the second core.", "",
              "| task | model | s / training epoch | s / batch | test queries / s |",
              "| --- | --- | --- | --- | --- |"]
     for name in args.tasks.split(","):
@@ -61,7 +66,7 @@ def main() -> int:
             epoch, batch, qps = measure(task, model, args.batches, args.queries)
             lines.append(f"| {name} | {model} | {epoch:.0f} | {batch:.2f} | {qps:.1f} |")
             print(lines[-1], flush=True)
-    path = os.path.join(args.out, "inductive_cost.md")
+    path = os.path.join(args.out or default_dir("benchmarks/results"), "inductive_cost.md")
     atomic_write(path, "\n".join(lines) + "\n")
     print("written:", path)
     return 0
