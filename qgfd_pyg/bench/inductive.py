@@ -32,7 +32,7 @@ from .data import missing_data
 from .kg import KG_MODELS, Filter, KGTask, filtered_ranking, untrained_row
 from .models import ModelSpec
 from .nbfnet import NBFNET_MODELS, nbfnet_spec
-from .relational import PersonalizedPageRank, Triples
+from .relational import Triples
 from .tasks import register
 
 SPLITS = {"fb237": "fb237", "wn18rr": "WN18RR", "nell": "nell"}
@@ -65,9 +65,7 @@ INDUCTIVE_MODELS: Dict[str, ModelSpec] = {
     "attention": replace(KG_MODELS["attention"], options={**_FLOW, "steps": 1},
                          source="the qgfd model with one step: the one-hop control; " + _SAME),
     **NBFNET_MODELS,
-    "ppr": ModelSpec(PersonalizedPageRank, 0.0, 0.0, dict(alpha=0.85, steps=10),
-                     "reference, not learnt: PageRank personalised on the anchor over the "
-                     "query's graph (restart 0.15, 10 steps), relations ignored"),
+    "ppr": KG_MODELS["ppr"],
     "rule": replace(KG_MODELS["rule"], source=KG_MODELS["rule"].source.replace(
         "training graph,", "training graph and applied to the test graph,")),
 }

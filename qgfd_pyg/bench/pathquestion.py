@@ -21,14 +21,15 @@ PageRank from the anchor over the KB) and ``untrained`` (the ``qgfd`` model at i
 initialisation).
 """
 import os
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from .data import missing_data
+from .kg import KG_MODELS, untrained_row
 from .models import ModelSpec
 from .qa import QA_MODELS, PathQATask, Questions, _tokens
-from .relational import PersonalizedPageRank, untrained
 from .tasks import QUICK, register
 
 # task -> (questions file, KB file) under --root's PathQuestion/
@@ -37,12 +38,8 @@ FILES = {"pq-2h": ("PQ-2H.txt", "2H-kb.txt"), "pq-3h": ("PQ-3H.txt", "3H-kb.txt"
 _QGFD = QA_MODELS["qgfd"]
 PQ_MODELS: Dict[str, ModelSpec] = {
     **{name: spec for name, spec in QA_MODELS.items() if name != "rule"},
-    "ppr": ModelSpec(PersonalizedPageRank, 0.0, 0.0, dict(alpha=0.85, steps=10),
-                     "reference, not learnt: personalised PageRank from the anchor over the KB "
-                     "(every edge alike, both ways; alpha 0.85, 10 steps)"),
-    "untrained": ModelSpec(untrained(_QGFD.build), 0.0, 0.0,
-                           {**_QGFD.options, "controller": "text"},
-                           "reference, not learnt: the qgfd model at its initialisation"),
+    "ppr": KG_MODELS["ppr"],
+    "untrained": untrained_row(replace(_QGFD, options={**_QGFD.options, "controller": "text"})),
 }
 
 
