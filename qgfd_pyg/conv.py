@@ -23,6 +23,8 @@ from .transition import graph_transition, knn_transition
 
 
 TRANSITIONS = ("graph", "sym", "knn", "attention")
+# fill_value of a self-loop's edge features: the reduction of the node's incoming edges' (PyG's)
+FILL_REDUCE = {"mean": "mean", "add": "sum", "max": "max", "min": "min", "mul": "mul"}
 
 
 class QGFDConv(MessagePassing):
@@ -61,12 +63,35 @@ class QGFDConv(MessagePassing):
     :math:`p^{(T)} = \sum_k \theta_k (p^{(0)})^{k+1}` is the attention diffusion of MAGNA
     (Wang et al., 2021), learnt through :math:`\mathbf{P}` as well.
 
+    With ``edge_dim``, edge features :math:`\mathbf{e}_{ij}` enter the seed's scores: the key
+    becomes :math:`\mathbf{W}_K \mathbf{x}_j + \mathbf{W}_E \mathbf{e}_{ij}` (the form of
+    ``TransformerConv``), or GAT's score gains :math:`\mathbf{a}_e^\top \mathbf{W}_E
+    \mathbf{e}_{ij}` with ``attention="additive"`` (``GATConv``'s). The transition does not use
+    them (its weights are ``edge_weight``). The arguments up to ``residual`` are ``GATConv``'s,
+    in its order; QGFD's own follow as keywords.
+
     Args:
-        in_channels (int): size of each input sample, or ``-1`` to infer it on first use.
+        in_channels (int or tuple): size of each input sample, ``-1`` to infer it on first
+            use, or a pair ``(source, target)`` of them for bipartite graphs.
         out_channels (int): size of each output sample (per head).
         heads (int, optional): number of attention heads. (default: :obj:`1`)
         concat (bool, optional): concatenate the heads (else average them).
             (default: :obj:`True`)
+        negative_slope (float, optional): LeakyReLU slope of ``attention="additive"``'s score;
+            the dot-product seed has none (another value is a ValueError). (default: :obj:`0.2`)
+        dropout (float, optional): dropout probability of the seed attention coefficients
+            (with ``transition="attention"`` also of the transition, renormalised over each
+            row's kept edges). (default: :obj:`0.0`)
+        add_self_loops (bool, optional): add self-loops to the attention and to the graph
+            transition. (default: :obj:`True`)
+        edge_dim (int, optional): edge feature dimensionality; ``None`` uses no edge features
+            (a 1-D ``edge_attr`` is then the transition's edge weights). (default: :obj:`None`)
+        fill_value (float or torch.Tensor or str, optional): the edge features of an added
+            self-loop: a value, or ``"mean"``, ``"add"``, ``"max"``, ``"min"``, ``"mul"`` of
+            the node's incoming edges' features (``GATConv``'s). (default: :obj:`"mean"`)
+        bias (bool, optional): learn an additive bias. (default: :obj:`True`)
+        residual (bool, optional): add a linear projection of the (target) node's input
+            features to the output, as ``GATConv`` does. (default: :obj:`False`)
         alpha (float, optional): the weight of the diffusion :math:`\alpha \in [0, 1]`, the
             probability of taking one more step (QGFD's ``alpha=0.85`` is APPNP's teleport
             ``alpha=0.15``); ``0`` is plain neighbour attention. (default: :obj:`0.85`)
@@ -76,12 +101,6 @@ class QGFDConv(MessagePassing):
         k (int, optional): neighbours per key for ``transition="knn"``. (default: :obj:`8`)
         attention (str, optional): seed score, ``"dot"`` (scaled dot product) or
             ``"additive"`` (GAT's). (default: :obj:`"dot"`)
-        dropout (float, optional): dropout probability of the seed attention coefficients
-            (with ``transition="attention"`` also of the transition, renormalised over each
-            row's kept edges). (default: :obj:`0.0`)
-        add_self_loops (bool, optional): add self-loops to the attention and to the graph
-            transition. (default: :obj:`True`)
-        bias (bool, optional): learn an additive bias. (default: :obj:`True`)
         tol (float, optional): stop diffusing once :math:`\max|Z^{(t+1)} - Z^{(t)}| <`
             ``tol``. (default: :obj:`None`)
         cached (bool, optional): cache the self-loop edges and graph transition of the first
@@ -99,11 +118,16 @@ class QGFDConv(MessagePassing):
         **kwargs: arguments of :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
-        - **input:** node features :math:`(|\mathcal{V}|, F_{in})`, edge indices
-          :math:`(2, |\mathcal{E}|)` or a SparseTensor ``adj_t`` :math:`(|\mathcal{V}|,
-          |\mathcal{V}|)`, edge weights :math:`(|\mathcal{E}|)` *(optional)*
+        - **input:** node features :math:`(|\mathcal{V}|, F_{in})` or
+          :math:`((|\mathcal{V}_s|, F_{s}), (|\mathcal{V}_t|, F_{t}))` if bipartite,
+          edge indices :math:`(2, |\mathcal{E}|)` or a sparse ``adj_t``
+          :math:`(|\mathcal{V}_t|, |\mathcal{V}_s|)`,
+          edge features :math:`(|\mathcal{E}|, D)` *(optional)*,
+          edge weights :math:`(|\mathcal{E}|)` *(optional)*,
+          batch vector :math:`(|\mathcal{V}|)` *(optional)*
         - **output:** node features :math:`(|\mathcal{V}|, H \cdot F_{out})` or
-          :math:`(|\mathcal{V}|, F_{out})` if ``concat=False``; with
+          :math:`(|\mathcal{V}_t|, H \cdot F_{out})` if bipartite (:math:`F_{out}` in place
+          of :math:`H \cdot F_{out}` if ``concat=False``); with
           ``return_attention_weights=True`` also ``(edge_index, p0)`` with :math:`p^{(0)}` of
           shape :math:`(|\mathcal{E}'|, H)` (the adjacency with :math:`p^{(0)}` as its values
           for sparse input: a SparseTensor, or a torch sparse :math:`(N, N, H)` tensor)
@@ -111,12 +135,14 @@ class QGFDConv(MessagePassing):
     _cached: Optional[Tuple[Tensor, Optional[Transition], EdgeLayout]]
 
     def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int,
-                 heads: int = 1, concat: bool = True,
-                 alpha: float = 0.85, steps: int = 6, transition: str = "graph", k: int = 8,
-                 dropout: float = 0.0, add_self_loops: bool = True, bias: bool = True,
-                 tol: Optional[float] = None, cached: bool = False, attention: str = "dot",
-                 checkpoint: bool = False, learn_hop_weights: bool = False,
-                 redraw_dropout: bool = False, **kwargs):
+                 heads: int = 1, concat: bool = True, negative_slope: float = 0.2,
+                 dropout: float = 0.0, add_self_loops: bool = True,
+                 edge_dim: Optional[int] = None, fill_value: Union[float, Tensor, str] = "mean",
+                 bias: bool = True, residual: bool = False, *, alpha: float = 0.85,
+                 steps: int = 6, transition: str = "graph", k: int = 8, attention: str = "dot",
+                 tol: Optional[float] = None, cached: bool = False,
+                 learn_hop_weights: bool = False, redraw_dropout: bool = False,
+                 checkpoint: bool = False, **kwargs):
         # the layer aggregates with its own attention weights, along the edges' direction
         if kwargs.get("aggr", "add") != "add":
             raise ValueError(f"QGFDConv sums over its attention weights; aggr="
@@ -148,6 +174,17 @@ class QGFDConv(MessagePassing):
             raise ValueError(f"dropout must lie in [0, 1) (got {dropout})")
         self.dropout = dropout
         self.add_self_loops = add_self_loops
+        if attention == "dot" and negative_slope != 0.2:
+            raise ValueError(f"negative_slope={negative_slope} applies to attention='additive' "
+                             f"(GAT's LeakyReLU score); the dot-product seed has no LeakyReLU")
+        self.negative_slope = float(negative_slope)
+        if edge_dim is not None:
+            check_positive_int("edge_dim", edge_dim)
+        self.edge_dim = edge_dim
+        if isinstance(fill_value, str) and fill_value not in FILL_REDUCE:
+            raise ValueError(f"fill_value must be a number, a tensor [edge_dim] or one of "
+                             f"{', '.join(map(repr, FILL_REDUCE))} (got {fill_value!r})")
+        self.fill_value = fill_value
         self.tol = check_positive_float("tol", tol, allow_none=True)
         self.cached = cached
         self.checkpoint = checkpoint
@@ -174,19 +211,30 @@ class QGFDConv(MessagePassing):
             self.att_dst = Parameter(torch.empty(1, heads, out_channels))
             self.att_src = Parameter(torch.empty(1, heads, out_channels))
         self.lin_value = Linear(src_in, width, bias=False, weight_initializer="glorot")
+        if edge_dim is not None:  # edge features enter the seed's scores (as keys, or GAT's)
+            self.lin_edge = Linear(edge_dim, width, bias=False, weight_initializer="glorot")
+            self.att_edge = None if attention == "dot" else \
+                Parameter(torch.empty(1, heads, out_channels))
+        else:
+            self.lin_edge = None
+            self.register_parameter("att_edge", None)
+        out_width = width if concat else out_channels
+        self.res = Linear(dst_in, out_width, bias=False, weight_initializer="glorot") \
+            if residual else None
         if bias:
-            self.bias = Parameter(torch.empty(width if concat else out_channels))
+            self.bias = Parameter(torch.empty(out_width))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self):
         super().reset_parameters()
-        for lin in (self.lin_query, self.lin_key, self.lin_value):
+        for lin in (self.lin_query, self.lin_key, self.lin_value, self.lin_edge, self.res):
             if lin is not None:
                 lin.reset_parameters()
         glorot(self.att_dst)
         glorot(self.att_src)
+        glorot(self.att_edge)
         zeros(self.bias)
         if self.hop_weights is not None:
             with torch.no_grad():
@@ -194,9 +242,9 @@ class QGFDConv(MessagePassing):
         self._cached = None
 
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Adj,
-                edge_weight: OptTensor = None,
-                return_attention_weights: Optional[bool] = None, batch: OptTensor = None,
-                size: Size = None
+                edge_attr: OptTensor = None, size: Size = None,
+                return_attention_weights: Optional[bool] = None,
+                edge_weight: OptTensor = None, batch: OptTensor = None
                 ) -> Union[Tensor, Tuple[Tensor, Union[Adj, Tuple[Adj, Tensor]]]]:
         r"""Runs the layer.
 
@@ -214,41 +262,97 @@ class QGFDConv(MessagePassing):
             edge_index (torch.Tensor or SparseTensor): edges ``[2, E]`` (source, target), or
                 ``adj_t`` ``[N_dst, N_src]`` as a SparseTensor / torch sparse tensor (its values
                 weight ``P``).
-            edge_weight (torch.Tensor, optional): non-negative weights ``[E]`` of the graph
-                transition (the seed attention does not use them). (default: :obj:`None`)
+            edge_attr (torch.Tensor, optional): edge features ``[E, edge_dim]`` for a layer
+                built with ``edge_dim`` (they enter the seed's scores; ``edge_index`` input
+                only); without ``edge_dim``, a 1-D ``[E]`` tensor is taken as ``edge_weight``,
+                as ``GCNConv`` / ``APPNP`` take their third argument. (default: :obj:`None`)
+            size (tuple, optional): ``(N_src, N_dst)``, as in ``GATConv``; it must match the
+                node features given. (default: :obj:`None`)
             return_attention_weights (bool, optional): also return the seed attention
                 :math:`p^{(0)}` per edge (self-loops included), as ``GATConv`` does:
                 ``(edge_index, p0)`` for ``edge_index`` input, ``(adj, p0)`` with a torch
                 sparse ``adj``, a SparseTensor with :math:`p^{(0)}` as its values for
                 SparseTensor input. (default: :obj:`None`)
+            edge_weight (torch.Tensor, optional): non-negative weights ``[E]`` of the graph
+                transition (the seed attention does not use them). (default: :obj:`None`)
             batch (torch.Tensor, optional): the graph of each node ``[N]`` (sorted, as in a
                 PyG ``Batch``): a kNN transition then joins keys of one graph only; not for
                 bipartite input. (default: :obj:`None`)
-            size (tuple, optional): ``(N_src, N_dst)``, as in ``GATConv``; it must match the
-                node features given. (default: :obj:`None`)
         """
         x_src, x_dst = self._node_features(x, size)
+        edge_attr, edge_weight = self._edge_inputs(edge_index, edge_attr, edge_weight)
         if x_dst is not None:
             if batch is not None:
                 raise ValueError("batch= applies to square input only (one node set); a "
                                  "bipartite layer has no per-graph kNN")
-            return self._bipartite(x_src, x_dst, edge_index, edge_weight,
+            return self._bipartite(x_src, x_dst, edge_index, edge_attr, edge_weight,
                                    return_attention_weights)
         x, N = x_src, x_src.size(0)
         if N == 0:  # no nodes: no queries, no edges
             return self._empty_output(x, return_attention_weights)
         attn_index, P, layout = self._structure(edge_index, edge_weight, N)
         mask, position, P = self._explain_masks(edge_index, edge_weight, attn_index, P, N)
-        value, key, p0 = self._seed_attention(x, attn_index, layout, mask, position)
+        edge = None
+        if edge_attr is not None:
+            if position is None:
+                position = self._positions(edge_index, attn_index, N)
+            edge = self._edge_features(edge_attr, edge_index[1], position, attn_index, N)
+        value, key, p0 = self._seed_attention(x, attn_index, layout, mask, position, edge)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
         for hook in self._message_forward_hooks.values():  # AttentionExplainer reads 'alpha'
             hook(self, ({"alpha": p0[position], "edge_index": edge_index},), p0)
         z = self._diffuse_values(value, key, p0, p0_used, attn_index, P, batch)
         src, dst = attn_index
-        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, N, layout=layout))
+        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, N, layout=layout), x)
         if return_attention_weights:
             return out, self._attention_weights(edge_index, attn_index, p0, (N, N))
         return out
+
+    def _edge_inputs(self, edge_index: Adj, edge_attr: OptTensor, edge_weight: OptTensor
+                     ) -> Tuple[OptTensor, OptTensor]:
+        """``(edge features, transition weights)`` from ``edge_attr`` and ``edge_weight``:
+        without ``edge_dim`` a 1-D ``edge_attr`` is the transition's weights."""
+        if edge_attr is None:
+            return None, edge_weight
+        if not isinstance(edge_attr, Tensor):
+            raise ValueError(f"edge_attr must be a tensor (got {type(edge_attr).__name__})")
+        if self.lin_edge is None:
+            if edge_attr.dim() != 1:
+                raise ValueError(f"edge_attr of shape {tuple(edge_attr.shape)} needs a layer "
+                                 f"built with edge_dim={edge_attr.size(-1)} (edge features "
+                                 f"enter the seed's scores); a 1-D edge_attr [E] is the "
+                                 f"transition's edge weights")
+            if edge_weight is not None:
+                raise ValueError("edge_attr [E] and edge_weight are both the transition's edge "
+                                 "weights without edge_dim: pass one of them")
+            return None, edge_attr
+        if not isinstance(edge_index, Tensor) or is_torch_sparse_tensor(edge_index):
+            raise ValueError("edge_attr needs edge_index input [2, E], not a sparse adj_t")
+        attr = edge_attr.view(-1, 1) if edge_attr.dim() == 1 else edge_attr
+        if attr.dim() != 2 or attr.size(0) != edge_index.size(1) \
+                or attr.size(1) != self.edge_dim:
+            raise ValueError(f"edge_attr must have shape [{edge_index.size(1)}, "
+                             f"{self.edge_dim}] (one row per edge, edge_dim features); got "
+                             f"{tuple(edge_attr.shape)}")
+        return attr, edge_weight
+
+    def _edge_features(self, edge_attr: Tensor, target: Tensor, position: Tensor,
+                       attn_index: Tensor, num_nodes: int) -> Tensor:
+        """The projected edge features ``[E', H, C]`` of the attention edges: an input edge's
+        own (the mean over duplicates of one edge), an added self-loop's from ``fill_value``
+        (by default the mean over the node's incoming edges, as ``GATConv`` fills them)."""
+        count = attn_index.size(1)
+        own = scatter(edge_attr, position, 0, dim_size=count, reduce="mean")
+        covered = scatter(torch.ones_like(position, dtype=edge_attr.dtype), position, 0,
+                          dim_size=count) > 0
+        if isinstance(self.fill_value, str):
+            fill = scatter(edge_attr, target, 0, dim_size=num_nodes,
+                           reduce=FILL_REDUCE[self.fill_value])[attn_index[1]]
+        else:
+            fill = torch.as_tensor(self.fill_value, dtype=edge_attr.dtype,
+                                   device=edge_attr.device).expand_as(own)
+        attr = torch.where(covered.view(-1, 1), own, fill)
+        return self.lin_edge(attr).view(count, self.heads, self.out_channels)
 
     def _node_features(self, x: Union[Tensor, PairTensor], size: Size
                        ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -277,9 +381,7 @@ class QGFDConv(MessagePassing):
 
     def _empty_output(self, x: Tensor, return_attention_weights: Optional[bool]):
         H, C = self.heads, self.out_channels
-        out = x.new_zeros(0, H * C if self.concat else C)
-        if self.bias is not None:
-            out = out + self.bias
+        out = self._heads_out(x.new_zeros(0, H, C), x)
         if return_attention_weights:
             return out, (x.new_zeros(2, 0, dtype=torch.long), x.new_zeros(0, H))
         return out
@@ -309,18 +411,25 @@ class QGFDConv(MessagePassing):
         return mask, position, P
 
     def _seed_attention(self, x: Tensor, attn_index: Tensor, layout: EdgeLayout,
-                        mask: OptTensor, position: OptTensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Values, keys ``[N, H, C]`` and the seed attention :math:`p^{(0)}` ``[E', H]``."""
+                        mask: OptTensor, position: OptTensor, edge: OptTensor
+                        ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Values, keys ``[N, H, C]`` and the seed attention :math:`p^{(0)}` ``[E', H]``
+        (``edge``: the attention edges' projected features ``[E', H, C]``, or ``None``)."""
         N, H, C = x.size(0), self.heads, self.out_channels
         value = self.lin_value(x).view(N, H, C)
         key = value if self.lin_key is None else self.lin_key(x).view(N, H, C)
         src, dst = attn_index
         if self.lin_query is not None:
             query = self.lin_query(x).view(N, H, C)
-            score = edge_dot(query, key, src, dst, layout=layout) * (1 / math.sqrt(C))
+            score = edge_dot(query, key, src, dst, layout=layout)
+            if edge is not None:  # q_i . (k_j + e_ij)
+                score = score + (query[dst] * edge).sum(-1)
+            score = score * (1 / math.sqrt(C))
         else:
-            score = F.leaky_relu((value * self.att_dst).sum(-1)[dst]
-                                 + (value * self.att_src).sum(-1)[src], 0.2)
+            score = (value * self.att_dst).sum(-1)[dst] + (value * self.att_src).sum(-1)[src]
+            if edge is not None:
+                score = score + (edge * self.att_edge).sum(-1)
+            score = F.leaky_relu(score, self.negative_slope)
         p0 = edge_softmax(score, dst, N, layout)
         if mask is not None:  # several input edges on one attention edge: their mean mask
             per_edge = scatter(mask, position, 0, dim_size=p0.size(0), reduce="mean")
@@ -388,7 +497,7 @@ class QGFDConv(MessagePassing):
             raise ValueError("pass edge weights as the values of adj_t, not as edge_weight")
         return src, dst, values
 
-    def _bipartite(self, x_src: Tensor, x_dst: Tensor, edge_index: Adj,
+    def _bipartite(self, x_src: Tensor, x_dst: Tensor, edge_index: Adj, edge_attr: OptTensor,
                    edge_weight: OptTensor, return_attention_weights: Optional[bool]):
         """The layer on a bipartite graph (see :meth:`forward`)."""
         if self.lin_query is None:
@@ -413,10 +522,12 @@ class QGFDConv(MessagePassing):
             z = self._diffuse_heads(value, knn_transition(key.transpose(0, 1), self.k))
         else:
             z = self._diffuse(value, self._source_transition(pairs, edge_weight, n_src, n_dst))
-        score = edge_dot(query, key, src, dst) / math.sqrt(C)
-        p0 = softmax(score, dst, num_nodes=n_dst)
+        score = edge_dot(query, key, src, dst)
+        if edge_attr is not None:  # q_i . (k_j + e_ij), one feature row per input edge
+            score = score + (query[dst] * self.lin_edge(edge_attr).view(-1, H, C)).sum(-1)
+        p0 = softmax(score / math.sqrt(C), dst, num_nodes=n_dst)
         p0_used = F.dropout(p0, p=self.dropout, training=self.training)
-        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, n_dst))
+        out = self._heads_out(edge_aggregate(p0_used, z, src, dst, n_dst), x_dst)
         if return_attention_weights:
             return out, self._attention_weights(edge_index, pairs, p0, (n_dst, n_src))
         return out
@@ -445,9 +556,12 @@ class QGFDConv(MessagePassing):
         return diffuse(values, P, self.alpha, self.steps, self.tol, checkpoint=self.checkpoint,
                        hop_weights=self.hop_weights)
 
-    def _heads_out(self, out: Tensor) -> Tensor:
-        """``[N, H, C]`` to the output: heads concatenated or averaged, plus the bias."""
+    def _heads_out(self, out: Tensor, x_dst: Tensor) -> Tensor:
+        """``[N, H, C]`` to the output: heads concatenated or averaged, plus the residual
+        (``GATConv``'s, from the targets' features) and the bias."""
         out = out.flatten(1) if self.concat else out.mean(dim=1)
+        if self.res is not None:
+            out = out + self.res(x_dst)
         return out if self.bias is None else out + self.bias
 
     @staticmethod

@@ -119,7 +119,8 @@ class QGFD(Module):
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})` (dense or sparse CSR),
           edge indices :math:`(2, |\mathcal{E}|)` or a sparse ``adj_t``, edge weights
-          :math:`(|\mathcal{E}|)` *(optional)*
+          :math:`(|\mathcal{E}|)` *(optional)*, edge features :math:`(|\mathcal{E}|, D)`
+          *(optional)*, batch vector :math:`(|\mathcal{V}|)` *(optional)*
         - **output:** :math:`(|\mathcal{V}|, F_{out})`, or
           :math:`(|\mathcal{V}|, \text{hidden\_channels})` without ``out_channels``
 
@@ -194,7 +195,7 @@ class QGFD(Module):
         return h + update if self.residual else update
 
     def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None,
-                batch: OptTensor = None) -> Tensor:
+                edge_attr: OptTensor = None, batch: OptTensor = None) -> Tensor:
         r"""Runs the network.
 
         Args:
@@ -203,6 +204,9 @@ class QGFD(Module):
                 ``adj_t``.
             edge_weight (torch.Tensor, optional): edge weights ``[E]`` of the graph
                 transition. (default: :obj:`None`)
+            edge_attr (torch.Tensor, optional): edge features ``[E, edge_dim]`` of the seed
+                attention, for a network built with ``edge_dim=`` (passed on to every
+                :class:`~qgfd_pyg.QGFDConv`). (default: :obj:`None`)
             batch (torch.Tensor, optional): the graph of each node ``[N]`` (kNN transitions
                 then join keys of one graph only). (default: :obj:`None`)
         """
@@ -214,15 +218,15 @@ class QGFD(Module):
                              f"in_channels={self.in_channels}")
         h = self.lin_in(self.input_dropout(x))
         for layer, conv in enumerate(self.convs):
-            h = self._sublayer(h, conv(self.conv_norms[layer](h), edge_index, edge_weight,
-                                       batch=batch))
+            h = self._sublayer(h, conv(self.conv_norms[layer](h), edge_index, edge_attr,
+                                       edge_weight=edge_weight, batch=batch))
             if self.ffs is not None:
                 h = self._sublayer(h, self.ffs[layer](self.ff_norms[layer](h)))
         h = self.out_norm(h)
         if self.conv_out is None:
             return h
         h = F.dropout(self.act(h), self.dropout, self.training)
-        out = self.conv_out(h, edge_index, edge_weight, batch=batch)
+        out = self.conv_out(h, edge_index, edge_attr, edge_weight=edge_weight, batch=batch)
         return out if self.lin_skip is None else out + self.lin_skip(h)
 
     def hop_weights(self) -> Optional[Tensor]:
