@@ -118,7 +118,7 @@ def main() -> None:
             args.task, models=["qgfd"], seeds=args.seeds, progress=False, qgfd=config,
             threads=args.threads,
             out=os.path.join(args.out, "search_runs"),
-            name=f"{args.task}_{args.grid}_{len(results)}",
+            name=f"{args.task}_{args.grid}_{len(results)}", overwrite=True,  # scratch runs
             command=f"benchmarks/sweep_qgfd.py {args.grid} {args.task} --seeds {args.seeds}",
         )).summary[0]
         results.append({"config": config, "val": row["val"], "test": row["test"],

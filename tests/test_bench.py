@@ -248,6 +248,64 @@ def test_missing_data_is_one_line_exit_2_and_leaves_nothing(task, tmp_path, caps
     assert list(root.iterdir()) == [] and not out.exists()  # no empty raw/ folder, no results
 
 
+@pytest.mark.parametrize("task", ["pubmed", "chameleon-filtered"])
+def test_a_download_that_cannot_connect_is_one_line_exit_2_and_leaves_nothing(
+        task, tmp_path, capsys, monkeypatch):
+    """--download where the address cannot be reached (a closed local port): one line naming
+    the address and the folder to fill by hand, exit 2, no empty raw/ or partial file."""
+    from torch_geometric.datasets import Planetoid
+
+    from qgfd_pyg.bench import node
+
+    dead = "http://127.0.0.1:9/data"  # the discard port: nothing listens, refused at once
+    monkeypatch.setattr(Planetoid, "url", dead)
+    monkeypatch.setattr(node, "PLATONOV_URL", dead)
+    root, out = tmp_path / "data", tmp_path / "out"
+    assert cli.main([task, "--root", str(root), "--out", str(out), "--download"] + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: could not download " + dead), err
+    assert str(root) in err[0]
+    assert not root.exists() and not out.exists()
+
+
+def test_options_are_checked_before_any_data_is_read(tmp_path, capsys, monkeypatch):
+    """--alpha 2 on a set whose data is missing: the option is the error, not the data."""
+    monkeypatch.setattr(runner, "load_task", lambda *a, **k: pytest.fail("data was read"))
+    for task, bad in (("pubmed", ["--alpha", "2"]), ("wn18rr", ["--steps", "-1"]),
+                      ("ind-fb237-v1", ["--models", "qgfd", "--hidden", "0"])):
+        argv = [task, "--root", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+        assert cli.main(argv + SHORT + bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and bad[-2].lstrip("-").replace("-", "_") in err[0], (task, err)
+
+
+@pytest.mark.slow
+def test_a_run_never_replaces_runs_it_did_not_produce(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["cora", "--out", str(out), "--models", "gcn"] + SHORT) == 0
+    before = (out / "cora.json").read_text()
+    capsys.readouterr()
+    assert cli.main(["cora", "--out", str(out), "--models", "mlp"] + SHORT) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds 1 finished run" in err[0] and "--resume" in err[0]
+    assert (out / "cora.json").read_text() == before
+    assert cli.main(["cora", "--out", str(out), "--models", "mlp", "--overwrite"] + SHORT) == 0
+    assert [r["model"] for r in read(out, "cora")["runs"]] == ["mlp"]
+
+
+@pytest.mark.slow
+def test_results_go_to_the_working_directory_by_default(tmp_path):
+    """A fresh process, the README's main job with one model: the committed tables of the
+    checkout are not touched; the run lands in ./results."""
+    committed = os.path.join(ROOT, "benchmarks", "results", "cora.json")
+    before = open(committed).read()
+    done = subprocess.run([sys.executable, "-m", "qgfd_pyg.bench", "cora", "--models", "mlp"]
+                          + SHORT, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert read(tmp_path / "results", "cora")["runs"][0]["model"] == "mlp"
+    assert open(committed).read() == before
+
+
 @pytest.mark.slow
 def test_bad_device_and_options_fail_before_any_result_is_touched(tmp_path, capsys,
                                                                    monkeypatch):

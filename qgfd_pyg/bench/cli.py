@@ -44,11 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="download a missing data set (PyG's and OGB's, the filtered "
                              "heterophilous graphs, HotpotQA) instead of failing with where to "
                              "put its files; off by default")
-    parser.add_argument("--out", default=default_dir("benchmarks/results"),
-                        help="output folder for <name>.json and <name>.md")
+    parser.add_argument("--out", default="results",
+                        help="output folder for <name>.json and <name>.md (default: results "
+                             "in the working directory; the committed tables: --out "
+                             "benchmarks/results)")
     parser.add_argument("--name", default=None, help="output file stem (default: the task)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the finished runs of an earlier, interrupted sweep")
+                        help="keep the finished runs of an earlier, interrupted sweep (and "
+                             "add other seeds or models to them)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a result file that holds runs (without --resume or "
+                             "--overwrite such a file is refused: a run never silently "
+                             "replaces results it did not produce)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they are drawn only on a terminal anyway)")
     parser.add_argument("--flow-backend", default="torch",
@@ -95,7 +102,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
         task=args.task, models=args.models.split(",") if args.models is not None else None,
         seeds=args.seeds, epochs=args.epochs,
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
-        out=args.out, name=args.name, resume=args.resume, progress=not args.no_progress,
+        out=args.out, name=args.name, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
         dataset=args.dataset, max_minutes=args.max_minutes, download=args.download,
         lr=args.lr, keep_freed_memory=not args.no_keep_freed_memory,
         flow_backend=args.flow_backend,

@@ -47,6 +47,46 @@ def download_allowed() -> bool:
     return _DOWNLOAD.get()
 
 
+class DownloadFailed(MissingData):
+    """``--download`` was asked for, but the set's address could not be reached (or its
+    transfer failed): the message names the address and the folder to fill by hand."""
+
+
+# the exceptions a failed transfer raises: the OS's (refused, unreachable, timed out, TLS) and
+# those of the HTTP clients PyG and OGB download through (fsspec + aiohttp, urllib)
+_TRANSFER_MODULES = ("aiohttp", "fsspec", "urllib", "http", "requests", "ssl", "socket")
+
+
+def _is_transfer_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) or any(
+        klass.__module__.split(".")[0] in _TRANSFER_MODULES for klass in type(error).__mro__)
+
+
+def download_failed(url: str, folder: str, error: BaseException) -> DownloadFailed:
+    """One line: what could not be fetched from where, and where to put it by hand."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return DownloadFailed(f"could not download {url} ({type(error).__name__}"
+                          f"{': ' + reason[:160] if reason else ''}); put the set's files in "
+                          f"{folder} by hand, or retry where the address can be reached")
+
+
+@functools.lru_cache(maxsize=None)
+def _online(cls: type) -> type:
+    """``cls`` whose ``download`` turns a failed transfer into :class:`DownloadFailed`
+    (naming the dataset's address and its raw folder) instead of the client's traceback."""
+    def download(self) -> None:
+        try:
+            cls.download(self)
+        except Exception as error:
+            if not _is_transfer_error(error):
+                raise
+            url = getattr(self, "url", None) or f"the address of {cls.__name__}"
+            raise download_failed(str(url), self.raw_dir, error) from None
+
+    return type(cls.__name__, (cls,), {"download": download, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
+
+
 @functools.lru_cache(maxsize=None)
 def _offline(cls: type) -> type:
     """``cls`` whose ``download`` (PyG's hook, called only when raw files are missing) raises
@@ -65,28 +105,44 @@ def _folders(root: str) -> Set[str]:
     return {path for path, _, _ in os.walk(root)} if os.path.isdir(root) else set()
 
 
-def open_dataset(cls: type, root: str, **kwargs: Any) -> Any:
-    """``cls(root=root, **kwargs)`` for a PyG dataset class (OGB's ``Pyg*Dataset`` included).
+def _files(root: str) -> Set[str]:
+    return {os.path.join(path, name) for path, _, names in os.walk(root) for name in names} \
+        if os.path.isdir(root) else set()
 
-    With downloads allowed this is the class as it is. Otherwise the class's ``download``
-    step raises :class:`MissingData`, and the folders the class made on its way (its empty
-    ``raw/``) are removed again, so that a failed load leaves ``root`` as it was.
-    OGB's processed files and split dictionaries are read with ``torch.load``'s default
-    ``weights_only=True``; the PyG and numpy types they hold are allowed for that read.
-    """
-    build = cls if download_allowed() else _offline(cls)
-    before = _folders(root)
+
+@contextlib.contextmanager
+def _leave_as_found(root: str) -> Iterator[None]:
+    """On a :class:`MissingData` (a missing set, or a download that failed), remove what the
+    block added under ``root``: its new files (a partial download) and new folders."""
+    folders, files = _folders(root), _files(root)
     try:
-        with torch.serialization.safe_globals(_ogb_file_types()):
-            return build(root=root, **kwargs)
+        yield
     except MissingData:
-        for path in sorted(_folders(root) - before, key=len, reverse=True):
+        for path in _files(root) - files:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for path in sorted(_folders(root) - folders, key=len, reverse=True):
             with contextlib.suppress(OSError):
                 os.rmdir(path)  # only empty folders go
-        if not before and os.path.isdir(root):
+        if not folders and os.path.isdir(root):
             with contextlib.suppress(OSError):
                 os.rmdir(root)
         raise
+
+
+def open_dataset(cls: type, root: str, **kwargs: Any) -> Any:
+    """``cls(root=root, **kwargs)`` for a PyG dataset class (OGB's ``Pyg*Dataset`` included).
+
+    With downloads allowed, a transfer that fails is a :class:`DownloadFailed` naming the
+    address and the folder to fill. Otherwise the class's ``download`` step raises
+    :class:`MissingData`. Either way what the class made on its way (its empty ``raw/``, a
+    partial file) is removed again, so that a failed load leaves ``root`` as it was.
+    OGB's processed files and split dictionaries are read with ``torch.load``'s default
+    ``weights_only=True``; the PyG and numpy types they hold are allowed for that read.
+    """
+    build = _online(cls) if download_allowed() else _offline(cls)
+    with _leave_as_found(root), torch.serialization.safe_globals(_ogb_file_types()):
+        return build(root=root, **kwargs)
 
 
 def split_dict(dataset: Any, method: str) -> Any:
@@ -123,5 +179,14 @@ def fetch_file(url: str, path: str) -> str:
     from torch_geometric.data import download_url
 
     if download_allowed() and not os.path.exists(path):
-        download_url(url, os.path.dirname(path) or ".", filename=os.path.basename(path))
+        folder = top = os.path.dirname(path) or "."
+        while not os.path.exists(os.path.dirname(os.path.abspath(top))):
+            top = os.path.dirname(os.path.abspath(top))  # the first folder it would create
+        with _leave_as_found(top):
+            try:
+                download_url(url, folder, filename=os.path.basename(path))
+            except Exception as error:
+                if not _is_transfer_error(error):
+                    raise
+                raise download_failed(url, folder, error) from None
     return path

@@ -205,11 +205,12 @@ class HotpotTask(Task):
     def stored_config(self) -> Dict[str, Any]:
         return {"questions": len(self.questions), "val_questions": self.val_questions}
 
-    def check_options(self, model: str, options: Dict[str, Any]) -> None:
-        known = set(self.models[model].options)
+    @classmethod
+    def check_options(cls, model: str, options: Dict[str, Any]) -> None:
+        known = set(cls.models[model].options)
         if set(options) - known:
             raise ValueError(f"options {sorted(set(options) - known)} do not apply to the "
-                             f"{self.kind} model {model!r} (it takes {', '.join(sorted(known))})")
+                             f"{cls.kind} model {model!r} (it takes {', '.join(sorted(known))})")
 
     def split(self, seed: int) -> Tuple[List[Question], List[Question]]:
         order = torch.randperm(len(self.questions), generator=torch.Generator().manual_seed(seed))

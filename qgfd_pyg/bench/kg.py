@@ -244,7 +244,9 @@ class KGTask(Task):
         return f"Adam, batches of {self.batch_size} {kind} with their own edges taken out of " \
             f"the graph"
 
-    check_options = Task.check_known_options
+    @classmethod
+    def check_options(cls, model: str, options: Dict[str, Any]) -> None:
+        cls.check_known_options(model, options)
 
     def setup(self, model: str, seed: int, options: Dict[str, Any],
               device: torch.device) -> "KGExperiment":

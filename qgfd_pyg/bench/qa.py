@@ -201,7 +201,9 @@ class PathQATask(Task):
         return {"quick": self.quick, "questions": int(self.questions.anchor.numel()),
                 "batch_size": self.batch_size}
 
-    check_options = Task.check_known_options
+    @classmethod
+    def check_options(cls, model: str, options: Dict[str, Any]) -> None:
+        cls.check_known_options(model, options)
 
     def split(self, seed: int) -> Dict[str, Questions]:
         """80/10/10 of the questions, fixed per seed."""

@@ -20,16 +20,27 @@ NEW_OPTION_DEFAULTS = {"learn_hop_weights": False}
 
 
 class ResultStore:
-    """Per-seed records of one sweep in ``<out>/<name>.json``, rewritten after every run."""
+    """Per-seed records of one sweep in ``<out>/<name>.json``, rewritten after every run.
+
+    A file that already holds finished runs is never replaced silently: ``resume`` keeps its
+    runs (and adds to them), ``overwrite`` replaces it, and neither is a ValueError that says
+    so before anything is trained."""
 
     def __init__(self, out: str, name: str, config: Dict[str, Any], resume: bool,
-                 task: Optional["Task"] = None):
+                 task: Optional["Task"] = None, overwrite: bool = False):
         self.task = task
         self.columns = table_columns(task)
         self.json_path = os.path.join(out, f"{name}.json")
         self.md_path = os.path.join(out, f"{name}.md")
         self.config = config
         self.runs: List[Dict[str, Any]] = []
+        if not resume and not overwrite:
+            held = _held_runs(self.json_path)
+            if held:
+                raise ValueError(
+                    f"{self.json_path} holds {held} finished run{'s' * (held != 1)} of an "
+                    f"earlier sweep: --resume keeps them (and adds what is missing), "
+                    f"--overwrite replaces them, --out / --name write elsewhere")
         if resume and os.path.exists(self.json_path):
             with open(self.json_path) as f:
                 stored = json.load(f)
@@ -89,6 +100,18 @@ class ResultStore:
         atomic_write(self.md_path, markdown(self.config, environment, rows, complete,
                                             self.columns, percent, protocol))
         return rows
+
+
+def _held_runs(path: str) -> int:
+    """The finished runs a result file holds (0 if there is none; an unreadable file counts
+    as one: it is not replaced without a word)."""
+    if not os.path.exists(path):
+        return 0
+    try:
+        with open(path) as f:
+            return len(json.load(f).get("runs", []))
+    except (OSError, ValueError, AttributeError):
+        return 1
 
 
 def _spec_change(old: Dict[str, Any], new: Dict[str, Any], models: Sequence[str]) -> str:
@@ -151,7 +174,7 @@ def merge_results(paths: Sequence[str], out: str, name: str, task: "Task") -> Re
     environment = dict(stored[0]["environment"])
     environment["command"] = " ; ".join(dict.fromkeys(p["environment"]["command"]
                                                       for p in stored))
-    store = ResultStore(out, name, config, resume=False, task=task)
+    store = ResultStore(out, name, config, resume=False, task=task, overwrite=True)
     store.runs = runs
     store.save(environment, complete=all(p.get("complete") for p in stored))
     return store

@@ -6,6 +6,7 @@ and early stopping, and the records are written to ``<out>/<name>.json`` / ``.md
 run (``resume=True`` keeps the finished ones of an interrupted sweep).
 """
 import datetime
+import inspect
 import json
 import os
 import sys
@@ -41,8 +42,13 @@ class RunConfig:
             (``None``: the task kind's budget, e.g. 500 / 100 for node and link tasks).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         threads: torch CPU threads (``None``: torch's default).
-        root, out, name: data root, result folder and result file stem (default: the task).
+        root, out, name: data root, result folder (default: ``results`` in the working
+            directory; the committed tables are written with ``out="benchmarks/results"``)
+            and result file stem (default: the task).
         resume: keep the finished runs stored under the same options.
+        overwrite: replace a result file that holds runs (without ``resume`` or
+            ``overwrite`` such a file is a ValueError: a sweep never silently replaces runs
+            it did not produce).
         progress: progress bars (drawn only when stderr is a terminal).
         dataset: ``Class[:name]`` for the task ``pyg``.
         qgfd: overrides of the options of the model ``qgfd`` (for node tasks the fields of
@@ -70,9 +76,10 @@ class RunConfig:
     device: str = "cpu"
     threads: Optional[int] = None
     root: str = field(default_factory=lambda: default_dir("datasets"))
-    out: str = field(default_factory=lambda: default_dir(os.path.join("benchmarks", "results")))
+    out: str = "results"
     name: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     dataset: Optional[str] = None
     qgfd: Dict[str, Any] = field(default_factory=dict)
@@ -150,7 +157,17 @@ def _check(config: RunConfig) -> Tuple[List[str], int, int]:
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be positive (got {config.threads})")
     check_flow_backend(config.flow_backend)
+    if _checks_without_data(kind):  # bad model options fail here, before any data is read
+        for model in models:
+            kind.check_options(model, {**known[model].options,
+                                       **(config.qgfd if model == "qgfd" else {})})
     return models, epochs, patience
+
+
+def _checks_without_data(kind: type) -> bool:
+    """Whether ``kind.check_options`` is a classmethod (the package's kinds: it runs before
+    the data is read); a kind from elsewhere may check on its loaded task instead."""
+    return isinstance(inspect.getattr_static(kind, "check_options"), classmethod)
 
 
 def model_options(task: Task, model: str, qgfd: Dict[str, Any]) -> Dict[str, Any]:
@@ -185,8 +202,9 @@ def run_benchmark(config: RunConfig) -> Results:
         task.models = {m: replace(spec, lr=config.lr) if m in models else spec
                        for m, spec in task.models.items()}
     options = {m: model_options(task, m, config.qgfd) for m in models}
-    for model in models:  # bad options fail here, before any run
-        task.check_options(model, options[model])
+    if not _checks_without_data(type(task)):
+        for model in models:  # bad options fail here, before any run
+            task.check_options(model, options[model])
     qgfd = model_options(task, "qgfd", config.qgfd) if "qgfd" in task.models else {}
     seeds = list(range(config.seeds))
     stored = {"task": task.name, "metric": task.metric, "models": models, "seeds": config.seeds,
@@ -210,7 +228,7 @@ def run_benchmark(config: RunConfig) -> Results:
                    + (" and the memory freed during the run, kept for reuse)" if kept
                       else ")")}
     name = config.name or task.name.replace(":", "-")
-    store = ResultStore(config.out, name, stored, config.resume, task)
+    store = ResultStore(config.out, name, stored, config.resume, task, config.overwrite)
     skipped = sum(store.done(m, s) for m in models for s in seeds)
     if skipped:
         print(f"resuming: {skipped} finished runs kept from {store.json_path}", file=sys.stderr)

@@ -149,23 +149,26 @@ class Task(ABC):
         """Builds ``model`` with ``options`` (its spec's options with the user's overrides
         applied) for ``seed``'s split, on ``device``."""
 
-    def check_options(self, model: str, options: Dict[str, Any]) -> None:
+    @classmethod
+    def check_options(cls, model: str, options: Dict[str, Any]) -> None:
         """Raises a ValueError for options ``model`` cannot be built with (called before any
-        run, so that a typo fails before anything is trained or written). By default the
-        model is built once on a tiny input; the QGFD options are checked by name first."""
+        data is loaded, so that a typo fails before anything is read, trained or written). By
+        default the model is built once on a tiny input; the QGFD options are checked by name
+        first."""
         if model == "qgfd":
             QGFDOptions.merged(options)
-        self.models[model].build(4, 2, **options)
+        cls.models[model].build(4, 2, **options)
 
-    def check_known_options(self, model: str, options: Dict[str, Any]) -> None:
+    @classmethod
+    def check_known_options(cls, model: str, options: Dict[str, Any]) -> None:
         """:meth:`check_options` for kinds whose models take only their spec's options: any
         other name is a ValueError; then the model is built once on a tiny graph."""
-        known = set(self.models[model].options)
+        known = set(cls.models[model].options)
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"options {unknown} do not apply to the {self.kind} model "
+            raise ValueError(f"options {unknown} do not apply to the {cls.kind} model "
                              f"{model!r} (it takes {', '.join(sorted(known))})")
-        self.models[model].build(3, 2, **options)
+        cls.models[model].build(3, 2, **options)
 
     @classmethod
     def default_budget(cls, extra: Dict[str, Any]) -> Tuple[int, int]:
