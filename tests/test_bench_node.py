@@ -72,3 +72,53 @@ def test_shipped_sets_load_with_their_published_sizes(task, nodes, edges, featur
     train, val, test = loaded.split(3)
     assert len(set(train.tolist()) | set(val.tolist()) | set(test.tolist())) \
         == train.numel() + val.numel() + test.numel()  # disjoint
+
+
+def write_binary_npz(path, n=40):
+    """A two-class set in Platonov et al.'s layout, 20% positives (imbalanced, as Tolokers)."""
+    rng = np.random.default_rng(1)
+    labels = np.zeros(n, dtype=np.int64)
+    labels[::5] = 1
+    features = rng.normal(size=(n, 4)).astype(np.float32)
+    features[:, 0] += 1.5 * labels  # informative, not separable
+    order = np.arange(n)
+    masks = [order % 2 == 0, order % 4 == 1, order % 4 == 3]
+    np.savez(path, node_features=features, node_labels=labels,
+             edges=np.stack([order[:-1], order[1:]], 1),
+             train_masks=masks[0][None], val_masks=masks[1][None], test_masks=masks[2][None])
+
+
+def test_two_class_node_task_is_scored_by_roc_auc_with_accuracy_beside(tmp_path):
+    """The majority rate (what accuracy gives a model that always says 'negative') and
+    ROC-AUC disagree: a scripted model whose class-1 scores rank the test nodes but whose
+    argmax is always class 0 has accuracy = majority rate and the AUC of its ranking."""
+    from qgfd_pyg.bench.train import fit
+
+    write_binary_npz(tmp_path / "two.npz")
+    task = platonov_npz(str(tmp_path / "two.npz"), "two")
+    assert task.metric == "ROC-AUC" and ("accuracy", "test accuracy") in task.columns
+    experiment = task.setup("mlp", 0, {}, torch.device("cpu"))
+    test = experiment.idx["test"]  # nodes 3, 7, ..., 39: positives 15, 35 (2 of 10)
+    assert test.tolist() == list(range(3, 40, 4))
+    # class-1 logit below class 0's everywhere; the ranking: 15 first, 35 below node 3 only
+    score = torch.zeros(40)
+    score[test] = torch.tensor([3.0, 1.0, 0.5, 4.0, 0.2, 0.1, 0.3, 0.4, 2.0, 0.6])
+
+    class Scripted(torch.nn.Module):
+        def forward(self, x, edge_index):
+            return torch.stack([torch.full((40,), 5.0), score], 1)
+
+    experiment.model = Scripted()
+    result = experiment.evaluate("test")
+    # by hand: node 15 (4.0) beats 8 negatives, node 35 (2.0) beats 7 of 8 (not node 3's 3.0)
+    assert result["metric"] == pytest.approx(15 / 16)
+    assert result["accuracy"] == pytest.approx(8 / 10)  # the majority rate
+    record = fit(task, "mlp", 0, {}, 3, 3, torch.device("cpu"))
+    assert 0.0 <= record["test"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
+    assert record["test"] != record["accuracy"]
+
+
+def test_multi_class_node_task_keeps_accuracy(tmp_path):
+    write_npz(tmp_path / "three.npz")
+    task = platonov_npz(str(tmp_path / "three.npz"), "three")
+    assert task.metric == "accuracy" and not task.binary

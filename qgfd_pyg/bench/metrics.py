@@ -10,6 +10,16 @@ def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
     return float((y_true == y_pred).float().mean()) if y_true.numel() else float("nan")
 
 
+def roc_auc(y_true: Tensor, score: Tensor) -> float:
+    """ROC-AUC (scikit-learn) of ``score`` ``[n]`` for the positive class ``y_true == 1``; NaN
+    where ``y_true`` holds one class only (the AUC is then undefined)."""
+    from sklearn.metrics import roc_auc_score
+
+    if y_true.numel() == 0 or y_true.unique().numel() < 2:
+        return float("nan")
+    return float(roc_auc_score(y_true.cpu().numpy(), score.float().cpu().numpy()))
+
+
 def expected_calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> float:
     """ECE with equal-width confidence bins: sum_b |acc_b - conf_b| * n_b / n."""
     if y.numel() == 0:
