@@ -109,6 +109,7 @@ def test_wheel_and_sdist_hold_the_package_and_its_metadata(built):
     for module in ("__init__", "conv", "models", "relational/flow", "relational/model",
                    "_numba/typed_flow", "transition", "bench/cli"):
         assert f"qgfd_pyg/{module}.py" in names, module
+    assert "qgfd_pyg/bench/catalog.json" in names  # the command line's help and task list
     assert not any(n.startswith(("tests/", "datasets/", "benchmarks/")) for n in names)
     requires = [line.split(": ", 1)[1] for line in meta.splitlines()
                 if line.startswith("Requires-Dist: ")]

@@ -1,22 +1,29 @@
-"""``python -m qgfd_pyg.bench TASK``: every model on one protocol, table + JSON + Markdown."""
+"""``python -m qgfd_pyg.bench TASK``: every model on one protocol, table + JSON + Markdown.
+
+Help, the task list and option errors come from the stored catalog (:mod:`.catalog`): nothing
+heavy (torch, PyG) is imported until a sweep starts."""
 import argparse
 import shlex
 import sys
-from dataclasses import fields
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-from .models import QGFDOptions
-from .runner import Interrupted, RunConfig, default_dir, run_benchmark, summary_text
-from .tasks import TASKS, task_names, task_options
+from . import catalog as _catalog
+from .io import default_dir
+
+_TYPES = {"int": int, "float": float, "str": str}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(catalog: Optional[Dict[str, Any]] = None, task: Optional[str] = None,
+                 add_help: bool = True) -> argparse.ArgumentParser:
+    """The command line; with ``task``, only the options of its kind (``TASK --help``)."""
+    catalog = _catalog.load() if catalog is None else catalog
     parser = argparse.ArgumentParser(
-        prog="python -m qgfd_pyg.bench", allow_abbrev=False,
+        prog="python -m qgfd_pyg.bench", allow_abbrev=False, add_help=add_help,
         description="QGFD against GAT, APPNP and the other baselines on one protocol: same "
                     "splits, seeds, optimiser, epoch budget and early stopping for every "
                     "model. Node classification, link prediction and knowledge-graph "
-                    "completion tasks (see --list).",
+                    "completion tasks (see --list)."
+                    + (f" {task}: {catalog['tasks'][task]['description']}." if task else ""),
         epilog="Example: python -m qgfd_pyg.bench cora --seeds 10; "
                "python -m qgfd_pyg.bench cora-link; python -m qgfd_pyg.bench wn18rr --quick")
     parser.add_argument("task", nargs="?", help="task name (see --list)")
@@ -68,23 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
                              "large tensors otherwise cost fresh pages on every allocation, "
                              "1.5-1.7x the time of a WN18RR training batch; peak memory then "
                              "includes the memory kept)")
-    kinds = parser.add_argument_group("options of the task kinds")
-    for option in task_options():  # each kind declares its own (tasks.TaskOption)
-        if option.type is None:
-            kinds.add_argument(option.flag, dest=option.dest, action="store_true",
-                               help=option.help)
+    if task is None:
+        flags, title = list(catalog["options"]), "options of the task kinds"
+    else:
+        flags = catalog["tasks"][task]["options"]
+        title = f"options of {task} (the {catalog['tasks'][task]['kind']} kind)"
+    kinds = parser.add_argument_group(title)
+    for flag in flags:  # each kind declares its own (tasks.TaskOption)
+        option = catalog["options"][flag]
+        dest = flag.lstrip("-").replace("-", "_")
+        if option["type"] is None:
+            kinds.add_argument(flag, dest=dest, action="store_true", help=option["help"])
         else:
-            kinds.add_argument(option.flag, dest=option.dest, type=option.type, default=None,
-                               help=option.help)
+            kinds.add_argument(flag, dest=dest, type=_TYPES[option["type"]], default=None,
+                               help=option["help"])
     qgfd = parser.add_argument_group(
         "QGFD hyper-parameters (model 'qgfd'; defaults are the node tasks', the other kinds "
         "set their own: see --list)")
-    for option in fields(QGFDOptions):
-        kind = _yes_no if option.type is bool else option.type
-        qgfd.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name,
-                          type=kind, default=None, choices=option.metadata["choices"],
-                          help=f"{option.metadata['help']} ({option.default})")
+    for option in catalog["qgfd"]:
+        kind = _yes_no if option["type"] == "bool" else _TYPES[option["type"]]
+        qgfd.add_argument(f"--{option['name'].replace('_', '-')}", dest=option["name"],
+                          type=kind, default=None, choices=option["choices"],
+                          help=f"{option['help']} ({option['default']})")
     return parser
+
+
+def parser_for(argv: List[str], catalog: Optional[Dict[str, Any]] = None
+               ) -> argparse.ArgumentParser:
+    """The parser of the task ``argv`` names: its kind's options only (every kind's when it
+    names no known task)."""
+    catalog = _catalog.load() if catalog is None else catalog
+    probe, _ = build_parser(catalog, add_help=False).parse_known_args(argv)
+    return build_parser(catalog, probe.task if probe.task in catalog["tasks"] else None)
 
 
 def _yes_no(text: str) -> bool:
@@ -97,51 +119,49 @@ def _yes_no(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false (got {text!r})")
 
 
-def config_from_args(args: argparse.Namespace, argv: List[str]) -> RunConfig:
+def config_from_args(args: argparse.Namespace, argv: List[str],
+                     catalog: Optional[Dict[str, Any]] = None):
+    """The :class:`~qgfd_pyg.bench.runner.RunConfig` of parsed arguments."""
+    from .runner import RunConfig
+
+    catalog = _catalog.load() if catalog is None else catalog
+    extra = {}
+    for flag in catalog["options"]:
+        dest = flag.lstrip("-").replace("-", "_")
+        value = getattr(args, dest, None)
+        if value is not None and value is not False:
+            extra[dest] = value
     return RunConfig(
         task=args.task, models=args.models.split(",") if args.models is not None else None,
         seeds=args.seeds, epochs=args.epochs,
         patience=args.patience, device=args.device, threads=args.threads, root=args.root,
-        out=args.out, name=args.name, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        out=args.out, name=args.name, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress,
         dataset=args.dataset, max_minutes=args.max_minutes, download=args.download,
         lr=args.lr, keep_freed_memory=not args.no_keep_freed_memory,
-        flow_backend=args.flow_backend,
-        extra={o.dest: getattr(args, o.dest) for o in task_options()
-               if getattr(args, o.dest) is not None and getattr(args, o.dest) is not False},
-        qgfd={o.name: getattr(args, o.name) for o in fields(QGFDOptions)
-              if getattr(args, o.name) is not None},
+        flow_backend=args.flow_backend, extra=extra,
+        qgfd={o["name"]: getattr(args, o["name"]) for o in catalog["qgfd"]
+              if getattr(args, o["name"]) is not None},
         command="python -m qgfd_pyg.bench " + " ".join(map(shlex.quote, argv)))
-
-
-def list_tasks() -> str:
-    task_names()  # registers every kind's tasks
-    lines = []
-    kinds = {}  # kind name -> its first Task class (countries share the kg kind's table)
-    for entry in TASKS.values():
-        kinds.setdefault(entry.kind.kind, entry.kind)
-    order = ("node", "link", "kg", "qa")  # then the rest as registered
-    kinds = dict(sorted(kinds.items(), key=lambda item: order.index(item[0])
-                        if item[0] in order else len(order)))
-    for name, kind in kinds.items():
-        lines += [f"{name} tasks:"] + [f"  {task:<14} {entry.description}"
-                                       for task, entry in TASKS.items()
-                                       if entry.kind.kind == name]
-        lines += [f"  models ({name}):"] + [
-            f"    {model:<12} lr={s.lr}, weight_decay={s.weight_decay}, {s.options} ({s.source})"
-            for model, s in kind.models.items()]
-    return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    catalog = _catalog.load()
+    parser = parser_for(argv, catalog)
+    args = parser.parse_args(argv)  # --help and option errors end here, nothing imported
     if args.list:
-        print(list_tasks())
+        print(catalog["listing"])
         return 0
     if not args.task:
         parser.error("a task is needed (see --list)")
-    config = config_from_args(args, argv)
+    if args.task not in catalog["tasks"]:
+        print(f"error: unknown task {args.task!r}; choose one of "
+              f"{', '.join(catalog['tasks'])}", file=sys.stderr)
+        return 2
+    from .runner import Interrupted, run_benchmark, summary_text
+
+    config = config_from_args(args, argv, catalog)
     try:
         results = run_benchmark(config)
     except Interrupted as stop:  # Ctrl-C: the finished runs are kept already
@@ -150,8 +170,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # before the first run (loading the data)
         print("interrupted before any run started; nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, ImportError) as error:  # bad options, unknown task or model,
-        # missing data, or an optional package (OGB) that the task needs
+    except (ValueError, ImportError) as error:  # bad options, unknown model, missing data,
+        # or an optional package (OGB) that the task needs
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary_text(config, results))

@@ -1,6 +1,15 @@
-"""Writing result files: atomically, so that a crash never leaves half a file."""
+"""Where the runner's files are, and writing them atomically (a crash never leaves half a
+file). Imports nothing heavy: the command line uses it before torch is loaded."""
 import os
 import tempfile
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def default_dir(name: str) -> str:
+    """``datasets/`` / ``benchmarks/results`` of the source checkout, else of the cwd."""
+    return str(_REPO / name) if (_REPO / "datasets").is_dir() else os.path.join(os.getcwd(), name)
 
 
 def atomic_write(path: str, text: str) -> None:

@@ -12,23 +12,16 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from .. import check_flow_backend, get_flow_backend, set_flow_backend
 from . import measure
+from .io import default_dir
 from .report import ResultStore, table, table_columns
 from .tasks import Task, load_task, task_entry
 from .train import fit
-
-_REPO = Path(__file__).resolve().parents[2]
-
-
-def default_dir(name: str) -> str:
-    """``datasets/`` / ``benchmarks/results`` of the source checkout, else of the cwd."""
-    return str(_REPO / name) if (_REPO / "datasets").is_dir() else os.path.join(os.getcwd(), name)
 
 
 @dataclass

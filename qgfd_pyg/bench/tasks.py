@@ -260,7 +260,7 @@ def task_options() -> List[TaskOption]:
     return list(found.values())
 
 
-_INFRASTRUCTURE = {"cli", "data", "measure", "metrics", "models", "relational", "report",
+_INFRASTRUCTURE = {"catalog", "cli", "data", "measure", "metrics", "models", "relational", "report",
                    "runner", "synthetic", "tasks", "train"}
 
 
