@@ -124,7 +124,10 @@ def test_wheel_and_sdist_hold_the_package_and_its_metadata(built):
     assert any(m.endswith("/qgfd_pyg/conv.py") for m in members)
 
 
-def test_wheel_installs_and_runs_with_only_torch_and_pyg(built):
+@pytest.fixture(scope="module")
+def user_env(built):
+    """A fresh virtual environment with torch, PyG (and what they require) and the wheel:
+    ``(python, env, folder)``."""
     tmp, wheel, _ = built
     venv = tmp / "venv"
     # nothing of this environment leaks in (a PYTHONPATH with the source tree would make pip
@@ -141,6 +144,11 @@ def test_wheel_installs_and_runs_with_only_torch_and_pyg(built):
     done = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
                            str(wheel)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+    return python, env, tmp
+
+
+def test_wheel_installs_and_runs_with_only_torch_and_pyg(user_env):
+    python, env, tmp = user_env
     ran = subprocess.run([python, "-c", USER_SCRIPT], capture_output=True, text=True,
                          timeout=600, cwd=str(tmp), env=env)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
@@ -148,3 +156,25 @@ def test_wheel_installs_and_runs_with_only_torch_and_pyg(built):
     assert lines[-1] == "OK"
     bench = [line for line in lines if line.startswith("BENCH:")]
     assert len(bench) == 1 and "qgfd-pyg[bench]" in bench[0] and "scikit-learn" in bench[0]
+
+
+def test_readme_usage_runs_after_its_install_line(user_env):
+    """The README's Usage block, in the environment its install line makes: the wheel (torch,
+    PyG) plus what that line adds (SciPy: PyG's Planetoid reads Cora's raw files with it)."""
+    python, env, tmp = user_env
+    with open(os.path.join(ROOT, "README.md")) as f:
+        usage = f.read().split("## Usage", 1)[1].split("\n## ", 1)[0]
+    line = re.search(r"pip install qgfd-pyg[^\n`]*", usage).group(0)
+    block = usage.split("```python", 1)[1].split("```", 1)[0]
+    extra = line.split()[3:]  # what the line installs beside the package
+    assert extra == ["scipy"], line
+    folder = tmp / "usage_extra"
+    if not folder.exists():
+        _expose(_distributions(extra), str(folder))
+    work = tmp / "usage_run"  # Cora's raw files only, as a clean checkout has them
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(os.path.join(ROOT, "datasets", "Cora", "raw"),
+                    work / "datasets" / "Cora" / "raw")
+    ran = subprocess.run([python, "-c", block], capture_output=True, text=True, timeout=600,
+                         cwd=str(work), env={**env, "PYTHONPATH": str(folder)})
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
