@@ -611,7 +611,8 @@ class QGFDConv(MessagePassing):
                    num_nodes: int) -> Tuple[Tensor, Optional[Transition], EdgeLayout]:
         """Attention edges (with self-loops, sorted by target), their grouping and, for
         ``transition="graph"`` / ``"sym"``, ``P``."""
-        if self._cached is not None:
+        compiling = torch.compiler.is_compiling()  # the cache holds eager transitions only
+        if self._cached is not None and not compiling:
             return self._cached
         src, dst, edge_weight = self._edges(edge_index, edge_weight, (num_nodes, num_nodes))
         # one sort gives the attention edges (unique, sorted by target, then source), their
@@ -619,7 +620,7 @@ class QGFDConv(MessagePassing):
         normalization = {"graph": "rw", "sym": "sym"}.get(self.transition)
         structure = graph_structure(src, dst, num_nodes, edge_weight, self.add_self_loops,
                                     normalization)
-        if self.cached:
+        if self.cached and not compiling:
             self._cached = tuple(structure)
         return tuple(structure)
 

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint as recompute
 from torch_geometric.typing import SparseTensor
 
 from .checks import check_alpha, check_choice, check_positive_float, check_steps
-from .spmm import Transition, fused_diffusion, needs_value_grad, spmm
+from .spmm import EdgeListTransition, Transition, fused_diffusion, needs_value_grad, spmm
 KERNELS = ("ppr", "heat")
 
 
@@ -111,7 +111,7 @@ def _check_hop_weights(hop_weights: Tensor, steps: int) -> Tensor:
 
 def _product(x: Tensor, transition: Transition) -> Tensor:
     """``P x`` with gradients w.r.t. ``x`` (and ``P``'s entries where they need them)."""
-    if needs_value_grad(transition):
+    if needs_value_grad(transition) or isinstance(transition, EdgeListTransition):
         return spmm(transition, x)
     return _FixedTransitionDiffusion.apply(x, transition, [0.0], [1.0, 1.0], 1, None, False,
                                            False, [])
@@ -135,6 +135,8 @@ def _hop_sum(x: Tensor, transitions: List[Transition], theta: Tensor) -> Tensor:
 
 
 def _num_nodes(transition: Transition) -> int:
+    if isinstance(transition, EdgeListTransition):
+        return transition.size
     if isinstance(transition, SparseTensor):
         rows, cols = transition.sparse_sizes()
     elif isinstance(transition, Tensor) and (transition.dim() == 2 or (
@@ -227,7 +229,6 @@ def _transition_size(transition, steps: int) -> Tuple[int, int]:
     return sizes.pop(), len(transition)
 
 
-@torch.compiler.disable  # numba / torch_sparse kernels: torch.compile breaks the graph here
 def diffuse(values: Tensor, transition: Union[Transition, Sequence[Transition]],
             alpha: float = 0.85, steps: int = 6, tol: Optional[float] = None,
             kernel: str = "ppr", heat_time: float = 1.0, return_info: bool = False,
@@ -278,7 +279,14 @@ def diffuse(values: Tensor, transition: Union[Transition, Sequence[Transition]],
         - **input:** values :math:`(N, *)`, transition :math:`(N, N)`; or values
           :math:`(B, N, *)`, transition :math:`(B, N, N)`
         - **output:** the shape of the values, and a :class:`DiffusionInfo` if ``return_info``
+
+    Under ``torch.compile`` the loop over an :class:`~qgfd_pyg.spmm.EdgeListTransition` or a
+    dense ``P`` (what the layers build while compiled) is traced into the graph; other
+    transitions (numba and torch-sparse kernels) run eagerly behind a graph break.
     """
+    if torch.compiler.is_compiling() and not _traceable(transition):
+        return _eager_diffuse(values, transition, alpha, steps, tol, kernel, heat_time,
+                              return_info, checkpoint, hop_weights)
     alpha = check_alpha(alpha)
     steps = check_steps(steps)
     tol = check_positive_float("tol", tol, allow_none=True)
@@ -326,7 +334,12 @@ def diffuse(values: Tensor, transition: Union[Transition, Sequence[Transition]],
     shape = values.shape
     x = values.reshape(*batch, n, -1)
     track = return_info or tol is not None
-    if not needs_value_grad(transition):
+    if torch.compiler.is_compiling():  # traced: autograd through the products themselves
+        if track:
+            raise ValueError("tol and return_info read the residuals (a device sync): "
+                             "they need eager mode, not torch.compile")
+        out, info = _loop(x, transition, theta, tail, steps, None, False)
+    elif not needs_value_grad(transition):
         infos: List[DiffusionInfo] = []
         out = _FixedTransitionDiffusion.apply(x, transition, theta, tail, steps, tol, track,
                                               False, infos)
@@ -345,3 +358,16 @@ def diffuse(values: Tensor, transition: Union[Transition, Sequence[Transition]],
         out, info = _loop(x, transition, theta, tail, steps, tol, track)
     out = out.reshape(shape)
     return (out, info) if return_info else out
+
+
+def _traceable(transition) -> bool:
+    """Whether ``torch.compile`` can trace :func:`diffuse` over ``transition``."""
+    if isinstance(transition, (list, tuple)):
+        return all(_traceable(P) for P in transition)
+    return isinstance(transition, EdgeListTransition) or (
+        isinstance(transition, Tensor) and transition.layout == torch.strided)
+
+
+@torch.compiler.disable  # numba / torch_sparse kernels: torch.compile breaks the graph here
+def _eager_diffuse(*args):
+    return diffuse(*args)

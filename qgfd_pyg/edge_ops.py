@@ -227,6 +227,8 @@ def edge_softmax(score: Tensor, dst: Tensor, num_nodes: int,
                  layout: Optional[EdgeLayout] = None) -> Tensor:
     """Softmax of ``score`` ``[E, H]`` over the edges that share a target ``dst``;
     ``layout`` (an :class:`EdgeLayout` of the same edges) enables the numba routines."""
+    if torch.compiler.is_compiling():  # traced: torch ops only
+        return softmax(score, dst, num_nodes=num_nodes)
     if _fast(layout, score) and layout.sorted_by_dst:
         return EdgeSoftmax.apply(score, layout)
     return softmax(score, dst, num_nodes=num_nodes)
@@ -236,7 +238,9 @@ def edge_dot(q: Tensor, k: Tensor, src: Tensor, dst: Tensor,
              chunk_elements: Optional[int] = None, layout: Optional[EdgeLayout] = None) -> Tensor:
     """Per-edge, per-head dot products of queries ``[N, H, C]`` at ``dst`` and keys at ``src``:
     ``[E, H]``. ``layout`` (an :class:`EdgeLayout` of the same edges) enables the numba
-    routines."""
+    routines. Under ``torch.compile`` a gather and a product, which the compiler fuses."""
+    if torch.compiler.is_compiling():
+        return (q[dst] * k[src]).sum(-1)
     return EdgeDot.apply(q, k, src, dst, _chunk(q.shape[1:].numel(), chunk_elements), layout)
 
 
@@ -244,6 +248,10 @@ def edge_aggregate(weight: Tensor, z: Tensor, src: Tensor, dst: Tensor, num_node
                    chunk_elements: Optional[int] = None,
                    layout: Optional[EdgeLayout] = None) -> Tensor:
     """Sums ``weight[e, h] * z[src[e], h]`` into ``dst[e]``: ``[num_nodes, H, C]``.
-    ``chunk_elements`` bounds the temporaries of the gather path (``None``: the default)."""
+    ``chunk_elements`` bounds the temporaries of the gather path (``None``: the default).
+    Under ``torch.compile`` one gather and one ``index_add``, which the compiler fuses."""
+    if torch.compiler.is_compiling():
+        return z.new_zeros((num_nodes,) + tuple(z.shape[1:])).index_add(
+            0, dst, weight.unsqueeze(-1).to(z.dtype) * z[src])
     return EdgeAggregate.apply(weight, z, src, dst, num_nodes,
                                _chunk(z.shape[1:].numel(), chunk_elements), layout)

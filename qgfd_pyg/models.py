@@ -37,6 +37,8 @@ class InputDropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
+        if torch.compiler.is_compiling() and x.layout == torch.strided:
+            return F.dropout(x, self.p, True)  # traced: the same distribution, no cache
         if x.layout == torch.sparse_csr:
             return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(),
                                            F.dropout(x.values(), self.p, True), x.shape,

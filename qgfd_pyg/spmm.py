@@ -30,7 +30,25 @@ if WITH_TORCH_SPARSE:  # a SparseTensor transition exists only where torch-spars
     from torch_sparse import SparseStorage
     from torch_sparse import matmul as sparse_matmul
 
-Transition = Union[SparseTensor, Tensor]
+
+
+class EdgeListTransition:
+    """A ``[size, size]`` transition held as its entries ``(row, col, value)`` (duplicates add
+    up): the form ``torch.compile`` traces. Its product is one gather and one ``index_add``,
+    differentiable in ``value`` and in the dense factor; the layers build it in place of a
+    SparseTensor while being compiled (:func:`sparse_matrix`)."""
+
+    def __init__(self, row: Tensor, col: Tensor, value: Tensor, size: int):
+        self.row, self.col, self.value, self.size = row, col, value, size
+
+    def matmul(self, x: Tensor, transpose: bool = False) -> Tensor:
+        """``P @ x`` (``P^T @ x`` with ``transpose``) for ``x`` ``[size, d]``."""
+        row, col = (self.col, self.row) if transpose else (self.row, self.col)
+        return x.new_zeros(self.size, x.size(1)).index_add(
+            0, row, self.value.to(x.dtype).unsqueeze(-1) * x[col])
+
+
+Transition = Union[SparseTensor, Tensor, EdgeListTransition]
 SPMM_BACKENDS = ("auto", "numba", "torch", "torch_sparse")
 _backend = {"name": "auto"}
 
@@ -137,7 +155,10 @@ def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int,
     w.r.t. ``value`` through :func:`spmm`.
     ``is_sorted``: the entries are unique and sorted by row, then column (trusted), and then
     ``rowptr`` (the row offsets) and ``csr2csc`` (the permutation that sorts them by column,
-    then row) may come along, so that neither is computed again."""
+    then row) may come along, so that neither is computed again. Under ``torch.compile`` an
+    :class:`EdgeListTransition` (what the compiler can trace)."""
+    if torch.compiler.is_compiling():
+        return EdgeListTransition(row, col, value, size)
     if WITH_TORCH_SPARSE:
         if not is_sorted:
             return SparseTensor(row=row, col=col, value=value, sparse_sizes=(size, size))
@@ -154,6 +175,8 @@ def sparse_matrix(row: Tensor, col: Tensor, value: Tensor, size: int,
 
 def needs_value_grad(transition: Transition) -> bool:
     """Whether the transition's own entries require gradients."""
+    if isinstance(transition, EdgeListTransition):
+        return transition.value.requires_grad
     if isinstance(transition, SparseTensor):
         value = transition.storage.value()
         return value is not None and value.requires_grad
@@ -202,6 +225,8 @@ def fused_diffusion(transition: Transition, x: Tensor, theta, last: float, steps
     where that routine does not apply (no numba, another backend, a non-CPU / non-float
     ``x``, a dense ``P`` or one whose entries need gradients). Runs outside autograd (the
     caller's autograd function differentiates it)."""
+    if isinstance(transition, EdgeListTransition):
+        return None
     x = x.detach()
     if _backend["name"] not in ("auto", "numba") or not _numba.usable(x) \
             or x.dim() != 2 or needs_value_grad(transition):
@@ -229,6 +254,8 @@ def spmm(transition: Transition, x: Tensor, transpose: bool = False,
     ``[B, N, d]``). ``out``, a spare ``[N, d]`` tensor that nothing else uses, may be written
     and returned instead of a new tensor (the numba routine does: a fresh output costs its
     page faults, about a fifth of a product at 10^6 nodes)."""
+    if isinstance(transition, EdgeListTransition):
+        return transition.matmul(x, transpose)
     if x.size(-1) == 0:  # torch_sparse divides by the width
         return x.new_zeros(x.shape)
     if isinstance(transition, SparseTensor):

@@ -18,7 +18,7 @@ from torch_geometric.typing import OptTensor
 from . import _numba
 from .checks import check_choice
 from .edge_ops import EdgeLayout
-from .spmm import Transition, sparse_matrix
+from .spmm import EdgeListTransition, Transition, sparse_matrix
 
 
 class Entries(NamedTuple):
@@ -126,7 +126,18 @@ def graph_structure(src: Tensor, dst: Tensor, num_nodes: int, edge_weight: OptTe
     ``add_self_loops``; any given self-loop kept), their :class:`EdgeLayout` and, with
     ``normalization`` (``"rw"`` or ``"sym"``), the transition ``P`` of
     :func:`qgfd_pyg.graph_transition` over the edges ``dst -> src`` weighted by
-    ``edge_weight``: all from one sort."""
+    ``edge_weight``: all from one sort. Under ``torch.compile`` it is one opaque operator
+    (``qgfd::graph_structure``, whose outputs' sizes depend on the data), ``P`` an
+    :class:`~qgfd_pyg.spmm.EdgeListTransition` and no layout (the edge operations are traced
+    then)."""
+    if torch.compiler.is_compiling():
+        if edge_weight is not None and edge_weight.requires_grad:
+            raise ValueError("edge weights that need gradients are not supported under "
+                             "torch.compile (the graph structure is one opaque operator)")
+        edge_index, row, col, value = _structure_op(src, dst, edge_weight, num_nodes,
+                                                    add_self_loops, normalization or "none")
+        P = None if normalization is None else EdgeListTransition(row, col, value, num_nodes)
+        return GraphStructure(edge_index, P, None)
     n = num_nodes
     entries = unique_entries(dst, src, n, edge_weight,
                              self_loops=add_self_loops or normalization is not None)
@@ -148,3 +159,34 @@ def graph_structure(src: Tensor, dst: Tensor, num_nodes: int, edge_weight: OptTe
             P = sparse_matrix(entries.row[keep], entries.col[keep], value[keep], n,
                               is_sorted=True)
     return GraphStructure(torch.stack([col, row]), P, layout)
+
+
+@torch.library.custom_op("qgfd::graph_structure", mutates_args=())
+def _structure_op(src: Tensor, dst: Tensor, edge_weight: Optional[Tensor], num_nodes: int,
+                  add_self_loops: bool, normalization: str
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`graph_structure` as an operator ``torch.compile`` sees as one node: the
+    attention edges ``[2, E']`` and ``P``'s entries ``(row, col, value)`` (empty without
+    ``normalization``)."""
+    found = graph_structure(src, dst, num_nodes, edge_weight, add_self_loops,
+                            None if normalization == "none" else normalization)
+    P = found.transition
+    if P is None:
+        row = col = src.new_empty(0)
+        value = torch.empty(0, device=src.device)
+    elif isinstance(P, Tensor):  # a torch sparse COO matrix
+        (row, col), value = P._indices(), P._values()
+    else:  # a SparseTensor
+        row, col, value = P.coo()
+    return found.edge_index.clone(), row.clone(), col.clone(), value.clone()
+
+
+@_structure_op.register_fake
+def _(src, dst, edge_weight, num_nodes, add_self_loops, normalization):
+    context = torch.library.get_ctx()
+    edges = context.new_dynamic_size()
+    entries = 0 if normalization == "none" else context.new_dynamic_size()
+    dtype = edge_weight.dtype if edge_weight is not None \
+        and edge_weight.dtype.is_floating_point else torch.float32
+    return (src.new_empty(2, edges), src.new_empty(entries), src.new_empty(entries),
+            torch.empty(entries, dtype=dtype, device=src.device))

@@ -64,7 +64,8 @@ from ..spmm import scratch_buffers
 from . import active
 from .active import _FusedFlow, _sparse_rows
 from .graph import RelationalGraph
-from .steps import NORMALIZATIONS, _FusedStep, _Transposed, _transpose, relational_step, shared_step
+from .steps import (NORMALIZATIONS, _FusedStep, _Transposed, _transpose, relational_step,
+                    shared_step, traced_step)
 
 
 def _check_weights(name: str, value: Tensor, validate: bool) -> None:
@@ -131,7 +132,6 @@ def _checked(p0: Tensor, graph: RelationalGraph,
     return relation_weights, theta
 
 
-@torch.compiler.disable  # compiled CPU routines: torch.compile breaks the graph here
 def relational_flow(p0: Tensor, graph: RelationalGraph,
                     relation_weights: Union[Tensor, Sequence[Tensor]], alpha: float = 0.85,
                     hop_weights: Optional[Tensor] = None, normalization: str = "node",
@@ -195,6 +195,9 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         - **output:** :math:`(B, N)`, and a list of :math:`T + 1` tensors :math:`(B, N)` if
           ``return_steps``
     """
+    if torch.compiler.is_compiling():  # traced: torch ops the compiler sees
+        return _traced_flow(p0, graph, relation_weights, alpha, hop_weights, normalization,
+                            dangling, return_steps, validate)
     relation_weights, theta = _checked(p0, graph, relation_weights, alpha, hop_weights,
                                        normalization, dangling, validate)
     steps, B = len(relation_weights), p0.size(0)
@@ -249,3 +252,28 @@ def relational_flow(p0: Tensor, graph: RelationalGraph,
         return out, [_Transposed.apply(w).to(p0.dtype) for w in walks]
     return out
 
+
+
+def _traced_flow(p0: Tensor, graph: RelationalGraph,
+                 relation_weights: Union[Tensor, Sequence[Tensor]], alpha: float,
+                 hop_weights: Optional[Tensor], normalization: str, dangling: str,
+                 return_steps: bool, validate: Optional[bool]
+                 ) -> Union[Tensor, Tuple[Tensor, List[Tensor]]]:
+    """:func:`relational_flow` under ``torch.compile``: the same walks in torch ops
+    (:func:`~qgfd_pyg.relational.steps.traced_step`), differentiated by autograd."""
+    relation_weights, theta = _checked(p0, graph, relation_weights, alpha, hop_weights,
+                                       normalization, dangling, validate)
+    B = p0.size(0)
+    dtype = p0.dtype if p0.dtype in (torch.float32, torch.float64) else torch.float32
+    theta = theta.to(dtype)
+    coefficient = theta if theta.dim() == 1 else theta.t()  # [T + 1(, B)]
+    x = p0.to(dtype).t()  # [N, B]
+    out, walks = coefficient[0] * x, [x]
+    for t, a in enumerate(relation_weights):
+        x = traced_step(graph, x, a.to(dtype).expand(B, -1).t(), normalization, dangling)
+        out = out + coefficient[t + 1] * x
+        walks.append(x)
+    out = out.t().to(p0.dtype)
+    if return_steps:
+        return out, [w.t().to(p0.dtype) for w in walks]
+    return out

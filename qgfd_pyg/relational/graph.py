@@ -100,6 +100,7 @@ class RelationalGraph:
         slot = src * self.num_relations + self._rel
         self.perm_out = torch.argsort(slot, stable=True)
         self.col_in, self.rel_in = src[self.perm_in], self._rel[self.perm_in]
+        self.row_in = dst[self.perm_in]  # each in-order edge's target (the traced step)
         self.col_out, self.rel_out = dst[self.perm_out], self._rel[self.perm_out]
         # the out-order edges' places in the in-order (a shared step's values, transposed)
         place = torch.empty_like(self.perm_in)

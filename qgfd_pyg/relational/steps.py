@@ -288,3 +288,31 @@ def relational_step(graph: RelationalGraph, x: Tensor, a: Tensor,
     return moved + x * (a.sum(0, keepdim=True) - _times(graph.has_relation, a))
 
 
+
+
+def traced_step(graph: RelationalGraph, x: Tensor, a: Tensor, normalization: str = "node",
+                dangling: str = "keep") -> Tensor:
+    """:func:`relational_step` in torch ops that ``torch.compile`` traces (one gather and one
+    ``index_add`` over the edges, ``[E, B]`` temporaries the compiler may fuse away; the
+    normaliser over the graph's (node, relation) pairs)."""
+    N, dtype = graph.num_nodes, x.dtype
+    _, src, rel, weight = graph.edges(False, normalization == "relation")
+    pairs = a.index_select(0, graph.rel_ids)  # [pairs, B]: each (node, relation)'s weight
+    if normalization == "node":
+        degree = x.new_zeros(N, x.size(1)).index_add(
+            0, graph.rel_nodes, graph.rel_degree.to(dtype).unsqueeze(-1) * pairs)
+        has_mass = degree > MIN_MASS
+        x_in = x * torch.where(has_mass, 1.0 / torch.where(has_mass, degree,
+                                                             torch.ones_like(degree)),
+                               torch.zeros_like(degree))
+    else:
+        x_in = x
+    moved = torch.zeros_like(x).index_add(
+        0, graph.row_in, weight.to(dtype).unsqueeze(-1) * a.index_select(0, rel)
+        * x_in.index_select(0, src))
+    if dangling == "drop":
+        return moved
+    if normalization == "node":
+        return moved + torch.where(has_mass, torch.zeros_like(x), x)
+    present = x.new_zeros(N, x.size(1)).index_add(0, graph.rel_nodes, pairs)
+    return moved + x * (a.sum(0, keepdim=True) - present)
