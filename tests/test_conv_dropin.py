@@ -47,7 +47,7 @@ def brute_seed(conv, x, edge_index, edge_attr, fill="mean"):
                      + (e * conv.att_edge[0]).sum(-1))
                 scores.append(F.leaky_relu(s, conv.negative_slope))
         weights = torch.softmax(torch.stack(scores), dim=0)
-        for j, w in zip(sources, weights):
+        for j, w in zip(sources, weights, strict=True):
             p0[(j, i)] = w
     return p0
 
@@ -157,7 +157,7 @@ def test_bipartite_edge_attr_and_residual():
         into = [m for m in range(5) if int(edges[1, m]) == i]
         w = torch.softmax(torch.stack([(q[i] * (k[edges[0, m]] + e[m])).sum(-1) / math.sqrt(C)
                                        for m in into]), 0)
-        for m, wm in zip(into, w):
+        for m, wm in zip(into, w, strict=True):
             torch.testing.assert_close(p0[m], wm)
             expected[i] += wm.view(H, 1) * v[edges[0, m]]
     expected = expected.flatten(1) + x_dst @ conv.res.weight.t() + conv.bias

@@ -8,7 +8,6 @@ run (``resume=True`` keeps the finished ones of an interrupted sweep).
 import datetime
 import inspect
 import json
-import os
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
