@@ -196,8 +196,9 @@ def _nbfnet_by_loops(model, graph, entity, relation, num_nodes):
     d = model.hidden
     degree = [1 + sum(1 for x in dst if x == v) for v in range(num_nodes)]
     logs = [math.log(x) for x in degree]
-    touched = sorted(set(src) | set(dst) | set(entity.tolist()))
-    mean_log = sum(logs[v] for v in touched) / len(touched)
+    root = graph.root  # the mean log-degree over the entities of the graph's facts
+    entities = set(root.src.tolist()) | set(root.dst.tolist())
+    mean_log = sum(logs[v] for v in entities) / len(entities)
     out = torch.zeros(entity.numel(), num_nodes, dtype=torch.float64)
     mlp = copy.deepcopy(model.mlp).double()
     for b in range(entity.numel()):
@@ -242,7 +243,8 @@ def test_nbfnet_scores_equal_the_loop_over_nodes_and_edges(dependent):
     model = NBFNet(N, R, hidden=4, layers=2, dependent=dependent).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, 0.0, 0.5)
-    entity, relation = torch.tensor([0, 2, 5]), torch.tensor([0, 3, 1])
+    # anchor 6 has no edge: it must not change the degree scalers of the others
+    entity, relation = torch.tensor([0, 2, 5, 6]), torch.tensor([0, 3, 1, 2])
     got = model(entity, relation, graph)
     expected = _nbfnet_by_loops(model, graph, entity, relation, N)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
@@ -299,3 +301,31 @@ def test_nbfnet_negatives_are_training_entities_that_do_not_answer(tmp_path):
     # the validation fact (c, g, f) is held out: f stays a negative of (c, g)
     e, f = 4, 5
     assert bool(exclude[2, e]) and not bool(exclude[2, f])
+
+
+def test_a_batch_s_gradient_in_parts_is_the_whole_batch_s(tmp_path):
+    """NBFNet's micro_batch (memory only): the parts' weighted gradients sum to the whole
+    batch's, and every part's flow has the whole batch's facts hidden."""
+    import torch.nn.functional as F
+
+    task = load_inductive(_write(str(tmp_path)), "fb237", 1)
+    experiment = task.setup("nbfnet", 0, task.models["nbfnet"].options, torch.device("cpu"))
+    model = experiment.model
+    model.loss = lambda scores, answer, exclude: F.cross_entropy(scores, answer)  # no draws
+    batch = torch.tensor([0, 1, 2, 3, 6])
+    experiment.train_batches = lambda: [batch]
+    experiment.optimizer.step = lambda: None  # compare the gradients, not a step
+    seen = []
+    forward = model.forward
+    model.forward = lambda e, q, g: seen.append(g.src.numel()) or forward(e, q, g)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    model.micro_batch = None
+    whole_loss = experiment.train_epoch()
+    whole = [p.grad.clone() for p in params]
+    model.micro_batch = 2
+    parts_loss = experiment.train_epoch()
+    assert seen == [2 * (task.triples.train.size(0) - 5)] * 4  # 1 whole + 3 parts, 5 hidden
+    assert parts_loss == pytest.approx(whole_loss, rel=1e-5)
+    for got, want in zip([p.grad for p in params], whole, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

@@ -341,14 +341,14 @@ class KGExperiment(MiniBatchExperiment):
     def train_batches(self) -> List[Tensor]:
         return self.batches()
 
-    def batch_loss(self, idx: Tensor) -> Tensor:
+    def batch_loss(self, idx: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
         e, q, a = self.train[idx].unbind(1)
         if isinstance(self.model, PyGKGE):  # its own loss on the batch's triples
             r = self.task.num_relations
             inverse = q >= r
             head, tail = torch.where(inverse, a, e), torch.where(inverse, e, a)
             return self.model.kge.loss(head, q % r, tail)
-        graph = self.graph.without(self.train_ids[idx])
+        graph = self.graph.without(self.train_ids[idx if hidden is None else hidden])
         scores = self.model(e, q, graph)
         own_loss = getattr(self.model, "loss", None)
         if own_loss is None:

@@ -55,6 +55,11 @@ class KGGraph:
         h, r, t = train.unbind(1)
         return cls(torch.cat([h, t]), torch.cat([t, h]), torch.cat([r, r + num_relations]))
 
+    @property
+    def root(self) -> "KGGraph":
+        """The graph with every fact (this one, or the one whose facts this hides some of)."""
+        return self if self._parent is None else self._parent.root
+
     def without(self, triple_ids: Optional[Tensor]) -> "KGGraph":
         """The graph without the edges (both directions) of training triples ``triple_ids``."""
         if triple_ids is None or triple_ids.numel() == 0:

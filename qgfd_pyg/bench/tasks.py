@@ -77,7 +77,9 @@ class MiniBatchExperiment(Experiment):
 
     @abstractmethod
     def batch_loss(self, idx: Tensor) -> Tensor:
-        """The mean loss of one batch, with the model in training mode."""
+        """The mean loss of one batch, with the model in training mode. A kind whose model
+        sets ``micro_batch`` takes ``hidden=``: the whole batch's items, whose own facts the
+        part ``idx``'s flow must not see either."""
 
     def train_epoch(self) -> float:
         if not self.trains:
@@ -88,12 +90,21 @@ class MiniBatchExperiment(Experiment):
             from tqdm import tqdm
             batches = tqdm(batches, desc="epoch", leave=False, mininterval=0.5, unit="batch")
         total, count = 0.0, 0
+        part = getattr(self.model, "micro_batch", None)  # gradient in parts: memory only
         for idx in batches:
             self.optimizer.zero_grad()
-            loss = self.batch_loss(idx)
-            loss.backward()
+            if part is None or idx.numel() <= part:
+                loss = self.batch_loss(idx)
+                loss.backward()
+                loss = float(loss.detach())
+            else:  # the batch's mean loss = the parts' mean losses weighed by their sizes
+                loss = 0.0
+                for chunk in idx.split(part):
+                    share = self.batch_loss(chunk, hidden=idx) * (chunk.numel() / idx.numel())
+                    share.backward()
+                    loss += float(share.detach())
             self.optimizer.step()
-            total, count = total + float(loss.detach()) * idx.numel(), count + idx.numel()
+            total, count = total + loss * idx.numel(), count + idx.numel()
         return total / max(count, 1)
 
 
