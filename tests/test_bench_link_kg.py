@@ -139,8 +139,9 @@ def test_kg_tasks_end_to_end_on_tiny_data(tmp_path, task, folder, relations):
     out = str(tmp_path / "out")
     assert cli.main([task, "--root", root, "--out", out, "--quick"] + SHORT) == 0
     result = read(out, task)
-    assert [row["model"] for row in result["summary"]] == ["qgfd", "gat", "appnp", "distmult",
-                                                           "rotate", "attention", "rule", "ppr"]
+    assert [row["model"] for row in result["summary"]] == [
+        "qgfd", "gat", "appnp", "distmult", "rotate", "attention", "rule", "ppr",
+        "rotate-paper"]
     assert result["config"]["quick"] is True and result["config"]["metric"] == "filtered MRR"
     for run in result["runs"]:
         assert 0.0 < run["test"] <= 1.0 and run["hits@1"] <= run["hits@3"] <= run["hits@10"]

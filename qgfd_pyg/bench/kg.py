@@ -43,7 +43,8 @@ from .models import ModelSpec, one_hop_control
 from ..checks import check_choice
 from .nbfnet import nbfnet_spec
 from .relational import (KGGraph, KGQGFD, PersonalizedPageRank, Triples, appnp_scorer,
-                         gat_scorer, index_triples, queries, read_triples, untrained)
+                         draw_negatives, gat_scorer, index_triples, queries, read_triples,
+                         untrained)
 from .rules import MinedRules
 from .tasks import QUICK, MiniBatchExperiment, Task, TaskOption, register
 from .train import make_optimizer
@@ -61,6 +62,11 @@ class Filter:
         self.answers = facts[order, 2]
         counts = torch.bincount(key, minlength=num_entities * self.width)
         self.rowptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+    def counts(self, entity: Tensor, relation: Tensor) -> Tensor:
+        """How many answers each query ``(e, q)`` has (``[B]``, on the CPU)."""
+        key = entity.cpu() * self.width + relation.cpu()
+        return self.rowptr[key + 1] - self.rowptr[key]
 
     def mask(self, entity: Tensor, relation: Tensor, num_entities: int) -> Tensor:
         """``[B, N]`` boolean: True where a candidate is a true answer of the query."""
@@ -105,6 +111,8 @@ class PyGKGE(Module):
 
         rel, inverse = relation % self.num_relations, (relation >= self.num_relations)
         kge = self.kge
+        if hasattr(kge, "score_all"):  # its own scoring of every entity (PublishedRotatE)
+            return kge.score_all(entity, rel, inverse)
         if isinstance(kge, DistMult):  # (h * r) . t is symmetric in h and t
             return (kge.node_emb(entity) * kge.rel_emb(rel)) @ kge.node_emb.weight.t()
         if isinstance(kge, RotatE):
@@ -147,6 +155,29 @@ def _kge(cls_name: str, num_entities: int, num_relations: int, hidden: int = 128
         return PyGKGE(cls(num_entities, num_relations, hidden // 2, margin=margin),
                       num_relations)
     return PyGKGE(cls(num_entities, num_relations, hidden, margin=margin), num_relations)
+
+
+def _published_rotate(num_entities: int, num_relations: int, hidden: int = 500,
+                      margin: float = 6.0, num_negatives: int = 1024,
+                      temperature: float = 0.5) -> PyGKGE:
+    from .rotate import PublishedRotatE
+
+    return PyGKGE(PublishedRotatE(num_entities, num_relations, hidden, margin, num_negatives,
+                                  temperature), num_relations)
+
+
+def published_rotate(hidden: int, margin: float, num_negatives: int, temperature: float,
+                     batch: int) -> ModelSpec:
+    """RotatE at its published configuration for one data set (``qgfd_pyg.bench.rotate``);
+    what differs from it here: the task's batches of 512 queries (``batch`` published) and
+    the CPU budget (its 80,000-100,000 steps need a GPU)."""
+    return ModelSpec(_published_rotate, 5e-5, 0.0,
+                     dict(hidden=hidden, margin=margin, num_negatives=num_negatives,
+                          temperature=temperature),
+                     f"RotatE as published (Sun et al. 2019, best_config.sh): {hidden} complex "
+                     f"dimensions, margin {margin:g}, {num_negatives} self-adversarial negatives "
+                     f"at temperature {temperature:g}, subsampling weights, Adam 5e-5; batches "
+                     f"of 512 queries here ({batch} published)")
 
 
 BATCHES = ("relation", "mixed")
@@ -343,6 +374,8 @@ class KGExperiment(MiniBatchExperiment):
 
     def batch_loss(self, idx: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
         e, q, a = self.train[idx].unbind(1)
+        if isinstance(self.model, PyGKGE) and hasattr(self.model.kge, "query_loss"):
+            return self._published_loss(e, q, a)
         if isinstance(self.model, PyGKGE):  # its own loss on the batch's triples
             r = self.task.num_relations
             inverse = q >= r
@@ -357,6 +390,19 @@ class KGExperiment(MiniBatchExperiment):
         if self.not_negative is not None:
             exclude = exclude | self.not_negative.view(1, -1)
         return own_loss(scores, a, exclude)
+
+    def _published_loss(self, e: Tensor, q: Tensor, a: Tensor) -> Tensor:
+        """RotatE's published loss: negatives among the entities that are no training answer
+        of the query, each query weighted by its subsampling weight."""
+        r, kge = self.task.num_relations, self.model.kge
+        exclude = self.train_answers.mask(e, q, self.task.num_entities)
+        if self.not_negative is not None:
+            exclude = exclude | self.not_negative.view(1, -1)
+        negatives = draw_negatives(exclude, a, kge.num_negatives)
+        inverse_q = torch.where(q < r, q + r, q - r)
+        count = self.train_answers.counts(e, q) + self.train_answers.counts(a, inverse_q)
+        weight = (count.to(self.device).float() + 8.0).rsqrt()
+        return kge.query_loss(e, q % r, q >= r, a, negatives, weight)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:
@@ -401,17 +447,18 @@ class WN18RRTask(KGTask):
     one-relation batches, 15 CPU minutes; on Countries S2 it cut the one-step control's
     validation AUC-PR, so there it stays off); the qgfd model takes 5 steps (validation
     0.454 against 0.449 with 3 and 0.442 with 4, 15 CPU minutes each, same file)."""
-    models = _flow_table(
+    models = {**_flow_table(
         0.03, qgfd=dict(steps=5), suppress_anchor=True, embedding_scores=False,
         source="query-conditioned flow (a 5-step relation rule per query relation, 2 heads, "
-               "learnt hop weights), scores from the flow alone; " + _SAME)
+               "learnt hop weights), scores from the flow alone; " + _SAME),
+        "rotate-paper": published_rotate(500, 6.0, 1024, 0.5, 512)}
 
 
 class FB15k237Task(KGTask):
     """FB15k-237: its qgfd and attention models learn at 0.03 (validation filtered MRR 0.217
     against 0.034 at 0.01 and 0.184 at 0.1 with mixed batches, 12 CPU minutes, seed 0;
     ``benchmarks/results/kg_lr_search.md``)."""
-    models = _flow_table(0.03)
+    models = {**_flow_table(0.03), "rotate-paper": published_rotate(1000, 9.0, 256, 1.0, 1024)}
 
 
 @register("wn18rr", WN18RRTask, "WordNet18RR through PyG's WordNet18RR (40,943 entities, 11 "

@@ -33,7 +33,7 @@ from torch.nn import Embedding, LayerNorm, Linear, Module, ModuleList, Sequentia
 
 from ..checks import check_positive_int
 from .models import ModelSpec
-from .relational import KGGraph
+from .relational import KGGraph, draw_negatives
 
 
 class RelationalPNAConv(Module):
@@ -204,18 +204,8 @@ class NBFNet(Module):
         """NBFNet's loss on ``scores`` ``[B, N]``: the answer against :attr:`num_negative`
         negatives drawn uniformly (with replacement) from the entities ``exclude`` ``[B, N]``
         leaves (it marks the query's training answers and non-candidates)."""
-        B = answer.numel()
-        rows = torch.arange(B, device=scores.device)
-        candidates = ~exclude
-        candidates[rows, answer] = False
-        counts = candidates.sum(1)
-        if bool((counts == 0).any()):
-            raise ValueError("a training query has no negative candidate")
-        columns = candidates.nonzero()[:, 1]  # row-major: each row's candidates in a run
-        start = counts.cumsum(0) - counts
-        draw = (torch.rand(B, self.num_negative, device=scores.device)
-                * counts.view(-1, 1)).long().clamp_max(counts.view(-1, 1) - 1)
-        negatives = scores.gather(1, columns[start.view(-1, 1) + draw])
+        rows = torch.arange(answer.numel(), device=scores.device)
+        negatives = scores.gather(1, draw_negatives(exclude, answer, self.num_negative))
         pred = torch.cat([scores[rows, answer].view(-1, 1), negatives], dim=1)
         target = torch.zeros_like(pred)
         target[:, 0] = 1.0

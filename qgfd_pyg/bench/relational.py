@@ -283,3 +283,22 @@ def log_uniform_target(scores: Tensor, target: Tensor) -> Tensor:
 __all__ = ["Triples", "queries", "KGGraph", "read_triples", "index_triples", "KGQGFD",
            "PersonalizedPageRank", "untrained", "EncoderScorer", "encoder_scorer",
            "log_uniform_target"]
+
+
+def draw_negatives(exclude: Tensor, answer: Tensor, num: int) -> Tensor:
+    """``[B, num]`` entity ids drawn uniformly, with replacement, from each query's
+    candidates: the entities ``exclude`` ``[B, N]`` leaves (its training answers, entities the
+    task keeps out), never the query's own ``answer`` (the sampled negatives of NBFNet's and
+    RotatE's losses). A ValueError where a query has none."""
+    B = answer.numel()
+    rows = torch.arange(B, device=exclude.device)
+    candidates = ~exclude
+    candidates[rows, answer] = False
+    counts = candidates.sum(1)
+    if bool((counts == 0).any()):
+        raise ValueError("a training query has no negative candidate")
+    columns = candidates.nonzero()[:, 1]  # row-major: each row's candidates in a run
+    start = counts.cumsum(0) - counts
+    draw = (torch.rand(B, num, device=exclude.device)
+            * counts.view(-1, 1)).long().clamp_max(counts.view(-1, 1) - 1)
+    return columns[start.view(-1, 1) + draw]
