@@ -18,8 +18,9 @@ ROWS = [("qgfd", "QGFD"), ("attention", "attention (one step)"),
 # published figures (full training on GPUs): RED-GNN's README (filtered MRR), NBFNet's README
 # (Hits@10 against 50 negatives; it reports no NELL-995 inductive figures)
 RED_GNN_MRR = dict(zip(SPLITS, [.369, .469, .445, .442, .701, .690, .427, .651,
-                                .637, .419, .436, .363]))
-NBFNET_HITS50 = dict(zip(SPLITS[:8], [.834, .949, .951, .960, .948, .905, .893, .890]))
+                                .637, .419, .436, .363], strict=True))
+NBFNET_HITS50 = dict(zip(SPLITS[:8], [.834, .949, .951, .960, .948, .905, .893, .890],
+                         strict=True))
 
 
 def load(folder: str):
