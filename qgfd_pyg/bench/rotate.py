@@ -44,13 +44,14 @@ class PublishedRotatE(RotatE):
         margin (float): :math:`\gamma`. (default: ``6.0``)
         num_negatives (int): corruptions per query in :meth:`query_loss`. (default: ``1024``)
         temperature (float): the self-adversarial :math:`\alpha`. (default: ``0.5``)
-        chunk (int): complex numbers per temporary when scoring every entity.
-            (default: ``2 ** 24``)
+        chunk (int): complex numbers per temporary when scoring every entity (small enough
+            to stay in the CPU's caches: 2^19 took a fifth of 2^24's time). (default:
+            ``2 ** 19``)
     """
 
     def __init__(self, num_nodes: int, num_relations: int, hidden_channels: int,
                  margin: float = 6.0, num_negatives: int = 1024, temperature: float = 0.5,
-                 chunk: int = 2 ** 24):
+                 chunk: int = 2 ** 19):
         self.embedding_range = (margin + EPSILON) / hidden_channels
         super().__init__(num_nodes, num_relations, hidden_channels, margin=margin)
         self.num_negatives, self.temperature, self.chunk = num_negatives, temperature, chunk
@@ -98,7 +99,8 @@ class PublishedRotatE(RotatE):
         for start in range(0, self.num_nodes, step):
             re = a_re.unsqueeze(1) - c_re[start:start + step]
             im = a_im.unsqueeze(1) - c_im[start:start + step]
-            out.append(self.margin - torch.sqrt(re * re + im * im).sum(-1))
+            distance = re.mul_(re).addcmul_(im, im).sqrt_().sum(-1)  # in place: one temporary
+            out.append(distance.neg_().add_(self.margin))
         return torch.cat(out, dim=1)
 
     def query_loss(self, entity: Tensor, rel: Tensor, inverse: Tensor, answer: Tensor,
