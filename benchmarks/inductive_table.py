@@ -3,6 +3,7 @@ and Hits@10 against 50 negatives per split (mean ± std over the seeds run, in b
 mean over the splits every row has, and the published figures beside.
 
     ./run python benchmarks/inductive_table.py      # writes benchmarks/results/inductive.md
+                                                    # and the tables of docs/results.md
 """
 import argparse
 import json
@@ -11,6 +12,8 @@ import sys
 
 from qgfd_pyg.bench.io import atomic_write, default_dir
 
+BEGIN = "<!-- inductive tables: benchmarks/inductive_table.py -->"
+END = "<!-- /inductive tables -->"
 SPLITS = [f"ind-{name}-v{k}" for name in ("fb237", "wn18rr", "nell") for k in range(1, 5)]
 ROWS = [("qgfd", "QGFD"), ("attention", "attention (one step)"),
         ("nbfnet", "NBFNet (this runner, CPU budget)"), ("ppr", "*PPR (nothing learnt)*"),
@@ -65,6 +68,8 @@ def table(found, key: str, title: str, published) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=default_dir("benchmarks/results"))
+    parser.add_argument("--page", default=default_dir("docs/results.md"),
+                        help="a page whose inductive tables to rewrite ('' for none)")
     args = parser.parse_args()
     found = load(args.results)
     if not found:
@@ -85,6 +90,16 @@ def main() -> int:
                [("NBFNet", NBFNET_HITS50)])])
     path = os.path.join(args.results, "inductive.md")
     atomic_write(path, text)
+    if args.page:  # the tables between the page's markers
+        with open(args.page) as f:
+            page = f.read()
+        head, found, rest = page.partition(BEGIN)
+        _, ended, tail = rest.partition(END)
+        if not (found and ended):
+            print(f"{args.page} has no {BEGIN} ... {END} block", file=sys.stderr)
+            return 2
+        tables = text.split("\n\n", 2)[2]  # without the file's title and source line
+        atomic_write(args.page, head + BEGIN + "\n" + tables + END + tail)
     print(text)
     return 0
 
