@@ -220,7 +220,7 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
               for name, spec in WN18RRTask.models.items()}
     assert chosen == {"qgfd": True, "gat": False, "appnp": False, "distmult": False,
                       "rotate": False, "attention": True, "rule": False, "ppr": False,
-                      "nbfnet": False}
+                      "nbfnet": False, "rotate-paper": False}
     assert not any(spec.options.get("suppress_anchor") for spec in KG_MODELS.values())
     assert WN18RRTask.models["attention"].options["steps"] == 1
     # WN18RR's qgfd model takes 5 steps (chosen on validation), the others keep 3
@@ -237,7 +237,8 @@ def test_wn18rr_flow_models_suppress_the_anchor_and_bad_eps_is_rejected():
     for table in (WN18RRTask.models, FB15k237Task.models):
         assert {name: spec.lr for name, spec in table.items()} == {
             "qgfd": 0.03, "gat": 0.005, "appnp": 0.005, "distmult": 0.005, "rotate": 0.005,
-            "attention": 0.03, "rule": 0.0, "ppr": 0.0, "nbfnet": 0.005}
+            "attention": 0.03, "rule": 0.0, "ppr": 0.0, "nbfnet": 0.005,
+            "rotate-paper": 5e-5}  # RotatE's published rate
     assert KG_MODELS["qgfd"].lr == KG_MODELS["attention"].lr == 0.01
     assert not any(spec.options.get("suppress_anchor") for spec in FB15k237Task.models.values())
     # Countries: the kind's table, plus the qgfd model at initialisation as a reference
