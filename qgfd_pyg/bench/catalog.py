@@ -35,8 +35,7 @@ def live() -> Dict[str, Any]:
                          "options": [option.flag for option in entry.kind.options]}
                   for task, entry in TASKS.items()},
         "options": options,
-        "qgfd": [{"name": f.name, "type": TYPES[f.type if not isinstance(f.type, str)
-                                               else eval(f.type)],  # noqa: S307 (a type name)
+        "qgfd": [{"name": f.name, "type": TYPES[f.type],
                   "default": f.default, "choices": f.metadata["choices"],
                   "help": f.metadata["help"]} for f in fields(QGFDOptions)],
         "listing": list_tasks(),
